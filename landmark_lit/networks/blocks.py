@@ -1,0 +1,76 @@
+"""Building blocks shared by the global and local networks, for 2D and 3D (``spatial_dims``).
+
+Every convolution may be *grouped*: with ``groups = G`` a block behaves exactly like G independent blocks
+side by side (each group has its own weights and batch-norm statistics). The local stage uses this to run
+one specialised network per landmark in a single forward pass.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+def conv(spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Module:
+    """Zero-padded convolution without bias (a batch norm follows every conv)."""
+    cls = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+    return cls(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False, groups=groups)
+
+
+def batch_norm(spatial_dims: int, channels: int) -> nn.Module:
+    return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm3d(channels)
+
+
+def avg_pool(spatial_dims: int) -> nn.Module:
+    return nn.AvgPool2d(2) if spatial_dims == 2 else nn.AvgPool3d(2)
+
+
+class ConvBNReLU(nn.Sequential):
+    def __init__(
+        self, spatial_dims: int, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1
+    ) -> None:
+        super().__init__(
+            conv(spatial_dims, cin, cout, kernel, stride, groups),
+            batch_norm(spatial_dims, cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3^D convs with batch norm; identity or 1^D projection shortcut.
+
+    Channel counts are per group; the module holds ``groups`` independent blocks.
+    """
+
+    def __init__(self, spatial_dims: int, cin: int, cout: int, groups: int = 1) -> None:
+        super().__init__()
+        g = groups
+        self.conv1 = ConvBNReLU(spatial_dims, cin * g, cout * g, 3, groups=g)
+        self.conv2 = nn.Sequential(
+            conv(spatial_dims, cout * g, cout * g, 3, groups=g), batch_norm(spatial_dims, cout * g)
+        )
+        self.shortcut: nn.Module = (
+            nn.Identity()
+            if cin == cout
+            else nn.Sequential(conv(spatial_dims, cin * g, cout * g, 1, groups=g), batch_norm(spatial_dims, cout * g))
+        )
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class Head(nn.Sequential):
+    """Two hidden 1^D convs (batch norm, ReLU) and a linear 1^D output conv.
+
+    Args:
+        cin, hidden, cout: channels per group.
+    """
+
+    def __init__(self, spatial_dims: int, cin: int, hidden: int, cout: int, groups: int = 1) -> None:
+        g = groups
+        cls = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        super().__init__(
+            ConvBNReLU(spatial_dims, cin * g, hidden * g, 1, groups=g),
+            ConvBNReLU(spatial_dims, hidden * g, hidden * g, 1, groups=g),
+            cls(hidden * g, cout * g, 1, groups=g),
+        )

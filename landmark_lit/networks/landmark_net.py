@@ -1,0 +1,156 @@
+"""Fully convolutional landmark networks: per output cell, a displacement to every landmark and a presence logit.
+
+Output grid (SPEC section 2): with output stride ``s``, cell ``g`` covers input voxels ``[g*s, (g+1)*s)``.
+The input is zero-padded at the far end of every axis to a multiple of ``s``, so an input of size ``n``
+gives ``ceil(n / s)`` cells and voxel coordinates are not shifted by the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from landmark_lit.networks.blocks import BasicBlock, ConvBNReLU, Head, avg_pool
+
+
+class LandmarkOutput(NamedTuple):
+    """Network output on the cell grid.
+
+    displacement: (B, K, D, *grid) predicted displacement (or its log transform) in input voxels.
+    logits: (B, K, *grid) presence logits; sigmoid gives the posterior.
+    """
+
+    displacement: Tensor
+    logits: Tensor
+
+
+def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Zero-pad the spatial axes of ``x`` (B, C, *spatial) at their far ends to a multiple of ``multiple``."""
+    pads: list[int] = []
+    for size in reversed(x.shape[2:]):
+        pads += [0, (-size) % multiple]
+    return F.pad(x, pads) if any(pads) else x
+
+
+class _FCNBase(nn.Module):
+    spatial_dims: int
+    num_landmarks: int
+    stride: int
+
+    def _split(self, reg: Tensor, cls: Tensor) -> LandmarkOutput:
+        b, grid = reg.shape[0], reg.shape[2:]
+        return LandmarkOutput(reg.view(b, self.num_landmarks, self.spatial_dims, *grid), cls)
+
+
+class GlobalNet(_FCNBase):
+    """ResNet34-like global network (Noothout et al. 2020, Fig. 2), one class for 2D and 3D.
+
+    stem: conv 7^D, ``stem_channels``, stride 2 -> for each stage i: [avg-pool 2 if ``pool_before[i]``] ->
+    ``stage_blocks[i]`` basic blocks of ``stage_channels[i]`` -> regression and classification heads.
+    The paper's 3D network: blocks (3, 4, 6, 3), channels (32, 64, 128, 256), pools before stages 1 and 2
+    (stride 8); the 2D cephalometric network also pools before stages 3 and 4 (stride 32).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: image channels.
+        num_landmarks: K.
+    Input (B, C, *spatial) of any size; output :class:`LandmarkOutput` on the ``ceil(size / stride)`` grid.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_landmarks: int,
+        stem_channels: int = 16,
+        stage_channels: Sequence[int] = (32, 64, 128, 256),
+        stage_blocks: Sequence[int] = (3, 4, 6, 3),
+        pool_before: Sequence[bool] = (True, True, False, False),
+        head_channels: int = 256,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if not len(stage_channels) == len(stage_blocks) == len(pool_before):
+            raise ValueError("stage_channels, stage_blocks and pool_before must have the same length")
+        self.spatial_dims, self.num_landmarks = spatial_dims, num_landmarks
+        self.stride = 2 * 2 ** sum(bool(p) for p in pool_before)
+        layers: list[nn.Module] = [ConvBNReLU(spatial_dims, in_channels, stem_channels, 7, stride=2)]
+        cin = stem_channels
+        for cout, n_blocks, pool in zip(stage_channels, stage_blocks, pool_before, strict=True):
+            if pool:
+                layers.append(avg_pool(spatial_dims))
+            for _ in range(n_blocks):
+                layers.append(BasicBlock(spatial_dims, cin, cout))
+                cin = cout
+        self.features = nn.Sequential(*layers)
+        self.regression = Head(spatial_dims, cin, head_channels, spatial_dims * num_landmarks)
+        self.classification = Head(spatial_dims, cin, head_channels, num_landmarks)
+
+    def forward(self, x: Tensor) -> LandmarkOutput:
+        f = self.features(pad_to_multiple(x, self.stride))
+        return self._split(self.regression(f), self.classification(f))
+
+
+class LocalNet(_FCNBase):
+    """Local refinement network: block (``channels[0]``) -> avg-pool 2 -> block (``channels[1]``) -> heads.
+
+    Stride 2. Each block is a residual block of two 3^D convs.
+
+    With ``specialised=True`` (the paper) the module holds one independent network per landmark, run
+    together as grouped convolutions: the input holds one sub-image per landmark, (B, K, C, *crop), and
+    network k sees only sub-image k. With ``specialised=False`` a single shared network predicts all K
+    landmarks from every sub-image and output k is read from sub-image k.
+
+    Input (B, K, C, *crop); output :class:`LandmarkOutput` where landmark k refers to sub-image k.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        num_landmarks: int,
+        channels: Sequence[int] = (32, 64),
+        head_channels: int = 64,
+        specialised: bool = True,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        self.spatial_dims, self.num_landmarks, self.stride = spatial_dims, num_landmarks, 2
+        self.in_channels, self.specialised = in_channels, specialised
+        g = num_landmarks if specialised else 1
+        k_out = 1 if specialised else num_landmarks
+        c1, c2 = channels
+        self.features = nn.Sequential(
+            BasicBlock(spatial_dims, in_channels, c1, groups=g),
+            avg_pool(spatial_dims),
+            BasicBlock(spatial_dims, c1, c2, groups=g),
+        )
+        self.regression = Head(spatial_dims, c2, head_channels, spatial_dims * k_out, groups=g)
+        self.classification = Head(spatial_dims, c2, head_channels, k_out, groups=g)
+
+    def forward(self, x: Tensor) -> LandmarkOutput:
+        if x.ndim != self.spatial_dims + 3 or x.shape[1] != self.num_landmarks:
+            raise ValueError(
+                f"LocalNet expects (B, K={self.num_landmarks}, C, *crop) with {self.spatial_dims} spatial "
+                f"dims, got {tuple(x.shape)}"
+            )
+        b, k, c = x.shape[:3]
+        if self.specialised:
+            x = x.reshape(b, k * c, *x.shape[3:])
+        else:
+            x = x.reshape(b * k, c, *x.shape[3:])
+        f = self.features(pad_to_multiple(x, self.stride))
+        reg, cls = self.regression(f), self.classification(f)
+        grid = reg.shape[2:]
+        if not self.specialised:
+            # (B*K, K, ...) -> keep output k of sub-image k
+            d = self.spatial_dims
+            reg = reg.view(b, k, k, d, *grid).diagonal(dim1=1, dim2=2).movedim(-1, 1)
+            cls = cls.view(b, k, k, *grid).diagonal(dim1=1, dim2=2).movedim(-1, 1)
+            return LandmarkOutput(reg.contiguous(), cls.contiguous())
+        return self._split(reg, cls)
