@@ -53,7 +53,9 @@ def presence_targets(
     inside = ((landmarks >= -0.5) & (landmarks < size - 0.5)).all(-1) & valid_mask(landmarks)  # (B, K)
     # floor((p + 0.5) / s): the cell whose voxels contain p; equals floor(p / s) for integer p.
     own_cell = torch.floor((landmarks.nan_to_num(0.0) + 0.5) / stride)  # (B, K, D)
-    idx = cell_centres(grid_shape, 1, landmarks.device, landmarks.dtype)  # (D, *grid): stride 1 gives g itself
+    idx = cell_centres(
+        grid_shape, 1, landmarks.device, landmarks.dtype
+    )  # (D, *grid): stride 1 gives g itself
     diff = idx - own_cell.view(*own_cell.shape, *([1] * d))  # (B, K, D, *grid)
     if radius > 0:
         hit = (diff**2).sum(2) <= radius**2 + 1e-6

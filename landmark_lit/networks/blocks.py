@@ -51,7 +51,9 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = (
             nn.Identity()
             if cin == cout
-            else nn.Sequential(conv(spatial_dims, cin * g, cout * g, 1, groups=g), batch_norm(spatial_dims, cout * g))
+            else nn.Sequential(
+                conv(spatial_dims, cin * g, cout * g, 1, groups=g), batch_norm(spatial_dims, cout * g)
+            )
         )
         self.relu = nn.ReLU(inplace=True)
 

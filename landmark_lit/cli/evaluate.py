@@ -1,0 +1,49 @@
+"""``landmark-evaluate``: radial errors, statistics and figures of a predictions table (conf/evaluate.yaml).
+
+Example::
+
+    landmark-evaluate predictions=outputs/predict/predictions.json references=refs.csv \
+        output_dir=outputs/evaluate/test1
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig
+
+from landmark_lit.evaluation.report import evaluate_predictions, format_table, format_time
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.predictions`` against ``cfg.references`` into ``cfg.output_dir``; print the table.
+
+    Returns:
+        The summary dict (see :func:`landmark_lit.evaluation.report.evaluate_predictions`).
+    """
+    summary = evaluate_predictions(
+        predictions=to_absolute_path(str(cfg.predictions)),
+        references=to_absolute_path(str(cfg.references)),
+        output_dir=to_absolute_path(str(cfg.output_dir)),
+        thresholds=[float(t) for t in cfg.thresholds],
+        n_worst=int(cfg.n_worst),
+    )
+    print(format_table(summary))
+    print(format_time(summary.get("time_s")))
+    print(f"Outputs: {to_absolute_path(str(cfg.output_dir))}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Console entry point."""
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""``landmark-train``: train one stage; ``-m`` for Hydra multirun sweeps."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.training import train
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    result = train(cfg)
+    # returned for sweepers (e.g. Optuna) that minimise the validation error
+    return result["metrics"].get("val/mre_mm")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""LightningDataModule over any :class:`~landmark_lit.data.cases.CaseSource` (synthetic, real, manifest)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from landmark_lit.data.cases import CaseSource
+from landmark_lit.data.datasets import (
+    GlobalTrainDataset,
+    LocalEvalDataset,
+    LocalTrainDataset,
+    PreparedCases,
+    SelectLandmarks,
+    WholeImageDataset,
+)
+from landmark_lit.data.transforms import Preprocessing
+
+STAGES = ("global", "local")
+
+
+class LandmarkDataModule(L.LightningDataModule):
+    """Training crops and whole-image (global) or sub-image (local) evaluation for one stage.
+
+    Args:
+        train, val, test: case sources (test optional).
+        stage: "global" or "local".
+        spacing: the stage's working spacing in mm.
+        crop_size: training crop (global) or sub-image (local) size in working voxels.
+        intensity: per-image intensity normalisation.
+        batch_size: training batch size (evaluation uses 1 for whole images of varying size).
+        samples_per_epoch: training crops per epoch.
+        landmark_indices: restrict to these landmarks (single-landmark runs); None = all.
+        local_margin: local training crops keep the landmark this many voxels inside.
+        local_eval_jitter: local evaluation crops are centred this far (voxels, per axis) off the landmark.
+    """
+
+    def __init__(
+        self,
+        train: CaseSource,
+        val: CaseSource,
+        test: CaseSource | None = None,
+        stage: str = "global",
+        spacing: float | Sequence[float] = 1.0,
+        crop_size: Sequence[int] = (64, 64, 64),
+        intensity: str = "zscore",
+        batch_size: int = 4,
+        samples_per_epoch: int = 256,
+        num_workers: int = 0,
+        landmark_indices: Sequence[int] | None = None,
+        local_margin: float = 1.0,
+        local_eval_jitter: float = 2.0,
+        antialias: bool = True,
+    ) -> None:
+        super().__init__()
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        sources = {"train": train, "val": val, "test": test}
+        if landmark_indices is not None:
+            sources = {
+                k: SelectLandmarks(v, landmark_indices) if v is not None else None for k, v in sources.items()
+            }
+        self.sources = sources
+        self.stage, self.crop_size = stage, [int(c) for c in crop_size]
+        self.preprocessing = Preprocessing(spacing=spacing, intensity=intensity, antialias=antialias)
+        self.batch_size, self.samples_per_epoch, self.num_workers = batch_size, samples_per_epoch, num_workers
+        self.local_margin, self.local_eval_jitter = local_margin, local_eval_jitter
+        self._prepared: dict[str, PreparedCases] = {}
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return list(self.sources["train"].landmark_names)
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.sources["train"].spatial_dims)
+
+    def _cases(self, split: str) -> PreparedCases:
+        if split not in self._prepared:
+            source = self.sources[split]
+            if source is None:
+                raise ValueError(f"no {split} data configured")
+            self._prepared[split] = PreparedCases(source, self.preprocessing)
+        return self._prepared[split]
+
+    def _loader(self, dataset, shuffle: bool, batch_size: int) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        cases = self._cases("train")
+        if self.stage == "global":
+            ds = GlobalTrainDataset(cases, self.crop_size, self.samples_per_epoch)
+        else:
+            ds = LocalTrainDataset(cases, self.crop_size, self.samples_per_epoch, self.local_margin)
+        return self._loader(ds, shuffle=True, batch_size=self.batch_size)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        cases = self._cases(split)
+        if self.stage == "global":
+            return self._loader(WholeImageDataset(cases), shuffle=False, batch_size=1)
+        ds = LocalEvalDataset(cases, self.crop_size, self.local_eval_jitter)
+        return self._loader(ds, shuffle=False, batch_size=self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

@@ -1,0 +1,196 @@
+"""Torch datasets that turn cases into network inputs for the global and the local stage.
+
+Every item is a dict of tensors:
+- ``image``: global (C, *shape) / local (K, C, *crop) network input at the stage's working spacing;
+- ``landmarks``: (K, D) landmark voxel coordinates in that input (local: landmark k in sub-image k);
+- ``origin``: (K, D) voxel of the working image at which each input starts (global: the crop start);
+- ``affine``: (D + 1, D + 1) working voxel -> world mm;
+- ``landmarks_world``: (K, D) reference landmarks in world mm (NaN = missing);
+- ``case``: the case id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from landmark_lit.data.cases import Case, CaseSource
+from landmark_lit.data.transforms import Preprocessing, crop_or_pad, world_to_voxel
+
+
+class SelectLandmarks:
+    """A view of a :class:`CaseSource` restricted to some landmark indices (single-landmark runs)."""
+
+    def __init__(self, source: CaseSource, indices: Sequence[int]) -> None:
+        n = len(source.landmark_names)
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"landmark indices {bad} out of range for {n} landmarks")
+        self.source, self.indices = source, list(indices)
+        self.landmark_names = [source.landmark_names[i] for i in self.indices]
+        self.spatial_dims = source.spatial_dims
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> Case:
+        case = self.source[index]
+        case.landmarks_world = case.landmarks_world[self.indices]
+        return case
+
+
+class PreparedCases:
+    """Cases of a source preprocessed to one working spacing, cached in memory after first use."""
+
+    def __init__(self, source: CaseSource, preprocessing: Preprocessing, cache: bool = True) -> None:
+        self.source, self.preprocessing, self.cache = source, preprocessing, cache
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        if index in self._cache:
+            return self._cache[index]
+        case = self.source[index]
+        image, affine = self.preprocessing(case.image, case.affine)
+        item = {
+            "case": case.case_id,
+            "image": image,
+            "affine": torch.as_tensor(affine, dtype=torch.float64),
+            "landmarks_world": torch.as_tensor(case.landmarks_world, dtype=torch.float64),
+            "voxels": torch.as_tensor(world_to_voxel(case.landmarks_world, affine), dtype=torch.float32),
+        }
+        if self.cache:
+            self._cache[index] = item
+        return item
+
+
+def _finalise(prep: dict, image: Tensor, landmarks: Tensor, origin: Tensor) -> dict:
+    return {
+        "case": prep["case"],
+        "image": image,
+        "landmarks": landmarks,
+        "origin": origin,
+        "affine": prep["affine"],
+        "landmarks_world": prep["landmarks_world"],
+    }
+
+
+class GlobalTrainDataset(Dataset):
+    """Random crops of ``crop_size`` anywhere in the working image (zero-padded where it is smaller).
+
+    The epoch length is ``samples_per_epoch``; item i uses case ``i % num_cases``.
+    """
+
+    def __init__(self, cases: PreparedCases, crop_size: Sequence[int], samples_per_epoch: int) -> None:
+        self.cases, self.crop_size, self.samples = cases, [int(c) for c in crop_size], samples_per_epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.cases[index % len(self.cases)]
+        shape = prep["image"].shape[1:]
+        start = [
+            int(torch.randint(min(0, n - c), max(0, n - c) + 1, ()))
+            for n, c in zip(shape, self.crop_size, strict=True)
+        ]
+        origin = torch.tensor(start, dtype=torch.float32)
+        image = crop_or_pad(prep["image"], start, self.crop_size)
+        k = prep["voxels"].shape[0]
+        return _finalise(prep, image, prep["voxels"] - origin, origin.expand(k, -1).clone())
+
+
+class WholeImageDataset(Dataset):
+    """Whole working images (validation and test of the global stage; batch size 1 for varying sizes)."""
+
+    def __init__(self, cases: PreparedCases) -> None:
+        self.cases = cases
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.cases[index]
+        k, d = prep["voxels"].shape
+        return _finalise(prep, prep["image"], prep["voxels"], torch.zeros(k, d))
+
+
+def local_crop_starts(centres: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """Start voxels (K, D) of sub-images of ``crop_size`` centred on ``centres`` (K, D) working voxels.
+
+    The landmark lands at the centre of the crop grid, ``(size - 1) / 2``, up to rounding.
+    """
+    size = torch.tensor([float(c) for c in crop_size])
+    return torch.round(centres - (size - 1) / 2)
+
+
+def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images."""
+    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size) for s in starts])
+
+
+class LocalTrainDataset(Dataset):
+    """For every landmark, a random sub-image that contains it at least ``margin`` voxels from its border.
+
+    Missing landmarks get a random sub-image and NaN coordinates (masked out of the loss).
+    """
+
+    def __init__(
+        self, cases: PreparedCases, crop_size: Sequence[int], samples_per_epoch: int, margin: float = 1.0
+    ) -> None:
+        self.cases, self.crop_size, self.samples, self.margin = (
+            cases,
+            [int(c) for c in crop_size],
+            samples_per_epoch,
+            margin,
+        )
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.cases[index % len(self.cases)]
+        vox = prep["voxels"]
+        size = torch.tensor(self.crop_size, dtype=torch.float32)
+        # start in [p - size + 1 + margin, p - margin] keeps p at least `margin` voxels inside the crop
+        lo = torch.floor(vox - size + 1 + self.margin)
+        hi = torch.ceil(vox - self.margin)
+        u = torch.rand(vox.shape)
+        starts = torch.floor(lo + u * (hi - lo + 1)).clamp(max=hi)
+        missing = ~torch.isfinite(vox).all(-1)
+        if missing.any():
+            shape = torch.tensor(prep["image"].shape[1:], dtype=torch.float32)
+            starts[missing] = torch.floor(
+                torch.rand(int(missing.sum()), vox.shape[1]) * (shape - size).clamp(min=1)
+            )
+        image = stack_local_crops(prep["image"], starts, self.crop_size)
+        return _finalise(prep, image, vox - starts, starts)
+
+
+class LocalEvalDataset(Dataset):
+    """Sub-images centred on each reference landmark moved by a fixed, seeded offset of up to ``jitter``
+    voxels per axis (standing in for the global stage's error), for validating a local stage alone."""
+
+    def __init__(
+        self, cases: PreparedCases, crop_size: Sequence[int], jitter: float = 2.0, seed: int = 0
+    ) -> None:
+        self.cases, self.crop_size, self.jitter, self.seed = cases, [int(c) for c in crop_size], jitter, seed
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict:
+        prep = self.cases[index]
+        vox = prep["voxels"]
+        g = torch.Generator().manual_seed(self.seed * 7919 + index)
+        offset = (torch.rand(vox.shape, generator=g) * 2 - 1) * self.jitter
+        centres = torch.where(torch.isfinite(vox), vox + offset, torch.zeros_like(vox))
+        starts = local_crop_starts(centres, self.crop_size)
+        image = stack_local_crops(prep["image"], starts, self.crop_size)
+        return _finalise(prep, image, vox - starts, starts)

@@ -1,0 +1,114 @@
+"""Spatial and intensity preprocessing that keeps landmarks exactly attached to the image.
+
+Landmarks travel as (K, D) voxel coordinates of the current array. Resampling goes through MONAI's
+``Spacing`` on a ``MetaTensor``; the landmark voxel coordinates in the new grid follow from the two affines
+(world position is unchanged by resampling), so image and landmarks cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.data import MetaTensor
+from monai.transforms import GaussianSmooth, NormalizeIntensity, Spacing
+from nibabel.affines import apply_affine
+from torch import Tensor
+
+
+def voxel_to_world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(..., D) voxel indices -> world mm through a (D + 1, D + 1) affine. NaN stays NaN."""
+    return apply_affine(np.asarray(affine, dtype=np.float64), np.asarray(points, dtype=np.float64))
+
+
+def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """(..., D) world mm -> voxel indices of the image with this affine. NaN stays NaN."""
+    return apply_affine(np.linalg.inv(np.asarray(affine, dtype=np.float64)), np.asarray(points, np.float64))
+
+
+def spacing_of(affine: np.ndarray) -> np.ndarray:
+    """Voxel spacing (D,) in mm: the column norms of the affine's linear part."""
+    a = np.asarray(affine, dtype=np.float64)
+    return np.linalg.norm(a[:-1, :-1], axis=0)
+
+
+def resample_to_spacing(
+    image: np.ndarray | Tensor,
+    affine: np.ndarray,
+    spacing: float | Sequence[float],
+    mode: str = "bilinear",
+    antialias: bool = True,
+) -> tuple[Tensor, np.ndarray]:
+    """Resample (C, *spatial) to a new voxel spacing (mm), keeping orientation and the first voxel's centre.
+
+    With ``antialias``, axes that are down-sampled by a factor f are first smoothed with a Gaussian of
+    sigma (f - 1) / 2 voxels (as skimage does), so thin structures do not alias away.
+
+    Returns the float32 tensor and its new affine.
+    """
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
+    d = x.ndim - 1
+    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
+    current = spacing_of(affine)
+    if np.allclose(current, target, rtol=1e-6, atol=1e-9):
+        return x, np.asarray(affine, dtype=np.float64)
+    factor = target / current
+    if antialias and np.any(factor > 1.0 + 1e-6):
+        sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factor]
+        x = GaussianSmooth(sigma=sigma)(x)
+        x = x.as_tensor() if isinstance(x, MetaTensor) else x
+    mt = MetaTensor(x, affine=torch.as_tensor(np.asarray(affine), dtype=torch.float64))
+    out = Spacing(pixdim=tuple(target.tolist()), mode=mode, padding_mode="zeros")(mt)
+    return out.as_tensor().float(), out.affine.numpy().astype(np.float64)
+
+
+def normalize_intensity(image: Tensor, method: str = "zscore") -> Tensor:
+    """Per-image intensity normalisation: "zscore" (MONAI NormalizeIntensity) or "none"."""
+    if method == "zscore":
+        out = NormalizeIntensity(channel_wise=True)(image)
+        return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
+    if method == "none":
+        return image
+    raise ValueError(f"unknown intensity normalisation {method!r} (expected 'zscore' or 'none')")
+
+
+def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Tensor:
+    """Sub-image (C, *size) whose voxel 0 is voxel ``start`` of ``image`` (C, *spatial); zeros outside.
+
+    A landmark at voxel p of ``image`` is at ``p - start`` in the crop.
+    """
+    d = image.ndim - 1
+    src, dst, pads = [], [], []
+    for n, s0, sz in zip(image.shape[1:], start, size, strict=True):
+        a, b = max(int(s0), 0), min(int(s0) + int(sz), n)
+        src.append(slice(a, max(a, b)))
+        pads.append((a - int(s0), int(s0) + int(sz) - max(a, b)))
+    out = image[(slice(None), *src)]
+    flat = [p for lo_hi in reversed(pads) for p in lo_hi]
+    if any(flat):
+        out = F.pad(out, flat)
+    assert out.shape[1:] == tuple(int(s) for s in size) and out.ndim == d + 1
+    return out
+
+
+@dataclass
+class Preprocessing:
+    """What turns a loaded image into a network input at one stage's working spacing.
+
+    Attributes:
+        spacing: working voxel spacing in mm (a number for isotropic, or one per axis).
+        intensity: per-image normalisation, "zscore" or "none".
+        antialias: Gaussian pre-smoothing on down-sampled axes.
+    """
+
+    spacing: float | Sequence[float]
+    intensity: str = "zscore"
+    antialias: bool = True
+
+    def __call__(self, image: np.ndarray | Tensor, affine: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        """(C, *spatial) image + affine -> normalised image at the working spacing + its affine."""
+        x, aff = resample_to_spacing(image, affine, self.spacing, antialias=self.antialias)
+        return normalize_intensity(x, self.intensity).contiguous(), aff

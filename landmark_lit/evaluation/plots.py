@@ -1,0 +1,157 @@
+"""Evaluation figures: SDR curve, error box plot per landmark, overlays of the worst cases. PNG, atomic.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so importing this module changes no
+global backend and works without a display.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from landmark_lit.data.io import atomic_path
+from landmark_lit.metrics import PAPER_THRESHOLDS_MM, sdr
+
+REFERENCE_STYLE = {"marker": "+", "color": "tab:blue", "markersize": 12, "markeredgewidth": 2}
+PREDICTION_STYLE = {"marker": "x", "color": "magenta", "markersize": 9, "markeredgewidth": 2}
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_sdr_curve(
+    errors_by_run: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    thresholds: Sequence[float] = PAPER_THRESHOLDS_MM,
+) -> None:
+    """SDR (%) against threshold (mm), one line per run.
+
+    Args:
+        errors_by_run: run name -> errors in mm of any shape (NaN = missing, ignored).
+        path: output PNG.
+        thresholds: thresholds in mm on the x axis.
+    """
+    fig = _new_figure(6, 4)
+    ax = fig.add_subplot()
+    for name, errors in errors_by_run.items():
+        rates = sdr(torch.as_tensor(np.asarray(errors, dtype=np.float64)), thresholds).numpy()
+        ax.plot(thresholds, rates, marker="o", label=name)
+    ax.set(xlabel="threshold (mm)", ylabel="SDR (%)", ylim=(0, 101), title="Success detection rate")
+    ax.grid(True, alpha=0.3)
+    if errors_by_run:
+        ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_error_boxplot(errors: np.ndarray, names: Sequence[str], path: str | os.PathLike) -> None:
+    """Box plot of radial errors per landmark.
+
+    Args:
+        errors: (N, K) errors in mm, NaN = missing (left out).
+        names: K landmark names.
+        path: output PNG.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    columns = [errors[:, k][np.isfinite(errors[:, k])] for k in range(errors.shape[1])]
+    fig = _new_figure(max(6.0, 0.45 * len(names) + 1.5), 4)
+    ax = fig.add_subplot()
+    ax.boxplot(columns, showfliers=True)
+    ax.set_xticks(range(1, len(names) + 1), list(names), rotation=90 if len(names) > 8 else 0)
+    ax.set(ylabel="radial error (mm)", title="Radial error per landmark")
+    ax.grid(True, axis="y", alpha=0.3)
+    _save(fig, path)
+
+
+def world_to_voxel(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Map world points (..., D) in mm to voxel indices (..., D) with the inverse of a (D+1, D+1) affine."""
+    points_mm = np.asarray(points_mm, dtype=np.float64)
+    inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
+    return points_mm @ inverse[:-1, :-1].T + inverse[:-1, -1]
+
+
+def _show(ax: Axes, plane: np.ndarray, spacing: tuple[float, float], origin: str) -> None:
+    """Show a plane (axis a, axis b) with axis a horizontal, axis b vertical and physical aspect."""
+    finite = plane[np.isfinite(plane)]
+    low, high = np.percentile(finite, [1, 99]) if finite.size else (0.0, 1.0)
+    ax.imshow(
+        plane.T,
+        cmap="gray",
+        vmin=low,
+        vmax=high if high > low else low + 1,
+        origin=origin,
+        aspect=spacing[1] / spacing[0],
+        interpolation="nearest",
+    )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_overlay(
+    image: np.ndarray,
+    affine: np.ndarray,
+    reference_mm: np.ndarray,
+    prediction_mm: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+) -> None:
+    """Image with a reference landmark (blue +) and a prediction (magenta x).
+
+    For a 2D image the whole image is shown (array axis 0 horizontal, axis 1 downward, which shows
+    MONAI-loaded PNGs upright). For a 3D image, three orthogonal slices through the reference landmark are
+    shown, with both points projected onto each slice.
+
+    Args:
+        image: (C, *spatial) image array; channels are averaged.
+        affine: (D+1, D+1) voxel -> world mm.
+        reference_mm: (D,) reference landmark, world mm.
+        prediction_mm: (D,) predicted landmark, world mm.
+        path: output PNG.
+        title: figure title (e.g. case, landmark name and error).
+    """
+    volume = np.asarray(image, dtype=np.float64).mean(axis=0)
+    dims = volume.ndim
+    if dims not in (2, 3) or np.asarray(affine).shape != (dims + 1, dims + 1):
+        raise ValueError(
+            f"image spatial shape {volume.shape} does not match affine {np.asarray(affine).shape}"
+        )
+    ref, pred = world_to_voxel(np.stack([reference_mm, prediction_mm]), affine)
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:-1, :-1], axis=0)
+
+    if dims == 2:
+        fig = _new_figure(6, 6 * volume.shape[1] * spacing[1] / max(volume.shape[0] * spacing[0], 1e-9))
+        ax = fig.add_subplot()
+        _show(ax, volume, (spacing[0], spacing[1]), origin="upper")
+        ax.plot(ref[0], ref[1], linestyle="none", label="reference", **REFERENCE_STYLE)
+        ax.plot(pred[0], pred[1], linestyle="none", label="prediction", **PREDICTION_STYLE)
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        fig = _new_figure(12, 4.4)
+        centre = np.clip(np.rint(ref).astype(int), 0, np.array(volume.shape) - 1)
+        for n, axis in enumerate(range(3)):
+            a, b = [d for d in range(3) if d != axis]
+            plane = np.take(volume, centre[axis], axis=axis)  # axes (a, b)
+            ax = fig.add_subplot(1, 3, n + 1)
+            _show(ax, plane, (spacing[a], spacing[b]), origin="lower")
+            ax.plot(ref[a], ref[b], linestyle="none", label="reference", **REFERENCE_STYLE)
+            ax.plot(pred[a], pred[b], linestyle="none", label="prediction", **PREDICTION_STYLE)
+            ax.set_title(f"axis {axis} = {centre[axis]}", fontsize=9)
+            ax.set_xlim(-0.5, volume.shape[a] - 0.5)
+            ax.set_ylim(-0.5, volume.shape[b] - 0.5)
+        ax.legend(loc="upper right", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)
