@@ -22,7 +22,9 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
     """What prediction needs besides the weights; plain types only, so checkpoints load with weights_only."""
     net_cfg = OmegaConf.to_container(cfg.stage.net, resolve=True)
     if net_cfg.get("_target_") not in NETWORK_TARGETS:
-        raise ValueError(f"stage.net._target_ must be one of {sorted(NETWORK_TARGETS)}, got {net_cfg.get('_target_')}")
+        raise ValueError(
+            f"stage.net._target_ must be one of {sorted(NETWORK_TARGETS)}, got {net_cfg.get('_target_')}"
+        )
     if cfg.data.landmark_indices is not None:
         net_cfg["num_landmarks"] = len(cfg.data.landmark_indices)
     return {
@@ -82,7 +84,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    log.info("training %s stage on %s (%s), output in %s", cfg.stage.name, cfg.dataset.name, cfg.ablation.name, output_dir)
+    log.info(
+        "training %s stage on %s (%s), output in %s",
+        cfg.stage.name,
+        cfg.dataset.name,
+        cfg.ablation.name,
+        output_dir,
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
@@ -90,7 +98,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     best = ckpt_cb.best_model_path if ckpt_cb else ""
     last = ckpt_cb.last_model_path if ckpt_cb else ""
     if cfg.get("run_test") and cfg.data.get("test") is not None:
-        test_metrics = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False)
+        test_metrics = trainer.test(
+            module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+        )
         metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
     return {
         "metrics": metrics,

@@ -71,12 +71,7 @@ def test_round_trip_2d_with_voxel_columns(tmp_path: Path) -> None:
 def test_csv_extra_columns_missing_rows_and_order(tmp_path: Path) -> None:
     path = tmp_path / "t.csv"
     path.write_text(
-        "case,landmark,x,y,confidence\n"
-        "c2,A,1,2,0.9\n"
-        "c2,C,,,0.1\n"
-        "c1,A,3,4,1\n"
-        "c1,B,5,6,1\n"
-        "c1,C,NaN,nan,1\n"
+        "case,landmark,x,y,confidence\nc2,A,1,2,0.9\nc2,C,,,0.1\nc1,A,3,4,1\nc1,B,5,6,1\nc1,C,NaN,nan,1\n"
     )
     table = read_landmark_table(path)
     # first appearance is A, C, B, but c1 shows that B (absent from c2) comes before C
@@ -105,7 +100,11 @@ def test_csv_order_of_first_appearance(tmp_path: Path) -> None:
         ("order.csv", "case,landmark,x,y\nc,A,1,2\nc,B,1,2\nd,B,1,2\nd,A,1,2\n", "order"),
         ("partial.csv", "case,landmark,x,y\nc,A,1,nan\n", "missing"),
         ("empty.csv", "case,landmark,x,y\n", "no landmarks"),
-        ("dim.json", '{"landmarks": ["A", "B"], "cases": {"c": {"world_mm": [[1, 2], [1, 2, 3]]}}}', "dimension"),
+        (
+            "dim.json",
+            '{"landmarks": ["A", "B"], "cases": {"c": {"world_mm": [[1, 2], [1, 2, 3]]}}}',
+            "dimension",
+        ),
         ("num.json", '{"landmarks": ["A"], "cases": {"c": {"world_mm": [[1, "x"]]}}}', "non-numeric"),
         ("count.json", '{"landmarks": ["A", "B"], "cases": {"c": {"world_mm": [[1, 2]]}}}', "2 points"),
         ("sys.json", '{"coordinate_system": "voxel", "landmarks": [], "cases": {}}', "coordinate_system"),

@@ -83,7 +83,9 @@ def test_metric_empty_gives_nan_and_custom_thresholds() -> None:
     out = metric.compute()
     assert set(out) == {"mre_mm", "sd_mm", "median_mm", "iqr_mm", "sdr_1.5mm", "sdr_5mm"}
     assert all(torch.isnan(v) for v in out.values())
-    metric.update(torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64), torch.zeros(1, 1, 3, dtype=torch.float64))
+    metric.update(
+        torch.tensor([[[1.0, 0.0, 0.0]]], dtype=torch.float64), torch.zeros(1, 1, 3, dtype=torch.float64)
+    )
     assert metric.compute()["sdr_1.5mm"].item() == pytest.approx(100.0)
     metric.reset()
     assert torch.isnan(metric.compute()["mre_mm"])

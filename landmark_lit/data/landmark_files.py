@@ -24,6 +24,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -140,20 +141,19 @@ def _parse_coordinate(value: Any, where: str) -> float:
         return math.nan
     if isinstance(value, bool):
         raise _TableError(f"{where}: non-numeric coordinate {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value)
     if isinstance(value, str):
-        value = value.strip()
-        if value == "" or value.lower() == "nan":
+        text = value.strip()
+        if text == "" or text.lower() == "nan":
             return math.nan
         try:
-            number = float(value)
+            value = float(text)
         except ValueError:
-            raise _TableError(f"{where}: non-numeric coordinate {value!r}") from None
-        if math.isinf(number):
-            raise _TableError(f"{where}: infinite coordinate {value!r}")
-        return number
-    raise _TableError(f"{where}: non-numeric coordinate {value!r}")
+            raise _TableError(f"{where}: non-numeric coordinate {text!r}") from None
+    if not isinstance(value, (int, float)):
+        raise _TableError(f"{where}: non-numeric coordinate {value!r}")
+    if math.isinf(value):
+        raise _TableError(f"{where}: infinite coordinate {value!r}")
+    return float(value)
 
 
 def _point(values: list[float], where: str) -> list[float]:
@@ -224,7 +224,7 @@ def _merge_orders(first_seen: list[str], orders: list[list[str]], cases: list[st
     after: dict[str, set[str]] = {name: set() for name in first_seen}
     before_count = dict.fromkeys(first_seen, 0)
     for order in orders:
-        for a, b in zip(order, order[1:]):
+        for a, b in pairwise(order):
             if b not in after[a]:
                 after[a].add(b)
                 before_count[b] += 1
@@ -240,7 +240,7 @@ def _merge_orders(first_seen: list[str], orders: list[list[str]], cases: list[st
                 ready.append(nxt)
     if len(merged) != len(first_seen):
         conflicting = [n for n in first_seen if n not in merged]
-        where = [c for c, order in zip(cases, orders) if len(set(order) & set(conflicting)) > 1]
+        where = [c for c, order in zip(cases, orders, strict=True) if len(set(order) & set(conflicting)) > 1]
         raise _TableError(
             f"landmark order is inconsistent between cases {where[:5]} (landmarks {conflicting} appear in "
             "different orders)"
@@ -369,4 +369,6 @@ def _format_json(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> s
     data = {"coordinate_system": COORDINATE_SYSTEM, "landmarks": list(table.names), "cases": cases}
     text = json.dumps(data, indent=1, allow_nan=False)
     # one point per line: collapse the innermost lists of numbers
-    return _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)).replace(",", ", ") + "]", text) + "\n"
+    return (
+        _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)).replace(",", ", ") + "]", text) + "\n"
+    )

@@ -156,7 +156,8 @@ def format_table(summary: dict[str, Any]) -> str:
 
     def line(cells: list[str]) -> str:
         padded = [
-            cell.ljust(w) if c == 0 else cell.rjust(w) for c, (cell, w) in enumerate(zip(cells, widths))
+            cell.ljust(w) if c == 0 else cell.rjust(w)
+            for c, (cell, w) in enumerate(zip(cells, widths, strict=True))
         ]
         return "| " + " | ".join(padded) + " |"
 

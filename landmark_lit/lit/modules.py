@@ -65,7 +65,10 @@ class LandmarkModule(L.LightningModule):
         opt = self.optimizer_factory(self.parameters())
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"}}
+        return {
+            "optimizer": opt,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "step"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["landmark_lit"] = {**self.meta, "stage": self.stage}

@@ -1,0 +1,32 @@
+"""``landmark-predict``: run trained global (+ local) networks on image files."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.inference import LandmarkPredictor, predict_files
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Plain function behind the CLI: load the checkpoints, predict ``cfg.input``, write to ``cfg.output_dir``."""
+    torch.set_num_threads(int(cfg.threads))
+    predictor = LandmarkPredictor.from_checkpoints(cfg.global_checkpoint, cfg.get("local_checkpoint"))
+    inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input)
+    return predict_files(predictor, inputs, cfg.output_dir)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def main(cfg: DictConfig) -> None:
+    result = predict(cfg)
+    print(f"{result['done']} images done, {len(result['failed'])} failed; output in {cfg.output_dir}")
+    if result["failed"]:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,240 @@
+"""Global-to-local prediction from trained checkpoints, on images of any size, spacing and orientation.
+
+Checkpoints are read with ``torch.load(weights_only=True)``; the networks are rebuilt from the plain
+``landmark_lit`` entry each checkpoint carries (only the two known network classes can be built).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
+from landmark_lit.data.io import load_image
+from landmark_lit.data.transforms import Preprocessing, voxel_to_world, world_to_voxel
+from landmark_lit.decoding import Decoder
+from landmark_lit.networks import GlobalNet, LocalNet
+
+log = logging.getLogger(__name__)
+
+NETWORKS: dict[str, type[nn.Module]] = {
+    "landmark_lit.networks.GlobalNet": GlobalNet,
+    "landmark_lit.networks.LocalNet": LocalNet,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable or does not fit the model it is used for."""
+
+
+@dataclass
+class Stage:
+    """One trained stage ready for inference."""
+
+    net: nn.Module
+    meta: dict
+    path: str
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return Preprocessing(spacing=self.meta["spacing"], intensity=self.meta["intensity"])
+
+    @property
+    def decoder(self) -> Decoder:
+        return Decoder(**self.meta["decoder"])
+
+
+def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> Stage:
+    """Rebuild a stage's network from a Lightning checkpoint written by ``landmark-train``."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint safely ({type(exc).__name__}: {exc})") from exc
+    meta = ckpt.get("landmark_lit") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or "net" not in meta:
+        raise CheckpointError(f"{path}: not a landmark_lit checkpoint (no 'landmark_lit' entry)")
+    if expected_stage and meta.get("stage") != expected_stage:
+        raise CheckpointError(
+            f"{path}: a {meta.get('stage')!r} stage checkpoint, expected {expected_stage!r}"
+        )
+    net_cfg = dict(meta["net"])
+    target = net_cfg.pop("_target_", None)
+    if target not in NETWORKS:
+        raise CheckpointError(f"{path}: unknown network {target!r}")
+    try:
+        net = NETWORKS[target](**net_cfg)
+        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        net.load_state_dict(state)
+    except (TypeError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path}: weights do not fit the stored network ({exc})".splitlines()[0]
+        ) from exc
+    return Stage(net.eval(), meta, path)
+
+
+class LandmarkPredictor:
+    """Global network on the whole image, then (optionally) each landmark's local network on a sub-image.
+
+    Example:
+        >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
+        >>> result = predictor.predict("image.nii.gz")
+        >>> result["world"]  # (K, D) landmark coordinates in world mm
+    """
+
+    def __init__(self, global_stage: Stage, local_stage: Stage | None = None) -> None:
+        self.global_stage, self.local_stage = global_stage, local_stage
+        if local_stage is not None:
+            g, loc = global_stage.meta, local_stage.meta
+            if g["landmark_names"] != loc["landmark_names"]:
+                raise CheckpointError(
+                    f"{local_stage.path}: local landmarks {loc['landmark_names']} differ from the global "
+                    f"model's {g['landmark_names']}"
+                )
+            if g["spatial_dims"] != loc["spatial_dims"]:
+                raise CheckpointError(
+                    f"{local_stage.path}: {loc['spatial_dims']}D local model with a {g['spatial_dims']}D global model"
+                )
+
+    @classmethod
+    def from_checkpoints(
+        cls, global_checkpoint: str | os.PathLike, local_checkpoint: str | os.PathLike | None = None
+    ) -> LandmarkPredictor:
+        g = load_stage(global_checkpoint, "global")
+        loc = load_stage(local_checkpoint, "local") if local_checkpoint else None
+        return cls(g, loc)
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return list(self.global_stage.meta["landmark_names"])
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.global_stage.meta["spatial_dims"])
+
+    @torch.inference_mode()
+    def predict_array(self, image: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
+        """Landmarks of one image (C, *spatial) with its voxel -> world affine.
+
+        Returns ``world`` (K, D) mm, ``voxel`` (K, D) indices of the given image, ``global_world`` (K, D)
+        the global stage's estimate.
+        """
+        if image.ndim - 1 != self.spatial_dims:
+            raise ValueError(
+                f"the model is {self.spatial_dims}D but the image has shape {tuple(image.shape)}"
+            )
+        g = self.global_stage
+        x, aff = g.preprocessing(image, affine)
+        out = g.net(x[None])
+        world = voxel_to_world(g.decoder(out, g.net.stride)[0].double().numpy(), aff)
+        global_world = world
+        if self.local_stage is not None:
+            loc = self.local_stage
+            xl, aff_l = loc.preprocessing(image, affine)
+            centres = torch.as_tensor(world_to_voxel(world, aff_l), dtype=torch.float32)
+            starts = local_crop_starts(centres, loc.meta["crop_size"])
+            crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
+            refined = loc.decoder(loc.net(crops[None]), loc.net.stride)[0] + starts
+            world = voxel_to_world(refined.double().numpy(), aff_l)
+        return {"world": world, "voxel": world_to_voxel(world, affine), "global_world": global_world}
+
+    def predict(self, path: str | os.PathLike) -> dict[str, np.ndarray | float]:
+        """Read an image file and predict; adds ``seconds`` (with reading) and ``seconds_without_io``."""
+        t0 = time.perf_counter()
+        image, affine = load_image(path)
+        t1 = time.perf_counter()
+        result: dict = self.predict_array(image, affine)
+        t2 = time.perf_counter()
+        result["seconds"], result["seconds_without_io"] = t2 - t0, t2 - t1
+        return result
+
+
+IMAGE_SUFFIXES = (
+    ".nii",
+    ".nii.gz",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".tif",
+    ".tiff",
+)
+
+
+def case_id_of(path: str | os.PathLike) -> str:
+    """File name without its image suffix (``case.nii.gz`` -> ``case``)."""
+    name = Path(path).name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def find_images(spec: str | os.PathLike) -> list[Path]:
+    """Image files from a file, a folder (its image files, sorted) or a glob pattern."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
+    elif p.exists():
+        files = [p]
+    else:
+        files = sorted(Path(f) for f in glob.glob(str(spec)))
+    if not files:
+        raise FileNotFoundError(f"{spec}: no image files found")
+    return files
+
+
+def predict_files(
+    predictor: LandmarkPredictor, inputs: str | os.PathLike | list, output_dir: str | os.PathLike
+) -> dict:
+    """Predict every image of ``inputs`` (a file, folder, glob or list of them) and write
+    ``predictions.csv`` and ``predictions.json`` (world mm, voxel indices, image paths, timings) to
+    ``output_dir``. An image that fails is reported on one line and skipped; the rest go on.
+
+    Returns ``{"table": LandmarkTable, "failed": {path: reason}, "done": n}``.
+    """
+    from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
+
+    specs = inputs if isinstance(inputs, list | tuple) else [inputs]
+    files = [f for spec in specs for f in find_images(spec)]
+    table = LandmarkTable(names=predictor.landmark_names, coords={})
+    voxels: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    for f in files:
+        case = case_id_of(f)
+        try:
+            result = predictor.predict(f)
+        except Exception as exc:  # one bad file must not stop the batch
+            failed[str(f)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.error("%s: %s", f, failed[str(f)])
+            continue
+        table.coords[case] = result["world"]
+        voxels[case] = result["voxel"]
+        table.images[case] = str(Path(f).resolve())
+        table.seconds[case] = float(result["seconds"])
+        table.seconds_without_io[case] = float(result["seconds_without_io"])
+    out = Path(output_dir)
+    if table.coords:
+        write_landmark_table(out / "predictions.csv", table, voxel=voxels)
+        write_landmark_table(out / "predictions.json", table, voxel=voxels)
+    times = list(table.seconds.values())
+    log.info(
+        "%d images done, %d failed%s",
+        len(table.coords),
+        len(failed),
+        f", {np.median(times):.3f} s per image (median)" if times else "",
+    )
+    return {"table": table, "failed": failed, "done": len(table.coords)}
