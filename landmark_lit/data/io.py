@@ -39,7 +39,11 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     array = np.asarray(img.array if isinstance(img, MetaTensor) else img, dtype=np.float32)
     spatial = array.ndim - 1
     affine = np.asarray(img.affine, dtype=np.float64) if isinstance(img, MetaTensor) else np.eye(spatial + 1)
-    affine = affine[: spatial + 1, : spatial + 1] if affine.shape[0] >= spatial + 1 else np.eye(spatial + 1)
+    if affine.shape[0] > spatial + 1:  # MONAI gives 2D images a 4 x 4 affine: keep the in-plane part
+        keep = [*range(spatial), affine.shape[0] - 1]
+        affine = affine[np.ix_(keep, keep)]
+    elif affine.shape[0] < spatial + 1:
+        affine = np.eye(spatial + 1)
     if spatial not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2D or 3D image, got spatial shape {array.shape[1:]}")
     if not np.all(np.isfinite(affine)):

@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from landmark_lit.decoding import Decoder, decode, vote_weights
+from landmark_lit.networks import LandmarkOutput
+from landmark_lit.targets import (
+    cell_centres,
+    displacement_targets,
+    inverse_log_transform,
+    log_transform,
+    presence_targets,
+    valid_mask,
+)
+
+MODES = [("linear", False), ("log", False), ("none", True), ("linear", True), ("log", True)]
+
+
+def perfect_output(landmarks: torch.Tensor, input_shape, stride: int, regression: str) -> LandmarkOutput:
+    grid = [math.ceil(n / stride) for n in input_shape]
+    disp = displacement_targets(landmarks, grid, stride)
+    if regression == "log":
+        disp = log_transform(disp)
+    presence = presence_targets(landmarks, grid, stride, input_shape)
+    logits = (presence * 2 - 1) * 40.0  # posterior ~1 in the landmark's cell, ~0 elsewhere
+    return LandmarkOutput(disp, logits)
+
+
+def test_cell_centres_follow_the_spec():
+    c = cell_centres((3, 2), 8)
+    assert c.shape == (2, 3, 2)
+    assert c[:, 0, 0].tolist() == [3.5, 3.5]
+    assert c[:, 2, 1].tolist() == [2 * 8 + 3.5, 8 + 3.5]
+
+
+def test_displacement_targets_point_from_cell_centres_to_landmarks():
+    lm = torch.tensor([[[10.0, -3.0]]])
+    d = displacement_targets(lm, (2, 2), 4)
+    assert d.shape == (1, 1, 2, 2, 2)
+    assert d[0, 0, :, 1, 0].tolist() == [10.0 - 5.5, -3.0 - 1.5]
+
+
+def test_presence_marks_the_containing_cell_only():
+    # 7.7 lies in voxel 8 (extent [7.5, 8.5)), which belongs to cell 2 (voxels 8..11) although floor(7.7 / 4) = 1
+    lm = torch.tensor([[[9.2, 3.0], [7.7, 0.0]]])
+    y = presence_targets(lm, (3, 3), 4, (12, 12))
+    assert y.shape == (1, 2, 3, 3)
+    assert y[0, 0].sum() == 1 and y[0, 0, 2, 0] == 1
+    assert y[0, 1].sum() == 1 and y[0, 1, 2, 0] == 1
+
+
+def test_presence_radius_widens_the_positive_area():
+    lm = torch.tensor([[[20.0, 20.0]]])
+    y = presence_targets(lm, (10, 10), 4, (40, 40), radius=1.0)
+    assert y.sum() == 5  # the cell and its 4 face neighbours (Euclidean radius 1)
+    y2 = presence_targets(lm, (10, 10), 4, (40, 40), radius=1.5)
+    assert y2.sum() == 9
+
+
+def test_outside_or_missing_landmarks_have_no_presence():
+    lm = torch.tensor([[[-3.0, 5.0], [5.0, 12.0], [float("nan"), float("nan")]]])
+    y = presence_targets(lm, (3, 3), 4, (12, 12))
+    assert y.sum() == 0
+    assert valid_mask(lm).tolist() == [[True, True, False]]
+    assert torch.isnan(displacement_targets(lm, (3, 3), 4)[0, 2]).all()
+
+
+def test_log_transform_round_trip_and_values():
+    d = torch.tensor([-999.0, -9.0, -0.5, 0.0, 0.5, 9.0, 99.0])
+    t = log_transform(d)
+    torch.testing.assert_close(t[[1, 5, 6]], torch.tensor([-1.0, 1.0, 2.0]))
+    torch.testing.assert_close(inverse_log_transform(t), d, atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(inverse_log_transform(log_transform(d, math.e), math.e), d, atol=1e-4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("regression,classification", MODES)
+@pytest.mark.parametrize("d", [2, 3])
+def test_encode_then_decode_recovers_landmarks(d, regression, classification):
+    stride = 4
+    shape = (24, 20, 17)[:d]
+    g = torch.Generator().manual_seed(d)
+    inside = torch.rand(2, 5, d, generator=g) * (torch.tensor(shape[:d]) - 1)
+    outside = torch.tensor([[-6.3, 30.1, 40.0][:d], [25.7, -2.2, 8.0][:d]]).expand(2, 2, d)
+    lm = torch.cat([inside, outside], dim=1).double()
+    out = perfect_output(lm, shape, stride, regression)
+    got = decode(out, stride, regression, classification)
+    if regression != "none":
+        # votes are exact wherever they come from, inside or outside the crop
+        torch.testing.assert_close(got, lm.float(), atol=1e-4, rtol=0)
+    else:
+        # classification alone can only give the centre of the landmark's cell
+        centre = torch.floor((lm[:, :5] + 0.5) / stride) * stride + (stride - 1) / 2
+        torch.testing.assert_close(got[:, :5], centre.float(), atol=1e-4, rtol=0)
+
+
+def test_decoding_matches_a_hand_computed_weighted_average():
+    # 1D-like 2D example: grid (2, 1), stride 2 -> centres (0.5, 0.5) and (2.5, 0.5)
+    disp = torch.tensor([[1.0, 2.0], [0.0, -1.0]]).view(1, 1, 2, 2, 1)  # (B, K, D, 2, 1)
+    logits = torch.logit(torch.tensor([0.2, 0.6])).view(1, 1, 2, 1)
+    out = LandmarkOutput(disp, logits)
+    votes = torch.tensor([[0.5 + 1.0, 0.5 + 0.0], [2.5 + 2.0, 0.5 - 1.0]])
+    weighted = (0.2 * votes[0] + 0.6 * votes[1]) / 0.8
+    torch.testing.assert_close(decode(out, 2, "linear", True)[0, 0], weighted)
+    torch.testing.assert_close(decode(out, 2, "linear", False)[0, 0], votes.mean(0))
+    centres = torch.tensor([[0.5, 0.5], [2.5, 0.5]])
+    torch.testing.assert_close(decode(out, 2, "none", True)[0, 0], (0.2 * centres[0] + 0.6 * centres[1]) / 0.8)
+    log_votes = centres + inverse_log_transform(torch.tensor([[1.0, 0.0], [2.0, -1.0]]))
+    torch.testing.assert_close(decode(out, 2, "log", False)[0, 0], log_votes.mean(0))
+
+
+def test_weights_stay_finite_when_all_posteriors_underflow():
+    w = vote_weights(torch.full((1, 1, 3, 3), -200.0))
+    torch.testing.assert_close(w.sum(-1), torch.ones(1, 1))
+    assert torch.isfinite(w).all()
+
+
+def test_decoder_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="regression must be one of"):
+        Decoder(regression="squared")
+    with pytest.raises(ValueError, match="needs regression, classification or both"):
+        Decoder(regression="none", classification=False)
