@@ -22,7 +22,7 @@ _PARTS: list[tuple[tuple[float, float, float], tuple[float, float, float], float
     ((0.0, 0.0, 0.0), (0.55, 0.42, 0.48), 0.45),  # body
     ((0.05, 0.55, 0.0), (0.24, 0.2, 0.24), 0.75),  # head
     ((0.15, -0.1, 0.1), (0.14, 0.12, 0.14), -0.35),  # dark inclusion inside the body
-    ((-0.28, 0.12, -0.18), (0.07, 0.07, 0.07), 0.9),  # bright nodule
+    ((-0.28, 0.12, -0.18), (0.07, 0.07, 0.07), 0.45),  # nodule: with the body as bright as a distractor
     ((0.55, -0.42, 0.0), (0.11, 0.28, 0.11), 0.6),  # limb
 ]
 LANDMARKS: dict[str, tuple[float, float, float]] = {

@@ -1,0 +1,154 @@
+"""Compose the real configs, train each stage for a few steps through ``train(cfg)``, predict from the
+saved checkpoints, and run the CLI entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.data.io import save_nifti
+from landmark_lit.inference import CheckpointError, LandmarkPredictor, load_stage, predict_files
+from landmark_lit.training import train
+
+DATASETS = ["synthetic2d", "synthetic3d"]
+STAGES = ["global", "local"]
+ABLATIONS = ["R", "Rlog", "C", "R+C", "Rlog+C"]
+TINY = {
+    "synthetic2d": ["dataset.train.size=40", "dataset.val.size=40", "dataset.test.size=40"],
+    "synthetic3d": ["dataset.train.size=20", "dataset.val.size=20", "dataset.test.size=20"],
+}
+
+
+def tiny_overrides(dataset: str, out: Path) -> list[str]:
+    return [
+        f"dataset={dataset}",
+        "model=small",
+        "trainer=ci",
+        "dataset.train.num_cases=3",
+        "dataset.val.num_cases=2",
+        "dataset.test.num_cases=2",
+        "stage.samples_per_epoch=8",
+        "stage.batch_size=2",
+        f"paths.output_dir={out}",
+        *TINY[dataset],
+    ]
+
+
+def compose_train(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS)
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_every_combination_composes_and_builds(dataset, stage, ablation, tmp_path):
+    cfg = compose_train([f"dataset={dataset}", f"stage={stage}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"])
+    assert cfg.stage.name == stage and cfg.ablation.name == ablation
+    net = instantiate(cfg.stage.net)
+    loss = instantiate(cfg.loss)
+    decoder = instantiate(cfg.decoder)
+    assert net.spatial_dims == cfg.dataset.spatial_dims == (2 if dataset.endswith("2d") else 3)
+    assert loss.regression == decoder.regression == {"R": "linear", "Rlog": "log", "C": "none"}.get(
+        ablation.split("+")[0], "none"
+    )
+    assert decoder.classification == ("C" in ablation)
+    assert net.stride == (8 if stage == "global" else 2)
+
+
+def test_unknown_config_key_is_rejected(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="no_such_key"):
+        compose_train([f"paths.output_dir={tmp_path}", "trainer.no_such_key=1"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_train_both_stages_then_predict_from_checkpoints(dataset, tmp_path):
+    results = {}
+    for stage in STAGES:
+        cfg = compose_train([*tiny_overrides(dataset, tmp_path / stage), f"stage={stage}"])
+        res = train(cfg)
+        assert Path(res["best_checkpoint"]).is_file() and Path(res["last_checkpoint"]).is_file()
+        assert np.isfinite(res["metrics"]["val/mre_mm"]) and res["metrics"]["val/mre_mm"] > 0
+        assert "test/mre_mm" in res["metrics"] and "train/loss" in res["metrics"]
+        metrics_csv = next((tmp_path / stage / "csv").rglob("metrics.csv")).read_text()
+        assert "val/sdr_2mm" in metrics_csv and "train/loss_reg" in metrics_csv
+        results[stage] = res
+    # the checkpoint carries what prediction needs and loads with weights_only
+    ckpt = torch.load(results["global"]["best_checkpoint"], weights_only=True)
+    meta = ckpt["landmark_lit"]
+    assert meta["stage"] == "global" and len(meta["landmark_names"]) == 6 and meta["decoder"]["regression"] == "log"
+
+    predictor = LandmarkPredictor.from_checkpoints(results["global"]["best_checkpoint"], results["local"]["best_checkpoint"])
+    source = instantiate(cfg.dataset.test)
+    case = source[0]
+    out = predictor.predict_array(case.image, case.affine)
+    assert out["world"].shape == out["voxel"].shape == case.landmarks_world.shape
+    assert np.isfinite(out["world"]).all()
+    # from files, 3D only (NIfTI): a folder with one good and one corrupt file
+    if dataset == "synthetic3d":
+        images = tmp_path / "images"
+        save_nifti(images / "good.nii.gz", case.image, case.affine)
+        (images / "broken.nii.gz").write_bytes(b"not a nifti file")
+        result = predict_files(predictor, images, tmp_path / "pred")
+        assert result["done"] == 1 and list(result["failed"]) == [str(images / "broken.nii.gz")]
+        table = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+        np.testing.assert_allclose(table["cases"]["good"]["world_mm"], out["world"], atol=1e-3)
+
+
+@pytest.mark.slow
+def test_resume_from_last_checkpoint_continues_the_step_count(tmp_path):
+    cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path / "a"), "run_test=false"])
+    first = train(cfg)
+    assert first["trainer"].global_step == 4
+    cfg2 = compose_train(
+        [*tiny_overrides("synthetic2d", tmp_path / "b"), "run_test=false", "trainer.max_steps=6", f"ckpt_path={first['last_checkpoint']}"]
+    )
+    second = train(cfg2)
+    assert second["trainer"].global_step == 6
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    missing = tmp_path / "none.ckpt"
+    with pytest.raises(CheckpointError, match="none.ckpt: checkpoint not found"):
+        load_stage(missing)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.ckpt: not a landmark_lit checkpoint"):
+        load_stage(foreign)
+    wrong = tmp_path / "wrong.ckpt"
+    meta = {"stage": "global", "net": {"_target_": "os.system", "command": "echo hi"}}
+    torch.save({"state_dict": {}, "landmark_lit": meta}, wrong)
+    with pytest.raises(CheckpointError, match="unknown network 'os.system'"):
+        load_stage(wrong)
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="garbage.ckpt: cannot read checkpoint"):
+        load_stage(garbage)
+
+
+@pytest.mark.slow
+def test_cli_multirun_sweeps_the_ablations(tmp_path):
+    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C,Rlog+C",
+        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2", "run_test=false",
+        "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p.parent.parent.name for p in (tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
+    assert runs == ["0-synthetic2d-global-R", "1-synthetic2d-global-C", "2-synthetic2d-global-Rlog+C"]

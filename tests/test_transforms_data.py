@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from landmark_lit.data.datasets import (
+    GlobalTrainDataset,
+    LocalEvalDataset,
+    LocalTrainDataset,
+    PreparedCases,
+    SelectLandmarks,
+    WholeImageDataset,
+)
+from landmark_lit.data.cases import Case
+from landmark_lit.data.synthetic import SyntheticLandmarks
+from landmark_lit.data.transforms import (
+    Preprocessing,
+    crop_or_pad,
+    resample_to_spacing,
+    spacing_of,
+    voxel_to_world,
+    world_to_voxel,
+)
+
+
+def bright_voxel_case(shape, voxel, affine) -> Case:
+    img = np.zeros((1, *shape), np.float32)
+    img[(0, *voxel)] = 1000.0
+    return Case("bright", img, np.asarray(affine, float), voxel_to_world(np.array([voxel], float), affine))
+
+
+def argmax_voxel(image: torch.Tensor) -> np.ndarray:
+    return np.array(np.unravel_index(int(image[0].argmax()), image.shape[1:]), float)
+
+
+def oblique_affine(spacing, angle_deg=20.0, origin=(-30.0, 12.0, 5.0)) -> np.ndarray:
+    a = np.radians(angle_deg)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    aff = np.eye(4)
+    aff[:3, :3] = rot @ np.diag(spacing)
+    aff[:3, 3] = origin
+    return aff
+
+
+AFFINES = {
+    "isotropic": np.diag([1.0, 1.0, 1.0, 1.0]),
+    "anisotropic": np.diag([0.8, 1.1, 2.5, 1.0]),
+    "oblique_lps": np.diag([-1, -1, 1, 1]) @ oblique_affine((0.9, 0.9, 1.7)),
+}
+
+
+@pytest.mark.parametrize("name", AFFINES)
+@pytest.mark.parametrize("spacing", [1.5, 3.0, 0.7])
+def test_bright_voxel_stays_on_its_landmark_through_resampling(name, spacing):
+    case = bright_voxel_case((40, 36, 20), (17, 21, 9), AFFINES[name])
+    img, aff = resample_to_spacing(case.image, case.affine, spacing)
+    np.testing.assert_allclose(spacing_of(aff), spacing, rtol=1e-6)
+    q = world_to_voxel(case.landmarks_world[0], aff)
+    assert np.all(np.abs(argmax_voxel(img) - q) <= 0.5 + 1e-6), (argmax_voxel(img), q)
+
+
+def test_world_voxel_round_trip():
+    aff = AFFINES["oblique_lps"]
+    pts = np.array([[1.5, -2.0, 30.25], [np.nan, np.nan, np.nan]])
+    back = voxel_to_world(world_to_voxel(pts, aff), aff)
+    np.testing.assert_allclose(back[0], pts[0], atol=1e-9)
+    assert np.isnan(back[1]).all()
+
+
+def test_crop_or_pad_keeps_voxels_and_zero_fills():
+    img = torch.arange(60.0).view(1, 6, 10)
+    crop = crop_or_pad(img, (-2, 7), (5, 5))
+    assert crop.shape == (1, 5, 5)
+    assert crop[0, 2, 0] == img[0, 0, 7] and crop[0, 4, 2] == img[0, 2, 9]
+    assert crop[0, :2].abs().sum() == 0 and crop[0, :, 3:].abs().sum() == 0
+
+
+def test_synthetic_cases_are_seeded_and_landmarks_need_context():
+    src = SyntheticLandmarks(3, 4, seed=5, size=32, spacing=3.0)
+    a, b = src[1], src[1]
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(a.landmarks_world, b.landmarks_world)
+    assert not np.array_equal(src[0].landmarks_world, src[1].landmarks_world)
+    other = SyntheticLandmarks(3, 4, seed=6, size=32, spacing=3.0)[1]
+    assert not np.array_equal(other.image, a.image)
+    # no landmark sits on the brightest voxel
+    brightest = argmax_voxel(torch.from_numpy(a.image))
+    vox = world_to_voxel(a.landmarks_world, a.affine)
+    assert np.linalg.norm(vox - brightest, axis=1).min() > 1.0
+    assert a.image.shape == (1, 32, 32, 32) and a.landmarks_world.shape == (6, 3)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_training_crops_carry_their_landmarks(d):
+    size = (30, 26, 22)[:d]
+    voxel = (11, 19, 7)[:d]
+    case = bright_voxel_case(size, voxel, np.diag([*([1.0] * d), 1.0]))
+
+    class One:
+        landmark_names, spatial_dims = ["p"], d
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return case
+
+    cases = PreparedCases(One(), Preprocessing(spacing=1.0, intensity="none"))
+    for ds in (GlobalTrainDataset(cases, (16,) * d, 8), LocalTrainDataset(cases, (8,) * d, 8, margin=1.0)):
+        for i in range(8):
+            item = ds[i]
+            image = item["image"] if item["image"].ndim == d + 1 else item["image"][0]
+            lm = item["landmarks"][0].numpy()
+            inside = np.all((lm >= 0) & (lm <= np.array(image.shape[1:]) - 1))
+            if inside:
+                np.testing.assert_allclose(argmax_voxel(image), lm, atol=1e-6)
+            else:
+                assert isinstance(ds, GlobalTrainDataset) and image.max() == 0
+            if isinstance(ds, LocalTrainDataset):
+                assert inside and np.all(lm >= 1.0) and np.all(lm <= 8 - 1 - 1.0)
+            np.testing.assert_allclose(item["origin"][0].numpy() + lm, voxel)
+    whole = WholeImageDataset(cases)[0]
+    np.testing.assert_allclose(whole["landmarks"][0].numpy(), voxel)
+    ev = LocalEvalDataset(cases, (8,) * d, jitter=2.0)[0]
+    lm = ev["landmarks"][0].numpy()
+    assert np.all(np.abs(lm - 3.5) <= 2.5 + 1e-6)
+    np.testing.assert_allclose(argmax_voxel(ev["image"][0]), lm, atol=1e-6)
+
+
+def test_select_landmarks_restricts_names_and_coordinates():
+    src = SyntheticLandmarks(2, 2, size=32)
+    sel = SelectLandmarks(src, [3, 1])
+    assert sel.landmark_names == [src.landmark_names[3], src.landmark_names[1]]
+    np.testing.assert_array_equal(sel[0].landmarks_world, src[0].landmarks_world[[3, 1]])
+    with pytest.raises(ValueError, match="out of range"):
+        SelectLandmarks(src, [6])
+
+
+def test_missing_landmarks_stay_missing_through_preprocessing():
+    case = bright_voxel_case((20, 20), (5, 6), np.eye(3))
+    case.landmarks_world = np.array([[np.nan, np.nan]])
+
+    class One:
+        landmark_names, spatial_dims = ["p"], 2
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return case
+
+    item = LocalTrainDataset(PreparedCases(One(), Preprocessing(2.0)), (8, 8), 2)[0]
+    assert torch.isnan(item["landmarks"]).all() and item["image"].shape == (1, 1, 8, 8)
