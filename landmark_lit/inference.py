@@ -7,8 +7,8 @@ Checkpoints are read with ``torch.load(weights_only=True)``; the networks are re
 from __future__ import annotations
 
 import glob
-import os
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path

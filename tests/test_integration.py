@@ -14,7 +14,6 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.data.io import save_nifti
@@ -54,14 +53,18 @@ def compose_train(overrides: list[str]):
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_every_combination_composes_and_builds(dataset, stage, ablation, tmp_path):
-    cfg = compose_train([f"dataset={dataset}", f"stage={stage}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"])
+    cfg = compose_train(
+        [f"dataset={dataset}", f"stage={stage}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"]
+    )
     assert cfg.stage.name == stage and cfg.ablation.name == ablation
     net = instantiate(cfg.stage.net)
     loss = instantiate(cfg.loss)
     decoder = instantiate(cfg.decoder)
     assert net.spatial_dims == cfg.dataset.spatial_dims == (2 if dataset.endswith("2d") else 3)
-    assert loss.regression == decoder.regression == {"R": "linear", "Rlog": "log", "C": "none"}.get(
-        ablation.split("+")[0], "none"
+    assert (
+        loss.regression
+        == decoder.regression
+        == {"R": "linear", "Rlog": "log", "C": "none"}.get(ablation.split("+")[0], "none")
     )
     assert decoder.classification == ("C" in ablation)
     assert net.stride == (8 if stage == "global" else 2)
@@ -90,9 +93,15 @@ def test_train_both_stages_then_predict_from_checkpoints(dataset, tmp_path):
     # the checkpoint carries what prediction needs and loads with weights_only
     ckpt = torch.load(results["global"]["best_checkpoint"], weights_only=True)
     meta = ckpt["landmark_lit"]
-    assert meta["stage"] == "global" and len(meta["landmark_names"]) == 6 and meta["decoder"]["regression"] == "log"
+    assert (
+        meta["stage"] == "global"
+        and len(meta["landmark_names"]) == 6
+        and meta["decoder"]["regression"] == "log"
+    )
 
-    predictor = LandmarkPredictor.from_checkpoints(results["global"]["best_checkpoint"], results["local"]["best_checkpoint"])
+    predictor = LandmarkPredictor.from_checkpoints(
+        results["global"]["best_checkpoint"], results["local"]["best_checkpoint"]
+    )
     source = instantiate(cfg.dataset.test)
     case = source[0]
     out = predictor.predict_array(case.image, case.affine)
@@ -115,7 +124,12 @@ def test_resume_from_last_checkpoint_continues_the_step_count(tmp_path):
     first = train(cfg)
     assert first["trainer"].global_step == 4
     cfg2 = compose_train(
-        [*tiny_overrides("synthetic2d", tmp_path / "b"), "run_test=false", "trainer.max_steps=6", f"ckpt_path={first['last_checkpoint']}"]
+        [
+            *tiny_overrides("synthetic2d", tmp_path / "b"),
+            "run_test=false",
+            "trainer.max_steps=6",
+            f"ckpt_path={first['last_checkpoint']}",
+        ]
     )
     second = train(cfg2)
     assert second["trainer"].global_step == 6
@@ -152,3 +166,30 @@ def test_cli_multirun_sweeps_the_ablations(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted(p.parent.parent.name for p in (tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
     assert runs == ["0-synthetic2d-global-R", "1-synthetic2d-global-C", "2-synthetic2d-global-Rlog+C"]
+
+
+def test_sweep_config_sets_the_ablation_grid(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["sweep=ablation", f"paths.output_dir={tmp_path}"], return_hydra_config=True
+        )
+    assert cfg.hydra.sweeper.params.ablation == "R,Rlog,C,R+C,Rlog+C"
+    assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
+@pytest.mark.slow
+def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_train(
+        [
+            *tiny_overrides("synthetic2d", tmp_path),
+            "logger=wandb",
+            "data.landmark_indices=[2]",
+            "run_test=false",
+        ]
+    )
+    res = train(cfg)
+    stage = load_stage(res["best_checkpoint"], "global")
+    assert stage.meta["landmark_names"] == ["nodule"] and stage.net.num_landmarks == 1
+    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run written"

@@ -18,7 +18,10 @@ def target_output(lm: torch.Tensor, regression: str) -> LandmarkOutput:
     return LandmarkOutput(disp.clone().requires_grad_(True), logits.clone().requires_grad_(True))
 
 
-@pytest.mark.parametrize("regression,classification", [("linear", False), ("log", False), ("none", True), ("linear", True), ("log", True)])
+@pytest.mark.parametrize(
+    "regression,classification",
+    [("linear", False), ("log", False), ("none", True), ("linear", True), ("log", True)],
+)
 def test_loss_is_zero_at_the_target(regression, classification):
     lm = torch.tensor([[[5.0, 7.0], [14.2, 1.0]]])
     out = target_output(lm, regression)
@@ -39,7 +42,11 @@ def test_loss_value_by_hand():
 
 def test_gradients_flow_only_through_enabled_parts():
     lm = torch.tensor([[[5.0, 7.0]]])
-    for regression, classification, disp_grad, logit_grad in [("log", False, True, False), ("none", True, False, True), ("log", True, True, True)]:
+    for regression, classification, disp_grad, logit_grad in [
+        ("log", False, True, False),
+        ("none", True, False, True),
+        ("log", True, True, True),
+    ]:
         out = target_output(lm, "linear")
         out = LandmarkOutput(out.displacement + 0.1, out.logits * 0.0)
         out.displacement.retain_grad()
@@ -60,6 +67,8 @@ def test_missing_landmarks_are_masked_not_zeroed():
     parts = LandmarkLoss("log", True)(LandmarkOutput(disp, logits), lm, STRIDE, SHAPE)
     assert parts["loss"].item() == pytest.approx(0.0, abs=1e-12)
     all_missing = torch.full_like(lm, float("nan"))
-    parts = LandmarkLoss("log", True)(LandmarkOutput(disp.requires_grad_(True), logits), all_missing, STRIDE, SHAPE)
+    parts = LandmarkLoss("log", True)(
+        LandmarkOutput(disp.requires_grad_(True), logits), all_missing, STRIDE, SHAPE
+    )
     assert parts["loss"].item() == 0.0
     parts["loss"].backward()  # still a graph

@@ -17,7 +17,11 @@ def bn_params(c: int) -> int:
 
 
 def block_params(cin: int, cout: int, d: int, g: int = 1) -> int:
-    n = conv_params(cin * g, cout * g, 3, d, g) + bn_params(cout * g) + conv_params(cout * g, cout * g, 3, d, g)
+    n = (
+        conv_params(cin * g, cout * g, 3, d, g)
+        + bn_params(cout * g)
+        + conv_params(cout * g, cout * g, 3, d, g)
+    )
     n += bn_params(cout * g)
     if cin != cout:
         n += conv_params(cin * g, cout * g, 1, d, g) + bn_params(cout * g)
@@ -72,7 +76,7 @@ def test_specialised_local_net_equals_k_independent_networks():
     grouped = LocalNet(d, 1, k, specialised=True).eval()
     singles = [LocalNet(d, 1, 1).eval() for _ in range(k)]
     # copy group i of every grouped parameter into network i
-    for (name, p), (_, b) in zip(grouped.state_dict().items(), grouped.state_dict().items(), strict=True):
+    for name, p in grouped.state_dict().items():
         for i, net in enumerate(singles):
             target = net.state_dict()[name]
             if target.ndim == 0:
@@ -98,7 +102,16 @@ def test_specialised_local_net_equals_k_independent_networks():
     ],
 )
 def test_global_output_grid_is_ceil_of_size_over_stride(d, size, pools, stride):
-    net = GlobalNet(d, 1, 3, stem_channels=4, stage_channels=(4, 4, 4, 4), stage_blocks=(1, 1, 1, 1), pool_before=pools, head_channels=4)
+    net = GlobalNet(
+        d,
+        1,
+        3,
+        stem_channels=4,
+        stage_channels=(4, 4, 4, 4),
+        stage_blocks=(1, 1, 1, 1),
+        pool_before=pools,
+        head_channels=4,
+    )
     assert net.stride == stride
     out = net(torch.randn(2, 1, *size))
     grid = tuple(math.ceil(n / stride) for n in size)

@@ -73,7 +73,9 @@ def test_log_transform_round_trip_and_values():
     t = log_transform(d)
     torch.testing.assert_close(t[[1, 5, 6]], torch.tensor([-1.0, 1.0, 2.0]))
     torch.testing.assert_close(inverse_log_transform(t), d, atol=1e-4, rtol=1e-6)
-    torch.testing.assert_close(inverse_log_transform(log_transform(d, math.e), math.e), d, atol=1e-4, rtol=1e-6)
+    torch.testing.assert_close(
+        inverse_log_transform(log_transform(d, math.e), math.e), d, atol=1e-4, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("regression,classification", MODES)
@@ -106,7 +108,9 @@ def test_decoding_matches_a_hand_computed_weighted_average():
     torch.testing.assert_close(decode(out, 2, "linear", True)[0, 0], weighted)
     torch.testing.assert_close(decode(out, 2, "linear", False)[0, 0], votes.mean(0))
     centres = torch.tensor([[0.5, 0.5], [2.5, 0.5]])
-    torch.testing.assert_close(decode(out, 2, "none", True)[0, 0], (0.2 * centres[0] + 0.6 * centres[1]) / 0.8)
+    torch.testing.assert_close(
+        decode(out, 2, "none", True)[0, 0], (0.2 * centres[0] + 0.6 * centres[1]) / 0.8
+    )
     log_votes = centres + inverse_log_transform(torch.tensor([[1.0, 0.0], [2.0, -1.0]]))
     torch.testing.assert_close(decode(out, 2, "log", False)[0, 0], log_votes.mean(0))
 

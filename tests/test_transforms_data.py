@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from landmark_lit.data.cases import Case
 from landmark_lit.data.datasets import (
     GlobalTrainDataset,
     LocalEvalDataset,
@@ -12,7 +13,6 @@ from landmark_lit.data.datasets import (
     SelectLandmarks,
     WholeImageDataset,
 )
-from landmark_lit.data.cases import Case
 from landmark_lit.data.synthetic import SyntheticLandmarks
 from landmark_lit.data.transforms import (
     Preprocessing,

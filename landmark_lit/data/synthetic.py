@@ -3,7 +3,7 @@
 Each case is a randomly posed (rotated, anisotropically scaled, shifted) "phantom" built from soft
 ellipsoids of different intensities, plus bright distractor blobs, a smooth bias field and noise. The
 landmarks are fixed points of the phantom's own frame: boundary points, the centre of a dark inclusion,
-a point in empty space beside the phantom, and the centre of a bright nodule that has look-alike
+a point in empty space between two parts, and the centre of a bright nodule that has look-alike
 distractors. None is simply the brightest voxel; all move exactly with the pose. Cases are generated on
 the fly from ``seed + index`` and are identical on every call.
 """
@@ -31,7 +31,7 @@ LANDMARKS: dict[str, tuple[float, float, float]] = {
     "nodule": (-0.28, 0.12, -0.18),
     "limb_tip": (0.55, -0.7, 0.0),
     "body_left": (-0.55, 0.0, 0.0),
-    "empty_space": (-0.45, -0.65, 0.0),
+    "empty_space": (0.2, -0.55, 0.0),  # between the body and the limb, touching neither
 }
 
 

@@ -81,7 +81,7 @@ def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Ten
     A landmark at voxel p of ``image`` is at ``p - start`` in the crop.
     """
     d = image.ndim - 1
-    src, dst, pads = [], [], []
+    src, pads = [], []
     for n, s0, sz in zip(image.shape[1:], start, size, strict=True):
         a, b = max(int(s0), 0), min(int(s0) + int(sz), n)
         src.append(slice(a, max(a, b)))
