@@ -60,6 +60,13 @@ def test_bright_voxel_stays_on_its_landmark_through_resampling(name, spacing):
     assert np.all(np.abs(argmax_voxel(img) - q) <= 0.5 + 1e-6), (argmax_voxel(img), q)
 
 
+def test_world_to_voxel_inverts_a_permuted_affine():
+    affine = np.array([[0.0, 2.0, 0.0, 5.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 0.5, 1.0], [0, 0, 0, 1]])
+    voxel = np.array([[1.0, 2.0, 3.0], [4.0, 0.0, 7.0]])
+    world = voxel @ affine[:3, :3].T + affine[:3, 3]
+    np.testing.assert_allclose(world_to_voxel(world, affine), voxel)
+
+
 def test_world_voxel_round_trip():
     aff = AFFINES["oblique_lps"]
     pts = np.array([[1.5, -2.0, 30.25], [np.nan, np.nan, np.nan]])

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from landmark_lit.data.io import atomic_path
+from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.metrics import PAPER_THRESHOLDS_MM, sdr
 
 REFERENCE_STYLE = {"marker": "+", "color": "tab:blue", "markersize": 12, "markeredgewidth": 2}
@@ -74,13 +75,6 @@ def plot_error_boxplot(errors: np.ndarray, names: Sequence[str], path: str | os.
     ax.set(ylabel="radial error (mm)", title="Radial error per landmark")
     ax.grid(True, axis="y", alpha=0.3)
     _save(fig, path)
-
-
-def world_to_voxel(points_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """Map world points (..., D) in mm to voxel indices (..., D) with the inverse of a (D+1, D+1) affine."""
-    points_mm = np.asarray(points_mm, dtype=np.float64)
-    inverse = np.linalg.inv(np.asarray(affine, dtype=np.float64))
-    return points_mm @ inverse[:-1, :-1].T + inverse[:-1, -1]
 
 
 def _show(ax: Axes, plane: np.ndarray, spacing: tuple[float, float], origin: str) -> None:

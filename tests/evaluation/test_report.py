@@ -204,12 +204,3 @@ def test_cli_subprocess(tmp_path: Path) -> None:
     assert "| All " in result.stdout
     assert all((tmp_path / "run" / name).is_file() for name in OUTPUTS)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["overall"]["n"] == 5
-
-
-def test_world_to_voxel_inverts_affine() -> None:
-    from landmark_lit.evaluation.plots import world_to_voxel
-
-    affine = np.array([[0.0, 2.0, 0.0, 5.0], [1.5, 0.0, 0.0, -3.0], [0.0, 0.0, 0.5, 1.0], [0, 0, 0, 1]])
-    voxel = np.array([[1.0, 2.0, 3.0], [4.0, 0.0, 7.0]])
-    world = voxel @ affine[:3, :3].T + affine[:3, 3]
-    np.testing.assert_allclose(world_to_voxel(world, affine), voxel)
