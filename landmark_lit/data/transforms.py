@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
-from monai.transforms import GaussianSmooth, NormalizeIntensity, Spacing
+from monai.transforms import GaussianSmooth, HistogramNormalize, NormalizeIntensity, Spacing
 from nibabel.affines import apply_affine
 from torch import Tensor
 
@@ -65,14 +65,23 @@ def resample_to_spacing(
     return out.as_tensor().float(), out.affine.numpy().astype(np.float64)
 
 
+INTENSITY_METHODS = ("zscore", "histeq", "none")
+
+
 def normalize_intensity(image: Tensor, method: str = "zscore") -> Tensor:
-    """Per-image intensity normalisation: "zscore" (MONAI NormalizeIntensity) or "none"."""
-    if method == "zscore":
-        out = NormalizeIntensity(channel_wise=True)(image)
-        return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
+    """Per-image intensity normalisation (MONAI transforms).
+
+    "zscore": zero mean, unit variance per channel; "histeq": histogram equalisation (as the paper does for
+    cephalograms) followed by "zscore"; "none": unchanged.
+    """
+    if method not in INTENSITY_METHODS:
+        raise ValueError(f"unknown intensity normalisation {method!r} (expected one of {INTENSITY_METHODS})")
     if method == "none":
         return image
-    raise ValueError(f"unknown intensity normalisation {method!r} (expected 'zscore' or 'none')")
+    if method == "histeq":
+        image = HistogramNormalize(num_bins=256, min=0, max=1)(image)
+    out = NormalizeIntensity(channel_wise=True)(image)
+    return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
 
 
 def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Tensor:
@@ -100,7 +109,7 @@ class Preprocessing:
 
     Attributes:
         spacing: working voxel spacing in mm (a number for isotropic, or one per axis).
-        intensity: per-image normalisation, "zscore" or "none".
+        intensity: per-image normalisation, "zscore", "histeq" or "none".
         antialias: Gaussian pre-smoothing on down-sampled axes.
     """
 

@@ -1,0 +1,146 @@
+"""ISBI 2015 cephalometric X-rays (Wang et al. 2016): 19 landmarks, 1935 x 2400 px at 0.1 mm.
+
+Images are read with MONAI's PIL reader, which returns 2D arrays in (width, height) order: array axis 0 is
+the column x, axis 1 the row y. The annotations (pixels, x = column, y = row) are therefore voxel
+coordinates of the array as they stand, and world mm = 0.1 * (x, y).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from landmark_lit.data.cases import Case
+from landmark_lit.data.io import load_image
+
+SPACING_MM = 0.1
+LANDMARK_NAMES = [
+    "sella",
+    "nasion",
+    "orbitale",
+    "porion",
+    "subspinale",
+    "supramentale",
+    "pogonion",
+    "menton",
+    "gnathion",
+    "gonion",
+    "lower_incisal_incision",
+    "upper_incisal_incision",
+    "upper_lip",
+    "lower_lip",
+    "subnasale",
+    "soft_tissue_pogonion",
+    "posterior_nasal_spine",
+    "anterior_nasal_spine",
+    "articulare",
+]
+GROUND_TRUTHS = ("average", "senior", "junior")
+SUBSETS = ("all", "train", "val")
+
+
+def read_annotations(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """One doctor's annotation file -> image id (e.g. "001") -> (19, 2) pixel coordinates (x, y)."""
+    out: dict[str, np.ndarray] = {}
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            try:
+                pts = [[float(row[f"L{k}_x"]), float(row[f"L{k}_y"])] for k in range(1, 20)]
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}: bad annotation row for {row.get('image')!r} ({exc})") from exc
+            out[Path(row["image"]).stem] = np.asarray(pts, dtype=np.float64)
+    return out
+
+
+class ISBI2015Cephalograms:
+    """A :class:`~landmark_lit.data.cases.CaseSource` over the ISBI 2015 challenge data.
+
+    Args:
+        data_dir: the ``isbi2015-ceph`` folder (images/, annotations/, splits/).
+        split: "train" (images 001-150) or "test1" (151-300).
+        subset: for the train split, "train" (all but the validation images), "val" or "all".
+        val_count: number of training images held out for validation (the paper: 10).
+        val_seed: seed of the random choice of validation images.
+        ground_truth: "average" of the two doctors (the paper), "senior" or "junior".
+        limit: use only the first ``limit`` images (tests, quick runs).
+    """
+
+    spatial_dims = 2
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        split: str = "train",
+        subset: str = "all",
+        val_count: int = 10,
+        val_seed: int = 0,
+        ground_truth: str = "average",
+        limit: int | None = None,
+    ) -> None:
+        root = Path(data_dir)
+        if not (root / "images").is_dir() or not (root / "annotations").is_dir():
+            raise FileNotFoundError(
+                f"{root}: ISBI 2015 data not found (expected images/ and annotations/); set paths.data_dir"
+            )
+        if ground_truth not in GROUND_TRUTHS:
+            raise ValueError(f"ground_truth must be one of {GROUND_TRUTHS}, got {ground_truth!r}")
+        if subset not in SUBSETS:
+            raise ValueError(f"subset must be one of {SUBSETS}, got {subset!r}")
+        split_file = root / "splits" / f"{split}.txt"
+        if not split_file.is_file():
+            raise FileNotFoundError(f"{split_file}: split not found (available: train, test1)")
+        ids = [Path(line.strip()).stem for line in split_file.read_text().splitlines() if line.strip()]
+        if subset != "all":
+            rng = np.random.default_rng(val_seed)
+            val_ids = set(rng.choice(sorted(ids), size=val_count, replace=False).tolist())
+            ids = [i for i in ids if (i in val_ids) == (subset == "val")]
+        self.ids = ids[:limit] if limit is not None else ids
+        self.root, self.ground_truth = root, ground_truth
+        senior = read_annotations(root / "annotations" / "senior.csv")
+        junior = read_annotations(root / "annotations" / "junior.csv")
+        missing = [i for i in self.ids if i not in senior or i not in junior]
+        if missing:
+            raise ValueError(f"{root / 'annotations'}: no annotation for images {missing[:5]}")
+        self.senior, self.junior = senior, junior
+        self.landmark_names = list(LANDMARK_NAMES)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def pixels(self, image_id: str, ground_truth: str | None = None) -> np.ndarray:
+        """(19, 2) annotated pixel coordinates (x, y) under a ground-truth convention."""
+        gt = ground_truth or self.ground_truth
+        if gt == "average":
+            return (self.senior[image_id] + self.junior[image_id]) / 2.0
+        return (self.senior if gt == "senior" else self.junior)[image_id].copy()
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "images" / f"{image_id}.jpg"
+
+    def __getitem__(self, index: int) -> Case:
+        image_id = self.ids[index]
+        path = self.image_path(image_id)
+        image, _ = load_image(path)
+        grey = image.mean(axis=0, keepdims=True)  # R = G = B; 300.jpg has a coloured strip, averaged away
+        affine = np.diag([SPACING_MM, SPACING_MM, 1.0])
+        return Case(
+            case_id=image_id,
+            image=grey.astype(np.float32),
+            affine=affine,
+            landmarks_world=self.pixels(image_id) * SPACING_MM,
+            image_path=str(path),
+        )
+
+
+def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = None):
+    """The source's landmarks in world mm as a :class:`~landmark_lit.data.landmark_files.LandmarkTable`."""
+    from landmark_lit.data.landmark_files import LandmarkTable
+
+    return LandmarkTable(
+        names=list(source.landmark_names),
+        coords={i: source.pixels(i, ground_truth) * SPACING_MM for i in source.ids},
+        images={i: str(source.image_path(i)) for i in source.ids},
+    )
