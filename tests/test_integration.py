@@ -193,3 +193,12 @@ def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch
     stage = load_stage(res["best_checkpoint"], "global")
     assert stage.meta["landmark_names"] == ["nodule"] and stage.net.num_landmarks == 1
     assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run written"
+
+
+@pytest.mark.slow
+def test_local_stage_trains_with_augmentation(tmp_path):
+    aug = "data.augment={_target_:landmark_lit.data.augment.Augmentation,prob:1.0,rotate_deg:10,scale:0.1}"
+    cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path), "stage=local", "run_test=false", aug])
+    res = train(cfg)
+    assert res["datamodule"].augment.keep_inside == cfg.data.local_margin
+    assert np.isfinite(res["metrics"]["train/loss"])

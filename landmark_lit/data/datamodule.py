@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader
 
+from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.cases import CaseSource
 from landmark_lit.data.datasets import (
     GlobalTrainDataset,
@@ -35,6 +37,8 @@ class LandmarkDataModule(L.LightningDataModule):
         landmark_indices: restrict to these landmarks (single-landmark runs); None = all.
         local_margin: local training crops keep the landmark this many voxels inside.
         local_eval_jitter: local evaluation crops are centred this far (voxels, per axis) off the landmark.
+        augment: training augmentation; in the local stage it keeps each landmark ``local_margin``
+            voxels inside its sub-image.
     """
 
     def __init__(
@@ -53,6 +57,7 @@ class LandmarkDataModule(L.LightningDataModule):
         local_margin: float = 1.0,
         local_eval_jitter: float = 2.0,
         antialias: bool = True,
+        augment: Augmentation | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -67,6 +72,9 @@ class LandmarkDataModule(L.LightningDataModule):
         self.preprocessing = Preprocessing(spacing=spacing, intensity=intensity, antialias=antialias)
         self.batch_size, self.samples_per_epoch, self.num_workers = batch_size, samples_per_epoch, num_workers
         self.local_margin, self.local_eval_jitter = local_margin, local_eval_jitter
+        if augment is not None and stage == "local" and augment.keep_inside is None:
+            augment = dataclasses.replace(augment, keep_inside=local_margin)
+        self.augment = augment
         self._prepared: dict[str, PreparedCases] = {}
 
     @property
@@ -97,9 +105,11 @@ class LandmarkDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         cases = self._cases("train")
         if self.stage == "global":
-            ds = GlobalTrainDataset(cases, self.crop_size, self.samples_per_epoch)
+            ds = GlobalTrainDataset(cases, self.crop_size, self.samples_per_epoch, self.augment)
         else:
-            ds = LocalTrainDataset(cases, self.crop_size, self.samples_per_epoch, self.local_margin)
+            ds = LocalTrainDataset(
+                cases, self.crop_size, self.samples_per_epoch, self.local_margin, self.augment
+            )
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 
     def _eval_loader(self, split: str) -> DataLoader:

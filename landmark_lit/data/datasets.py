@@ -11,7 +11,7 @@ Every item is a dict of tensors:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -83,11 +83,19 @@ def _finalise(prep: dict, image: Tensor, landmarks: Tensor, origin: Tensor) -> d
 class GlobalTrainDataset(Dataset):
     """Random crops of ``crop_size`` anywhere in the working image (zero-padded where it is smaller).
 
-    The epoch length is ``samples_per_epoch``; item i uses case ``i % num_cases``.
+    The epoch length is ``samples_per_epoch``; item i uses case ``i % num_cases``. An optional
+    ``augment(image, landmarks)`` (e.g. :class:`~landmark_lit.data.augment.Augmentation`) runs on each crop.
     """
 
-    def __init__(self, cases: PreparedCases, crop_size: Sequence[int], samples_per_epoch: int) -> None:
+    def __init__(
+        self,
+        cases: PreparedCases,
+        crop_size: Sequence[int],
+        samples_per_epoch: int,
+        augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+    ) -> None:
         self.cases, self.crop_size, self.samples = cases, [int(c) for c in crop_size], samples_per_epoch
+        self.augment = augment
 
     def __len__(self) -> int:
         return self.samples
@@ -101,8 +109,10 @@ class GlobalTrainDataset(Dataset):
         ]
         origin = torch.tensor(start, dtype=torch.float32)
         image = crop_or_pad(prep["image"], start, self.crop_size)
-        k = prep["voxels"].shape[0]
-        return _finalise(prep, image, prep["voxels"] - origin, origin.expand(k, -1).clone())
+        landmarks = prep["voxels"] - origin
+        if self.augment is not None:
+            image, landmarks = self.augment(image, landmarks)
+        return _finalise(prep, image, landmarks, origin.expand(landmarks.shape[0], -1).clone())
 
 
 class WholeImageDataset(Dataset):
@@ -137,18 +147,21 @@ def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -
 class LocalTrainDataset(Dataset):
     """For every landmark, a random sub-image that contains it at least ``margin`` voxels from its border.
 
-    Missing landmarks get a random sub-image and NaN coordinates (masked out of the loss).
+    Missing landmarks get a random sub-image and NaN coordinates (masked out of the loss). An optional
+    ``augment(image, landmarks)`` runs on each sub-image; it must keep the landmark inside (see
+    :attr:`~landmark_lit.data.augment.Augmentation.keep_inside`).
     """
 
     def __init__(
-        self, cases: PreparedCases, crop_size: Sequence[int], samples_per_epoch: int, margin: float = 1.0
+        self,
+        cases: PreparedCases,
+        crop_size: Sequence[int],
+        samples_per_epoch: int,
+        margin: float = 1.0,
+        augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
-        self.cases, self.crop_size, self.samples, self.margin = (
-            cases,
-            [int(c) for c in crop_size],
-            samples_per_epoch,
-            margin,
-        )
+        self.cases, self.crop_size, self.samples = cases, [int(c) for c in crop_size], samples_per_epoch
+        self.margin, self.augment = margin, augment
 
     def __len__(self) -> int:
         return self.samples
@@ -169,7 +182,12 @@ class LocalTrainDataset(Dataset):
                 torch.rand(int(missing.sum()), vox.shape[1]) * (shape - size).clamp(min=1)
             )
         image = stack_local_crops(prep["image"], starts, self.crop_size)
-        return _finalise(prep, image, vox - starts, starts)
+        landmarks = vox - starts
+        if self.augment is not None:
+            pairs = [self.augment(image[k], landmarks[k : k + 1]) for k in range(image.shape[0])]
+            image = torch.stack([p[0] for p in pairs])
+            landmarks = torch.cat([p[1] for p in pairs])
+        return _finalise(prep, image, landmarks, starts)
 
 
 class LocalEvalDataset(Dataset):
