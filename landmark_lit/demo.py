@@ -80,10 +80,14 @@ def run_demo(output_dir: str | Path = "demo_output", overrides: list[str] | None
     mean_position = np.nanmean(
         np.stack([train_source[i].landmarks_world for i in range(len(train_source))]), 0
     )
-    baseline = LandmarkTable(names=references.names, coords={c: mean_position for c in references.coords})
-    write_landmark_table(out / "baseline" / "predictions.csv", baseline)
+    baseline = LandmarkTable(
+        names=references.names,
+        coords={c: mean_position for c in references.coords},
+        images={c: str(out / "test_images" / f"{c}.nii.gz") for c in references.coords},
+    )
+    write_landmark_table(out / "baseline" / "predictions.json", baseline)
     summary_b = evaluate_predictions(
-        out / "baseline" / "predictions.csv", out / "references.csv", out / "evaluation_baseline"
+        out / "baseline" / "predictions.json", out / "references.csv", out / "evaluation_baseline"
     )
 
     print(
