@@ -45,7 +45,11 @@ class Stage:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return Preprocessing(spacing=self.meta["spacing"], intensity=self.meta["intensity"])
+        return Preprocessing(
+            spacing=self.meta["spacing"],
+            intensity=self.meta["intensity"],
+            channels=self.meta["net"]["in_channels"],
+        )
 
     @property
     def decoder(self) -> Decoder:
@@ -148,10 +152,18 @@ class LandmarkPredictor:
             world = voxel_to_world(refined.double().numpy(), aff_l)
         return {"world": world, "voxel": world_to_voxel(world, affine), "global_world": global_world}
 
-    def predict(self, path: str | os.PathLike) -> dict[str, np.ndarray | float]:
-        """Read an image file and predict; adds ``seconds`` (with reading) and ``seconds_without_io``."""
+    def predict(
+        self, path: str | os.PathLike, spacing: float | list[float] | None = None
+    ) -> dict[str, np.ndarray | float]:
+        """Read an image file and predict; adds ``seconds`` (with reading) and ``seconds_without_io``.
+
+        ``spacing`` (mm) replaces the file's geometry for images that carry none (PNG, JPEG, BMP, TIFF).
+        """
         t0 = time.perf_counter()
         image, affine = load_image(path)
+        if spacing is not None:
+            d = image.ndim - 1
+            affine = np.diag([*np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,)), 1.0])
         t1 = time.perf_counter()
         result: dict = self.predict_array(image, affine)
         t2 = time.perf_counter()
@@ -183,10 +195,17 @@ def case_id_of(path: str | os.PathLike) -> str:
     return Path(name).stem
 
 
-def find_images(spec: str | os.PathLike) -> list[Path]:
-    """Image files from a file, a folder (its image files, sorted) or a glob pattern."""
+def find_images(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
+    """Image files from a file, a folder (its image files, sorted), a glob pattern, or a ``.txt`` list.
+
+    A list holds one image per line: a path, or a name without suffix (``151`` finds ``151.jpg``);
+    relative entries are looked up in ``root`` (default: the list's folder).
+    """
     p = Path(spec)
-    if p.is_dir():
+    if p.is_file() and p.suffix.lower() == ".txt":
+        base = Path(root) if root is not None else p.parent
+        files = [_resolve_entry(base, line.strip(), p) for line in p.read_text().splitlines() if line.strip()]
+    elif p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
     elif p.exists():
         files = [p]
@@ -197,26 +216,51 @@ def find_images(spec: str | os.PathLike) -> list[Path]:
     return files
 
 
+def _resolve_entry(base: Path, entry: str, listing: Path) -> Path:
+    path = Path(entry) if Path(entry).is_absolute() else base / entry
+    if path.exists():
+        return path
+    matches = sorted(
+        f for f in base.glob(f"{glob.escape(entry)}.*") if f.name.lower().endswith(IMAGE_SUFFIXES)
+    )
+    if not matches:
+        raise FileNotFoundError(f"{listing}: no image for entry {entry!r} in {base}")
+    return matches[0]
+
+
 def predict_files(
-    predictor: LandmarkPredictor, inputs: str | os.PathLike | list, output_dir: str | os.PathLike
+    predictor: LandmarkPredictor,
+    inputs: str | os.PathLike | list,
+    output_dir: str | os.PathLike,
+    root: str | os.PathLike | None = None,
+    spacing: float | list[float] | None = None,
+    warmup: bool = True,
 ) -> dict:
-    """Predict every image of ``inputs`` (a file, folder, glob or list of them) and write
+    """Predict every image of ``inputs`` (a file, folder, glob, ``.txt`` list, or a list of them) and write
     ``predictions.csv`` and ``predictions.json`` (world mm, voxel indices, image paths, timings) to
     ``output_dir``. An image that fails is reported on one line and skipped; the rest go on.
+
+    ``root``: folder of the entries of ``.txt`` lists; ``spacing``: pixel spacing (mm) for images without
+    geometry; ``warmup``: run the first image once untimed, so timings exclude one-off start-up costs.
 
     Returns ``{"table": LandmarkTable, "failed": {path: reason}, "done": n}``.
     """
     from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
 
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
-    files = [f for spec in specs for f in find_images(spec)]
+    files = [f for spec in specs for f in find_images(spec, root)]
+    if warmup and files:
+        try:
+            predictor.predict(files[0], spacing)
+        except Exception:  # reported below, when the file comes up in turn
+            pass
     table = LandmarkTable(names=predictor.landmark_names, coords={})
     voxels: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
     for f in files:
         case = case_id_of(f)
         try:
-            result = predictor.predict(f)
+            result = predictor.predict(f, spacing)
         except Exception as exc:  # one bad file must not stop the batch
             failed[str(f)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.error("%s: %s", f, failed[str(f)])

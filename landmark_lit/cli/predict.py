@@ -17,7 +17,9 @@ def predict(cfg: DictConfig) -> dict:
     torch.set_num_threads(int(cfg.threads))
     predictor = LandmarkPredictor.from_checkpoints(cfg.global_checkpoint, cfg.get("local_checkpoint"))
     inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input)
-    return predict_files(predictor, inputs, cfg.output_dir)
+    spacing = cfg.get("spacing")
+    spacing = OmegaConf.to_container(spacing) if OmegaConf.is_list(spacing) else spacing
+    return predict_files(predictor, inputs, cfg.output_dir, root=cfg.get("input_root"), spacing=spacing)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")

@@ -103,6 +103,20 @@ def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Ten
     return out
 
 
+def match_channels(image: np.ndarray | Tensor, channels: int | None) -> np.ndarray | Tensor:
+    """Average RGB / RGBA (alpha dropped) to one grey channel when one is expected; else check the count."""
+    c = image.shape[0]
+    if channels is None or c == channels:
+        return image
+    if channels == 1 and c in (3, 4):
+        return (
+            image[:3].mean(0, keepdims=True)
+            if isinstance(image, np.ndarray)
+            else image[:3].mean(0, keepdim=True)
+        )
+    raise ValueError(f"the model expects {channels} channel(s), the image has {c}")
+
+
 @dataclass
 class Preprocessing:
     """What turns a loaded image into a network input at one stage's working spacing.
@@ -111,13 +125,16 @@ class Preprocessing:
         spacing: working voxel spacing in mm (a number for isotropic, or one per axis).
         intensity: per-image normalisation, "zscore", "histeq" or "none".
         antialias: Gaussian pre-smoothing on down-sampled axes.
+        channels: channels the network expects; an RGB(A) image is averaged to grey when it expects 1.
     """
 
     spacing: float | Sequence[float]
     intensity: str = "zscore"
     antialias: bool = True
+    channels: int | None = None
 
     def __call__(self, image: np.ndarray | Tensor, affine: np.ndarray) -> tuple[Tensor, np.ndarray]:
         """(C, *spatial) image + affine -> normalised image at the working spacing + its affine."""
+        image = match_channels(image, self.channels)
         x, aff = resample_to_spacing(image, affine, self.spacing, antialias=self.antialias)
         return normalize_intensity(x, self.intensity).contiguous(), aff

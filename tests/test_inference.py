@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from landmark_lit.data.transforms import match_channels
+from landmark_lit.inference import LandmarkPredictor, Stage, case_id_of, find_images, predict_files
+from landmark_lit.networks import GlobalNet, LocalNet
+
+NAMES = ["a", "b"]
+
+
+def stage(kind: str, spacing: float, crop=(8, 8)) -> Stage:
+    if kind == "global":
+        cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=2, stem_channels=4, stage_channels=[4, 4, 4, 4],
+                   stage_blocks=[1, 1, 1, 1], head_channels=4)  # fmt: skip
+        net = GlobalNet(**cfg)
+        target = "landmark_lit.networks.GlobalNet"
+    else:
+        cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=2, channels=[4, 4], head_channels=4)
+        net = LocalNet(**cfg)
+        target = "landmark_lit.networks.LocalNet"
+    meta = {
+        "net": {"_target_": target, **cfg},
+        "landmark_names": NAMES,
+        "spatial_dims": 2,
+        "spacing": spacing,
+        "crop_size": list(crop),
+        "intensity": "zscore",
+        "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
+        "stage": kind,
+    }
+    return Stage(net.eval(), meta, f"{kind}.ckpt")
+
+
+@pytest.fixture
+def predictor() -> LandmarkPredictor:
+    torch.manual_seed(0)
+    return LandmarkPredictor(stage("global", 1.0), stage("local", 0.5))
+
+
+def test_txt_lists_resolve_names_without_suffix(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("151.jpg", "152.png", "notes.txt"):
+        (images / name).write_bytes(b"x")
+    listing = tmp_path / "test.txt"
+    listing.write_text("151\n\n152.png\n")
+    assert find_images(listing, root=images) == [images / "151.jpg", images / "152.png"]
+    listing.write_text("999\n")
+    with pytest.raises(FileNotFoundError, match="no image for entry '999'"):
+        find_images(listing, root=images)
+    assert case_id_of("x/case.nii.gz") == "case" and case_id_of("151.jpg") == "151"
+
+
+def test_rgb_images_become_grey_for_one_channel_models():
+    rgb = np.stack([np.full((4, 4), v, np.float32) for v in (3.0, 6.0, 9.0)])
+    np.testing.assert_allclose(match_channels(rgb, 1), np.full((1, 4, 4), 6.0))
+    with pytest.raises(ValueError, match="expects 2 channel"):
+        match_channels(rgb, 2)
+
+
+def test_spacing_option_sets_the_geometry_of_bitmaps(predictor, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "img.png")
+    result = predictor.predict(tmp_path / "img.png", spacing=0.5)
+    # world = 0.5 * voxel for a bitmap given 0.5 mm pixels
+    np.testing.assert_allclose(result["world"], 0.5 * result["voxel"], atol=1e-6)
+    assert result["world"].shape == (2, 2) and result["seconds"] >= result["seconds_without_io"] > 0
+
+
+def test_predict_files_keeps_going_after_a_bad_file(predictor, tmp_path):
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (30, 30), dtype=np.uint8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG broken")
+    result = predict_files(predictor, tmp_path, tmp_path / "out", spacing=1.0)
+    assert result["done"] == 1 and list(result["failed"]) == [str(tmp_path / "bad.png")]
+    assert "bad.png" in next(iter(result["failed"])) and (tmp_path / "out" / "predictions.csv").is_file()
+
+
+def test_model_of_another_dimensionality_is_refused(predictor):
+    with pytest.raises(ValueError, match="the model is 2D"):
+        predictor.predict_array(np.zeros((1, 8, 8, 8), np.float32), np.eye(4))
