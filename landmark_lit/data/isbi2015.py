@@ -144,3 +144,25 @@ def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = Non
         coords={i: source.pixels(i, ground_truth) * SPACING_MM for i in source.ids},
         images={i: str(source.image_path(i)) for i in source.ids},
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m landmark_lit.data.isbi2015 DATA_DIR OUT.csv [--split test1] [--ground-truth average]``:
+    write a split's reference landmarks (world mm) as a landmark table for ``landmark-evaluate``."""
+    import argparse
+
+    from landmark_lit.data.landmark_files import write_landmark_table
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("data_dir")
+    parser.add_argument("output")
+    parser.add_argument("--split", default="test1")
+    parser.add_argument("--ground-truth", default="average", choices=GROUND_TRUTHS)
+    args = parser.parse_args(argv)
+    source = ISBI2015Cephalograms(args.data_dir, split=args.split, ground_truth=args.ground_truth)
+    write_landmark_table(args.output, reference_table(source))
+    print(f"{len(source)} cases, {args.ground_truth} ground truth -> {args.output}")
+
+
+if __name__ == "__main__":
+    main()

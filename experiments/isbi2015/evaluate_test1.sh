@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Predict the ISBI 2015 Test1 images with trained checkpoints and evaluate them against both ground-truth
+# conventions (average of the two doctors; senior only), global-only and global-to-local.
+#   bash experiments/isbi2015/evaluate_test1.sh GLOBAL.ckpt LOCAL.ckpt [OUT_DIR]
+set -euo pipefail
+GLOBAL=$1
+LOCAL=$2
+OUT=${3:-outputs/isbi2015_test1}
+DATA=${LANDMARK_LIT_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}/isbi2015-ceph
+BIN=${BIN:-.venv/bin}
+mkdir -p "$OUT"
+for gt in average senior; do
+  "$BIN/python" -m landmark_lit.data.isbi2015 "$DATA" "$OUT/references_$gt.csv" --split test1 --ground-truth $gt
+done
+common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 threads=2)
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" "${common[@]}" output_dir="$OUT/pred_global_to_local"
+for run in global global_to_local; do
+  for gt in average senior; do
+    "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references_$gt.csv" \
+      output_dir="$OUT/eval_${run}_$gt" n_worst=5
+  done
+done
