@@ -21,6 +21,7 @@ from landmark_lit.inference import CheckpointError, LandmarkPredictor, load_stag
 from landmark_lit.training import train
 
 DATASETS = ["synthetic2d", "synthetic3d"]
+DIMS = {"synthetic2d": 2, "synthetic3d": 3, "isbi2015": 2}
 STAGES = ["global", "local"]
 ABLATIONS = ["R", "Rlog", "C", "R+C", "Rlog+C"]
 TINY = {
@@ -51,7 +52,7 @@ def compose_train(overrides: list[str]):
 
 @pytest.mark.parametrize("ablation", ABLATIONS)
 @pytest.mark.parametrize("stage", STAGES)
-@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("dataset", list(DIMS))
 def test_every_combination_composes_and_builds(dataset, stage, ablation, tmp_path):
     cfg = compose_train(
         [f"dataset={dataset}", f"stage={stage}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"]
@@ -60,7 +61,7 @@ def test_every_combination_composes_and_builds(dataset, stage, ablation, tmp_pat
     net = instantiate(cfg.stage.net)
     loss = instantiate(cfg.loss)
     decoder = instantiate(cfg.decoder)
-    assert net.spatial_dims == cfg.dataset.spatial_dims == (2 if dataset.endswith("2d") else 3)
+    assert net.spatial_dims == cfg.dataset.spatial_dims == DIMS[dataset]
     assert (
         loss.regression
         == decoder.regression
@@ -202,3 +203,13 @@ def test_local_stage_trains_with_augmentation(tmp_path):
     res = train(cfg)
     assert res["datamodule"].augment.keep_inside == cfg.data.local_margin
     assert np.isfinite(res["metrics"]["train/loss"])
+
+
+@pytest.mark.parametrize(
+    "experiment,stride,spacing", [("demo3d", 8, 3.0), ("isbi2015_global", 32, 0.8), ("isbi2015_local", 2, 0.3)]
+)
+def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
+    assert instantiate(cfg.stage.net).stride == stride
+    assert cfg.stage.spacing == spacing
+    assert instantiate(cfg.loss).regression == "log"
