@@ -2,43 +2,167 @@
 
 An image is a float32 array of shape (C, *spatial) and an affine of shape (D + 1, D + 1) that maps voxel
 indices (voxel centres at integer indices, in array axis order) to world millimetres.
+
+World coordinates are RAS (x towards the patient's right, y anterior, z superior; nibabel's convention):
+NIfTI affines are RAS already; MONAI converts the LPS geometry of NRRD and DICOM to RAS, and so does
+:class:`SimpleITKReader` for MHA/MHD. Readers by format:
+
+- NIfTI (``.nii``, ``.nii.gz``): MONAI's ``NibabelReader``;
+- NRRD (``.nrrd``, ``.nhdr``): MONAI's ``NrrdReader`` (pynrrd);
+- DICOM series (a folder of slices) or a single ``.dcm`` file: MONAI's ``PydicomReader`` (pydicom); array
+  axes are (column, row, slice), as ITK orders them;
+- MHA / MHD (``.mha``, ``.mhd``): :class:`SimpleITKReader` (SimpleITK, a MONAI ``ImageReader``);
+- PNG / JPEG / BMP / TIFF and the rest: MONAI's default choice (Pillow returns 2D arrays as (x, y)).
+
+pynrrd, pydicom and SimpleITK are the optional extra ``landmark_lit[io]``.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 import os
 import tempfile
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.data import MetaTensor
+from monai.data import ImageReader, MetaTensor, NrrdReader, PydicomReader
+from monai.data.utils import is_supported_format, orientation_ras_lps
 from monai.transforms import LoadImage
+from monai.utils import ensure_tuple
 
 
 class ImageReadError(ValueError):
     """An image file could not be read or does not hold a usable image."""
 
 
+class SimpleITKReader(ImageReader):
+    """MONAI ``ImageReader`` for any single file SimpleITK reads (meant for MHA / MHD).
+
+    Arrays come in ITK index order (i, j, k), like MONAI's ``ITKReader``; the affine is built from
+    SimpleITK's origin, spacing and direction (LPS) and converted to RAS when ``affine_lps_to_ras``.
+    Multi-component pixels become channels (channel last in the returned array, as MONAI expects).
+
+    Args:
+        affine_lps_to_ras: convert ITK's LPS geometry to RAS (consistent with NIfTI / nibabel).
+        suffixes: file suffixes reported as supported by :meth:`verify_suffix`.
+    """
+
+    def __init__(self, affine_lps_to_ras: bool = True, suffixes: Sequence[str] = ("mha", "mhd")) -> None:
+        super().__init__()
+        self.affine_lps_to_ras = affine_lps_to_ras
+        self.suffixes = tuple(suffixes)
+
+    def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
+        return importlib.util.find_spec("SimpleITK") is not None and is_supported_format(filename, self.suffixes)
+
+    def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
+        import SimpleITK as sitk
+
+        names = ensure_tuple(data)
+        if len(names) != 1:
+            raise ValueError(f"SimpleITKReader reads one file at a time, got {len(names)}")
+        return sitk.ReadImage(str(names[0]), **kwargs)
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        import SimpleITK as sitk
+
+        d = img.GetDimension()
+        array = sitk.GetArrayFromImage(img)  # (k, j, i[, c]): reversed index order
+        multi = img.GetNumberOfComponentsPerPixel() > 1
+        array = np.moveaxis(array.T, 0, -1) if multi else array.T  # (i, j, k[, c])
+        affine = np.eye(d + 1)
+        direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(d, d)
+        affine[:d, :d] = direction @ np.diag(img.GetSpacing())
+        affine[:d, d] = img.GetOrigin()
+        if d == 2:  # MONAI keeps 4 x 4 affines; embed the 2D geometry like its other readers do
+            full = np.eye(4)
+            full[:2, :2], full[:2, 3] = affine[:2, :2], affine[:2, 2]
+            affine = full
+        if self.affine_lps_to_ras:
+            affine = orientation_ras_lps(affine)
+        meta = {
+            "affine": affine,
+            "original_affine": affine.copy(),
+            "spatial_shape": np.asarray(array.shape[:d]),
+            "original_channel_dim": -1 if multi else float("nan"),
+            "space": "RAS" if self.affine_lps_to_ras else "LPS",
+            "spacing": np.asarray(img.GetSpacing()),
+        }
+        return array, meta
+
+
+# NRRD "space" values with the signs that turn their x and y into RAS (MONAI converts LPS itself)
+_NRRD_SPACES = {"RAS": (1, 1), "right-anterior-superior": (1, 1), "left-anterior-superior": (-1, 1)}
+# format -> (suffixes, reader factory, package it needs)
+_READERS: dict[str, tuple[tuple[str, ...], Any, str]] = {
+    "NRRD": ((".nrrd", ".nhdr"), NrrdReader, "pynrrd"),
+    "MHA/MHD": ((".mha", ".mhd"), SimpleITKReader, "SimpleITK"),
+    "DICOM": ((".dcm",), PydicomReader, "pydicom"),
+}
+_MODULES = {"pynrrd": "nrrd", "SimpleITK": "SimpleITK", "pydicom": "pydicom"}
+
+
+def _format_of(path: Path) -> str | None:
+    """The format whose reader this project picks for ``path`` (None: MONAI's default choice)."""
+    if path.is_dir():
+        return "DICOM"
+    name = path.name.lower()
+    kind = next((k for k, v in _READERS.items() if name.endswith(v[0])), None)
+    if kind is not None and importlib.util.find_spec(_MODULES[_READERS[kind][2]]) is None:
+        raise ImageReadError(
+            f"{path}: reading {kind} needs the {_READERS[kind][2]} package (pip install 'landmark_lit[io]')"
+        )
+    return kind
+
+
+@functools.lru_cache(maxsize=None)
+def _loader(kind: str | None) -> LoadImage:
+    """One ``LoadImage`` per format, built once: building one instantiates every MONAI reader, and with
+    pydicom installed the GPU DICOM reader warns each time that nvImageCodec is absent (irrelevant here)."""
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            reader = _READERS[kind][1]() if kind is not None else None
+            return LoadImage(reader=reader, image_only=True, ensure_channel_first=True)
+    finally:
+        plugin_log.setLevel(level)
+
+
 def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image with MONAI.
+    """Read an image file, or a DICOM series folder, with MONAI (see the module docstring for readers).
 
     Returns:
         image: float32 array (C, *spatial), channel first.
-        affine: float64 array (D + 1, D + 1), voxel index -> world mm.
+        affine: float64 array (D + 1, D + 1), voxel index -> world mm (RAS).
+
+    Raises:
+        ImageReadError: one line naming the path (missing, unreadable, missing reader package, unsupported
+            NRRD space, non-finite values).
     """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
+    kind = _format_of(path)
     try:
-        img = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+        img = _loader(kind)(str(path))
     except Exception as exc:  # MONAI raises many types for unreadable files
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
     array = np.asarray(img.array if isinstance(img, MetaTensor) else img, dtype=np.float32)
     spatial = array.ndim - 1
     affine = np.asarray(img.affine, dtype=np.float64) if isinstance(img, MetaTensor) else np.eye(spatial + 1)
+    if kind == "NRRD":
+        affine = _nrrd_to_ras(path, affine, img.meta.get("space", "RAS"))
     if affine.shape[0] > spatial + 1:  # MONAI gives 2D images a 4 x 4 affine: keep the in-plane part
         keep = [*range(spatial), affine.shape[0] - 1]
         affine = affine[np.ix_(keep, keep)]
@@ -51,6 +175,17 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(array)):
         raise ImageReadError(f"{path}: image contains NaN or infinite values")
     return array, affine
+
+
+def _nrrd_to_ras(path: Path, affine: np.ndarray, space: str) -> np.ndarray:
+    """MONAI turns LPS NRRD geometry into RAS and leaves other spaces as they are: finish the job."""
+    if space not in _NRRD_SPACES:
+        raise ImageReadError(
+            f"{path}: unsupported NRRD space {space!r} (expected left-posterior-superior, "
+            "right-anterior-superior or left-anterior-superior)"
+        )
+    flip = np.diag([*_NRRD_SPACES[space], *([1] * (affine.shape[0] - 2))]).astype(np.float64)
+    return flip @ affine
 
 
 def save_nifti(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray) -> None:
