@@ -49,6 +49,7 @@ class Stage:
             spacing=self.meta["spacing"],
             intensity=self.meta["intensity"],
             channels=self.meta["net"]["in_channels"],
+            min_size=self.meta.get("min_size"),
         )
 
     @property

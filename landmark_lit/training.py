@@ -25,8 +25,8 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
         raise ValueError(
             f"stage.net._target_ must be one of {sorted(NETWORK_TARGETS)}, got {net_cfg.get('_target_')}"
         )
-    if cfg.data.landmark_indices is not None:
-        net_cfg["num_landmarks"] = len(cfg.data.landmark_indices)
+    net_cfg["num_landmarks"] = len(landmark_names)  # the data decides K (see train)
+    min_size = cfg.data.get("min_size")
     return {
         "format_version": 1,
         "net": net_cfg,
@@ -36,6 +36,9 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
         if OmegaConf.is_config(cfg.stage.spacing)
         else float(cfg.stage.spacing),
         "crop_size": [int(c) for c in cfg.stage.crop_size],
+        "min_size": OmegaConf.to_container(min_size, resolve=True)
+        if OmegaConf.is_config(min_size)
+        else (None if min_size is None else int(min_size)),
         "intensity": str(cfg.dataset.intensity),
         "decoder": {
             "regression": str(cfg.ablation.regression),
@@ -59,7 +62,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = instantiate(cfg.data)
     num_landmarks = len(datamodule.landmark_names)
-    net_overrides = {"num_landmarks": num_landmarks} if cfg.data.landmark_indices is not None else {}
+    # K follows the data (a manifest's landmarks, a landmark_indices selection), not dataset.num_landmarks
+    net_overrides = {"num_landmarks": num_landmarks}
     if datamodule.spatial_dims != cfg.dataset.spatial_dims:
         raise ValueError(
             f"dataset.spatial_dims={cfg.dataset.spatial_dims} but the data is {datamodule.spatial_dims}D"

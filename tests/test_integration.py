@@ -206,7 +206,8 @@ def test_local_stage_trains_with_augmentation(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "experiment,stride,spacing", [("demo3d", 8, 3.0), ("isbi2015_global", 32, 0.8), ("isbi2015_local", 2, 0.3)]
+    "experiment,stride,spacing",
+    [("demo3d", 8, 3.0), ("isbi2015_global", 32, 0.8), ("isbi2015_local", 2, 0.3)],
 )
 def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])

@@ -39,6 +39,8 @@ class LandmarkDataModule(L.LightningDataModule):
         local_eval_jitter: local evaluation crops are centred this far (voxels, per axis) off the landmark.
         augment: training augmentation; in the local stage it keeps each landmark ``local_margin``
             voxels inside its sub-image.
+        min_size: zero-pad working images at the far end of axes shorter than this (voxels; see
+            :class:`~landmark_lit.data.transforms.Preprocessing`); None: no padding.
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class LandmarkDataModule(L.LightningDataModule):
         local_eval_jitter: float = 2.0,
         antialias: bool = True,
         augment: Augmentation | None = None,
+        min_size: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -69,7 +72,9 @@ class LandmarkDataModule(L.LightningDataModule):
             }
         self.sources = sources
         self.stage, self.crop_size = stage, [int(c) for c in crop_size]
-        self.preprocessing = Preprocessing(spacing=spacing, intensity=intensity, antialias=antialias)
+        self.preprocessing = Preprocessing(
+            spacing=spacing, intensity=intensity, antialias=antialias, min_size=min_size
+        )
         self.batch_size, self.samples_per_epoch, self.num_workers = batch_size, samples_per_epoch, num_workers
         self.local_margin, self.local_eval_jitter = local_margin, local_eval_jitter
         if augment is not None and stage == "local" and augment.keep_inside is None:

@@ -60,7 +60,9 @@ class SimpleITKReader(ImageReader):
         self.suffixes = tuple(suffixes)
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
-        return importlib.util.find_spec("SimpleITK") is not None and is_supported_format(filename, self.suffixes)
+        return importlib.util.find_spec("SimpleITK") is not None and is_supported_format(
+            filename, self.suffixes
+        )
 
     def read(self, data: Sequence[str | os.PathLike] | str | os.PathLike, **kwargs: Any) -> Any:
         import SimpleITK as sitk
@@ -111,10 +113,8 @@ _MODULES = {"pynrrd": "nrrd", "SimpleITK": "SimpleITK", "pydicom": "pydicom"}
 
 def _format_of(path: Path) -> str | None:
     """The format whose reader this project picks for ``path`` (None: MONAI's default choice)."""
-    if path.is_dir():
-        return "DICOM"
     name = path.name.lower()
-    kind = next((k for k, v in _READERS.items() if name.endswith(v[0])), None)
+    kind = "DICOM" if path.is_dir() else next((k for k, v in _READERS.items() if name.endswith(v[0])), None)
     if kind is not None and importlib.util.find_spec(_MODULES[_READERS[kind][2]]) is None:
         raise ImageReadError(
             f"{path}: reading {kind} needs the {_READERS[kind][2]} package (pip install 'landmark_lit[io]')"
@@ -122,7 +122,7 @@ def _format_of(path: Path) -> str | None:
     return kind
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _loader(kind: str | None) -> LoadImage:
     """One ``LoadImage`` per format, built once: building one instantiates every MONAI reader, and with
     pydicom installed the GPU DICOM reader warns each time that nvImageCodec is absent (irrelevant here)."""
@@ -154,7 +154,11 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         raise ImageReadError(f"{path}: file not found")
     kind = _format_of(path)
     try:
-        img = _loader(kind)(str(path))
+        with warnings.catch_warnings():
+            # MONAI falls back to an identity affine (a warning) when DICOM geometry tags are missing or
+            # invalid: without the geometry, world coordinates would be wrong, so refuse the image
+            warnings.filterwarnings("error", message=".*ImageOrientationPatient.*")
+            img = _loader(kind)(str(path))
     except Exception as exc:  # MONAI raises many types for unreadable files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
@@ -212,6 +216,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix or path.suffix, prefix=f".{path.name}.tmp_")
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions of a new file
     try:
         yield tmp
         os.replace(tmp, path)

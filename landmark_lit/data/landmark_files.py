@@ -13,6 +13,13 @@ JSON::
      "cases": {case: {"world_mm": [[x, y, z] or null per landmark], "voxel": [...] (optional),
                       "image": "path" (optional), "seconds": float (optional),
                       "seconds_without_io": float (optional)}}}
+
+Point files of one case (:func:`read_point_list`), as a manifest references them: 3D Slicer markups
+(``.mrk.json``, their ``coordinateSystem`` honoured, LPS when absent as in Slicer) and fiducial lists
+(``.fcsv``, their ``# CoordinateSystem`` header honoured, RAS when absent as in Slicer before 4.11), a CSV
+``landmark,x,y[,z]`` (optionally with a ``case`` column: a long table as above), or a JSON landmark table.
+World points in LPS become RAS by negating x and y; voxel indices become world RAS through the image's
+affine (:func:`points_to_world`).
 """
 
 from __future__ import annotations
@@ -31,10 +38,19 @@ from typing import Any
 import numpy as np
 
 from landmark_lit.data.io import atomic_write_text
+from landmark_lit.data.transforms import voxel_to_world
 
 COORD_COLUMNS = ("x", "y", "z")
 VOXEL_COLUMNS = ("i", "j", "k")
 COORDINATE_SYSTEM = "world_mm"
+# how point coordinates are stated: world mm (RAS, as landmark_lit uses, or LPS, as ITK/DICOM/Slicer 5 do),
+# or voxel indices of the image array as load_image returns it
+COORDINATE_SYSTEMS = ("RAS", "LPS", "voxel")
+SLICER_SCHEMA = (
+    "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/"
+    "markups-schema-v1.0.3.json#"
+)
+_NAME_COLUMNS = ("landmark", "label", "name")
 _NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")
 
 
@@ -372,3 +388,299 @@ def _format_json(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> s
     return (
         _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)).replace(",", ", ") + "]", text) + "\n"
     )
+
+
+def coordinate_system_of(value: str) -> str:
+    """Normalise a stated coordinate system ("ras", "LPS", "voxel", ...) to one of :data:`COORDINATE_SYSTEMS`."""
+    text = str(value).strip()
+    for system in COORDINATE_SYSTEMS:
+        if text.lower() == system.lower():
+            return system
+    raise ValueError(f"unknown coordinate system {value!r} (expected one of {list(COORDINATE_SYSTEMS)})")
+
+
+def points_to_world(
+    points: np.ndarray, coordinate_system: str, affine: np.ndarray | None = None
+) -> np.ndarray:
+    """(K, D) points stated in ``coordinate_system`` -> world mm RAS (K, D). NaN rows stay NaN.
+
+    Args:
+        points: coordinates as stated (world mm or voxel indices).
+        coordinate_system: "RAS", "LPS" (x and y negated) or "voxel" (through ``affine``).
+        affine: (D + 1, D + 1) voxel -> world RAS of the image, needed for "voxel".
+    """
+    system = coordinate_system_of(coordinate_system)
+    out = np.array(points, dtype=np.float64, copy=True)
+    if system == "LPS":
+        out[..., :2] *= -1.0
+    elif system == "voxel":
+        if affine is None:
+            raise ValueError("voxel coordinates need the image affine")
+        out = voxel_to_world(out, affine)
+    return out
+
+
+def parse_point(values: Any, dims: int) -> np.ndarray:
+    """One point as a manifest or table states it -> float64 (dims,); None or all-empty -> NaN.
+
+    Raises:
+        ValueError: wrong number of values, non-numeric or infinite values, or only some missing.
+    """
+    if values is None:
+        return np.full(dims, np.nan)
+    if not isinstance(values, (list, tuple)) or len(values) != dims:
+        raise ValueError(f"expected {dims} coordinates, got {values!r}")
+    try:
+        return np.asarray(_point([_parse_coordinate(v, "point") for v in values], "point"), dtype=np.float64)
+    except _TableError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@dataclass
+class PointList:
+    """Named points of one case as a file states them.
+
+    Attributes:
+        names: K landmark names, in file order.
+        points: float64 (K, D) coordinates as stated; NaN rows are missing landmarks.
+        coordinate_system: "RAS", "LPS" or "voxel".
+    """
+
+    names: list[str]
+    points: np.ndarray
+    coordinate_system: str = "RAS"
+
+    def world(self, affine: np.ndarray | None = None) -> np.ndarray:
+        """(K, D) world mm RAS (``affine`` is needed for voxel coordinates)."""
+        return points_to_world(self.points, self.coordinate_system, affine)
+
+    def select(self, names: list[str]) -> np.ndarray:
+        """Points (len(names), D) in the order of ``names``; names absent from the file are NaN rows."""
+        index = {name: k for k, name in enumerate(self.names)}
+        out = np.full((len(names), self.points.shape[1]), np.nan)
+        for k, name in enumerate(names):
+            if name in index:
+                out[k] = self.points[index[name]]
+        return out
+
+
+def read_point_list(
+    path: str | os.PathLike, coordinate_system: str = "RAS", case: str | None = None
+) -> PointList:
+    """Read the landmarks of one case from a Slicer ``.mrk.json`` / ``.fcsv``, a CSV or a JSON table.
+
+    Args:
+        path: the file.
+        coordinate_system: how a CSV states its points ("RAS", "LPS" or "voxel"); Slicer files state their
+            own, and landmark_lit JSON tables are RAS world mm.
+        case: for a table holding several cases (a ``case`` column or a JSON table), the case to pick; a
+            table of a single case is used whatever its case id.
+
+    Raises:
+        ValueError: one line naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: landmark file not found")
+    name = path.name.lower()
+    try:
+        if name.endswith(".fcsv"):
+            names, points, system = _read_fcsv(path.read_text(encoding="utf-8-sig"))
+            return PointList(names, points, system)
+        if name.endswith(".json"):
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
+            if isinstance(data, dict) and "markups" in data:
+                names, points = _read_markups(data)
+                return PointList(names, points, "RAS")
+            if coordinate_system_of(coordinate_system) != "RAS":
+                raise _TableError(f"a landmark_lit JSON table is RAS world mm, not {coordinate_system!r}")
+            table = read_landmark_table(path)
+            return PointList(table.names, table.coords[_pick_case(table.cases, case)], "RAS")
+        if name.endswith(".csv"):
+            names, points = _read_point_csv(path.read_text(encoding="utf-8-sig"), case)
+            return PointList(names, points, coordinate_system_of(coordinate_system))
+    except (_TableError, ValueError) as exc:
+        message = str(exc)
+        raise ValueError(message if message.startswith(str(path)) else f"{path}: {message}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    raise ValueError(f"{path}: unknown landmark file type (expected .mrk.json, .fcsv, .csv or .json)")
+
+
+def _pick_case(cases: list[str], case: str | None) -> str:
+    if case is not None and case in cases:
+        return case
+    if len(cases) == 1:
+        return cases[0]
+    raise _TableError(f"holds cases {cases[:5]}{'...' if len(cases) > 5 else ''}, none of them {case!r}")
+
+
+def _unique(names: list[str]) -> list[str]:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise _TableError(f"duplicate landmark names {duplicates}")
+    return names
+
+
+def _read_point_csv(text: str, case: str | None) -> tuple[list[str], np.ndarray]:
+    """``landmark,x,y[,z]`` rows (``label`` or ``name`` also name the landmark); a ``case`` column selects."""
+    reader = csv.DictReader(io.StringIO(text))
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    reader.fieldnames = header
+    name_col = next((c for c in _NAME_COLUMNS if c in header), None)
+    if name_col is None or "x" not in header or "y" not in header:
+        raise _TableError(f"expected columns landmark,x,y[,z] (header is {header})")
+    axes = COORD_COLUMNS if "z" in header else COORD_COLUMNS[:2]
+    rows = [(line, row) for line, row in enumerate(reader, start=2)]
+    if "case" in header:
+        chosen = _pick_case(sorted({(r.get("case") or "").strip() for _, r in rows}), case)
+        rows = [(line, r) for line, r in rows if (r.get("case") or "").strip() == chosen]
+    names, points = [], []
+    for line, row in rows:
+        label = (row.get(name_col) or "").strip()
+        if not label:
+            raise _TableError(f"line {line}: empty landmark name")
+        where = f"line {line} (landmark {label!r})"
+        points.append(_point([_parse_coordinate(row.get(a), where) for a in axes], where))
+        names.append(label)
+    if not names:
+        raise _TableError("no landmarks in file")
+    return _unique(names), np.asarray(points, dtype=np.float64)
+
+
+def _slicer_system(value: str) -> str:
+    """Slicer's coordinate system flag: "RAS"/"0" or "LPS"/"1"."""
+    text = str(value).strip().upper()
+    if text in ("RAS", "0"):
+        return "RAS"
+    if text in ("LPS", "1"):
+        return "LPS"
+    raise _TableError(f"unsupported coordinate system {value!r} (expected RAS / 0 or LPS / 1)")
+
+
+def _read_markups(data: dict) -> tuple[list[str], np.ndarray]:
+    """Slicer markups JSON -> names, (K, 3) RAS. Control points not "defined" are missing (NaN)."""
+    names, points = [], []
+    markups = data.get("markups")
+    if not isinstance(markups, list) or not markups:
+        raise _TableError("'markups' must be a non-empty list")
+    for markup in markups:
+        if not isinstance(markup, dict):
+            raise _TableError("every 'markups' entry must be an object")
+        system = _slicer_system(markup.get("coordinateSystem", "LPS"))  # Slicer reads a missing one as LPS
+        units = markup.get("coordinateUnits", "mm")  # a string or a UCUM coded entry
+        if (units.get("CodeValue") if isinstance(units, dict) else units) != "mm":
+            raise _TableError(f"coordinate units {units!r}, only mm is supported")
+        for n, cp in enumerate(markup.get("controlPoints") or [], start=1):
+            label = str(cp.get("label") or cp.get("id") or "").strip()
+            if not label:
+                raise _TableError(f"control point {n} has no label")
+            where = f"control point {n} ({label!r})"
+            position = cp.get("position")
+            status = cp.get("positionStatus", "defined")
+            if status != "defined" or position in (None, "", []):
+                point = [math.nan] * 3
+            elif not isinstance(position, list) or len(position) != 3:
+                raise _TableError(f"{where}: position must be 3 numbers, got {position!r}")
+            else:
+                point = _point([_parse_coordinate(v, where) for v in position], where)
+            names.append(label)
+            points.append(points_to_world(np.asarray(point, dtype=np.float64), system))
+    if not names:
+        raise _TableError("no control points in file")
+    return _unique(names), np.asarray(points, dtype=np.float64).reshape(len(names), 3)
+
+
+def _read_fcsv(text: str, name_column: str = "label") -> tuple[list[str], np.ndarray, str]:
+    """Slicer fiducial CSV -> names, (K, 3) points as stated, their coordinate system ("RAS" or "LPS")."""
+    system = "RAS"  # Slicer wrote no CoordinateSystem line before 4.11, and those files are RAS
+    columns = [
+        "id",
+        "x",
+        "y",
+        "z",
+        "ow",
+        "ox",
+        "oy",
+        "oz",
+        "vis",
+        "sel",
+        "lock",
+        "label",
+        "desc",
+        "associatedNodeID",
+    ]
+    body = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            key, _, value = line[1:].partition("=")
+            if key.strip().lower() == "coordinatesystem":
+                system = _slicer_system(value)
+            elif key.strip().lower() == "columns":
+                columns = [c.strip() for c in value.split(",")]
+        elif line.strip():
+            body.append(line)
+    if name_column not in columns or not {"x", "y", "z"} <= set(columns):
+        raise _TableError(f"columns {columns} lack x, y, z or {name_column!r}")
+    names, points = [], []
+    for n, row in enumerate(csv.reader(body), start=1):
+        cells = dict(zip(columns, row, strict=False))
+        label = (cells.get(name_column) or "").strip()
+        if not label:
+            raise _TableError(f"fiducial {n} has an empty {name_column!r}")
+        where = f"fiducial {n} ({label!r})"
+        names.append(label)
+        points.append(_point([_parse_coordinate(cells.get(a), where) for a in COORD_COLUMNS], where))
+    if not names:
+        raise _TableError("no fiducials in file")
+    return _unique(names), np.asarray(points, dtype=np.float64), system
+
+
+def read_fcsv(path: str | os.PathLike, name_column: str = "label") -> tuple[list[str], np.ndarray]:
+    """Read a Slicer ``.fcsv`` fiducial list: names (from ``name_column``, e.g. "label" or "desc") and
+    (K, 3) world mm RAS, the file's ``# CoordinateSystem`` honoured."""
+    path = Path(path)
+    try:
+        names, points, system = _read_fcsv(path.read_text(encoding="utf-8-sig"), name_column)
+    except _TableError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read ({exc})") from None
+    return names, points_to_world(points, system)
+
+
+def write_slicer_markups(
+    path: str | os.PathLike, names: list[str], points: np.ndarray, coordinate_system: str = "LPS"
+) -> None:
+    """Write (K, 3) world mm RAS points as a Slicer markups point list (``.mrk.json``), atomically.
+
+    Points are stored in ``coordinate_system`` ("LPS", Slicer 5's default, or "RAS"); NaN rows become
+    control points with ``positionStatus`` "missing", as Slicer writes them.
+    """
+    system = coordinate_system_of(coordinate_system)
+    if system == "voxel":
+        raise ValueError("Slicer markups store world coordinates (RAS or LPS), not voxel indices")
+    stated = points_to_world(np.asarray(points, dtype=np.float64), system)  # RAS <-> LPS is its own inverse
+    control = []
+    for k, (name, p) in enumerate(zip(names, stated, strict=True), start=1):
+        missing = bool(np.isnan(p).any())
+        control.append(
+            {
+                "id": str(k),
+                "label": str(name),
+                "position": "" if missing else [float(v) for v in p],
+                "positionStatus": "missing" if missing else "defined",
+            }
+        )
+    data = {
+        "@schema": SLICER_SCHEMA,
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": system,
+                "coordinateUnits": "mm",
+                "controlPoints": control,
+            }
+        ],
+    }
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")

@@ -103,6 +103,21 @@ def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Ten
     return out
 
 
+def pad_to_min_size(image: Tensor, min_size: int | Sequence[int] | None) -> Tensor:
+    """Zero-pad (C, *spatial) at the far end of every axis shorter than ``min_size`` voxels.
+
+    Far-end padding keeps voxel 0 in place, so the affine and landmark voxel coordinates are unchanged
+    (the paper pads the 60 coronal slices of its olfactory MR scans this way). None: unchanged.
+    """
+    if min_size is None:
+        return image
+    shape = image.shape[1:]
+    target = [
+        max(int(n), int(m)) for n, m in zip(shape, np.broadcast_to(min_size, (len(shape),)), strict=True)
+    ]
+    return image if list(shape) == target else crop_or_pad(image, [0] * len(shape), target)
+
+
 def match_channels(image: np.ndarray | Tensor, channels: int | None) -> np.ndarray | Tensor:
     """Average RGB / RGBA (alpha dropped) to one grey channel when one is expected; else check the count."""
     c = image.shape[0]
@@ -126,15 +141,20 @@ class Preprocessing:
         intensity: per-image normalisation, "zscore", "histeq" or "none".
         antialias: Gaussian pre-smoothing on down-sampled axes.
         channels: channels the network expects; an RGB(A) image is averaged to grey when it expects 1.
+        min_size: after resampling, axes shorter than this many working voxels (a number, or one per
+            axis) are zero-padded at the far end, after intensity normalisation, so the padding is 0 in
+            the network input; the affine and landmark voxel coordinates do not change. None: no padding.
     """
 
     spacing: float | Sequence[float]
     intensity: str = "zscore"
     antialias: bool = True
     channels: int | None = None
+    min_size: int | Sequence[int] | None = None
 
     def __call__(self, image: np.ndarray | Tensor, affine: np.ndarray) -> tuple[Tensor, np.ndarray]:
         """(C, *spatial) image + affine -> normalised image at the working spacing + its affine."""
         image = match_channels(image, self.channels)
         x, aff = resample_to_spacing(image, affine, self.spacing, antialias=self.antialias)
-        return normalize_intensity(x, self.intensity).contiguous(), aff
+        x = normalize_intensity(x, self.intensity)
+        return pad_to_min_size(x, self.min_size).contiguous(), aff

@@ -1,0 +1,359 @@
+"""A user's images and landmarks, listed in a manifest (CSV or JSON), as a case source.
+
+CSV: one row per case, columns ``case,image`` and either ``landmarks`` (a point file) or inline columns
+``<name>_x,<name>_y[,<name>_z]`` (an empty cell marks a missing landmark); optional columns ``split``
+and ``coordinate_system``::
+
+    case,image,landmarks,split
+    p001,images/p001.nii.gz,landmarks/p001.mrk.json,train
+
+JSON::
+
+    {"coordinate_system": "RAS" | "LPS" | "voxel",   (optional, default RAS)
+     "landmarks": [names...],                         (needed for inline point lists)
+     "cases": [{"case": "p001", "image": "images/p001.nrrd",
+                "landmarks": "landmarks/p001.fcsv" | [[x, y, z] or null, ...] | {name: [x, y, z] or null},
+                "split": "train", "coordinate_system": "LPS" (optional, overrides the top level)}],
+     "meta": {...} (optional, free-form)}
+
+Images: anything :func:`~landmark_lit.data.io.load_image` reads (NIfTI, NRRD, MHA/MHD, a DICOM series
+folder, ...). Landmarks: inline, or a file :func:`~landmark_lit.data.landmark_files.read_point_list` reads
+(Slicer ``.mrk.json`` and ``.fcsv`` state their own coordinate system; CSV files follow the row's). World
+coordinates are RAS or LPS mm; ``voxel`` means indices of the image array as ``load_image`` returns it.
+Relative paths are resolved against the manifest's folder. Everything but the images is read and checked
+when the source is built, so a broken manifest fails at once, with the manifest and row in the message.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from landmark_lit.data.cases import Case
+from landmark_lit.data.io import ImageReadError, atomic_write_text, load_image
+from landmark_lit.data.landmark_files import (
+    PointList,
+    coordinate_system_of,
+    parse_point,
+    read_point_list,
+)
+
+_JSON_KEYS = {"coordinate_system", "landmarks", "cases", "meta"}
+_CASE_KEYS = {"case", "image", "landmarks", "split", "coordinate_system", "meta"}
+_AXES = ("x", "y", "z")
+
+
+class ManifestError(ValueError):
+    """A manifest, or one of its rows, is unusable; the message names the manifest and the row."""
+
+
+@dataclass
+class ManifestRow:
+    """One case of a manifest, checked but with its image not yet read.
+
+    Attributes:
+        case: case id.
+        image: image file or DICOM folder.
+        points: the case's landmarks as stated (names, (K, D) coordinates, coordinate system).
+        split: split name, if the manifest has splits.
+        where: the row, for messages ("line 3 (case 'p001')").
+    """
+
+    case: str
+    image: Path
+    points: PointList
+    split: str | None
+    where: str
+
+
+class ManifestCases:
+    """A :class:`~landmark_lit.data.cases.CaseSource` over the images and landmarks of a manifest.
+
+    Args:
+        manifest: the ``.csv`` or ``.json`` manifest.
+        split: keep only the rows of this split (None: all rows).
+        landmark_names: the landmarks to use, in this order (None: the manifest's, or those of its
+            landmark files in order of first appearance); a case without one of them has it missing (NaN).
+        coordinate_system: how points are stated where neither the row nor the manifest says
+            ("RAS", "LPS" or "voxel").
+
+    Raises:
+        ManifestError: one line naming the manifest and, where it applies, the row (missing files,
+            unknown landmarks, wrong coordinate counts, duplicate cases, an empty split, ...).
+    """
+
+    def __init__(
+        self,
+        manifest: str | os.PathLike,
+        split: str | None = None,
+        landmark_names: list[str] | None = None,
+        coordinate_system: str = "RAS",
+    ) -> None:
+        self.path = Path(manifest).expanduser()
+        if not self.path.is_file():
+            raise ManifestError(f"{self.path}: manifest not found")
+        suffix = self.path.suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise ManifestError(
+                f"{self.path}: unknown manifest type {self.path.suffix!r} (expected .csv or .json)"
+            )
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{self.path}: cannot read ({exc})") from None
+        default_system = self._system(coordinate_system, "coordinate_system argument")
+        parse = self._parse_csv if suffix == ".csv" else self._parse_json
+        rows, declared = parse(text, default_system)
+        if not rows:
+            raise ManifestError(f"{self.path}: no cases")
+        seen: dict[str, str] = {}
+        for row in rows:
+            if row.case in seen:
+                raise ManifestError(
+                    f"{self.path}: {row.where}: duplicate case id (first at {seen[row.case]})"
+                )
+            seen[row.case] = row.where
+        dims = {row.points.points.shape[1] for row in rows}
+        if len(dims) > 1:
+            raise ManifestError(f"{self.path}: cases mix 2D and 3D landmarks")
+        self.spatial_dims = dims.pop()
+        if split is not None:
+            if all(row.split is None for row in rows):
+                raise ManifestError(f"{self.path}: no split column or key, cannot select split {split!r}")
+            rows = [row for row in rows if row.split == str(split)]
+            if not rows:
+                raise ManifestError(f"{self.path}: no cases in split {split!r}")
+        self.rows = rows
+        self.landmark_names = self._names(rows, declared, landmark_names)
+
+    @property
+    def cases(self) -> list[str]:
+        """Case ids, in manifest order."""
+        return [row.case for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> Case:
+        row = self.rows[index]
+        try:
+            image, affine = load_image(row.image)
+        except ImageReadError as exc:
+            raise ManifestError(f"{self.path}: {row.where}: {exc}") from None
+        if image.ndim - 1 != self.spatial_dims:
+            raise ManifestError(
+                f"{self.path}: {row.where}: {image.ndim - 1}D image with {self.spatial_dims}D landmarks"
+            )
+        world = row.points.world(affine)
+        selected = PointList(row.points.names, world).select(self.landmark_names)
+        return Case(
+            case_id=row.case,
+            image=image,
+            affine=affine,
+            landmarks_world=selected,
+            image_path=str(row.image),
+            meta={"split": row.split, "manifest": str(self.path)},
+        )
+
+    # -- parsing -------------------------------------------------------------------------------------------
+
+    def _system(self, value: Any, where: str) -> str:
+        try:
+            return coordinate_system_of(value)
+        except ValueError as exc:
+            raise ManifestError(f"{self.path}: {where}: {exc}") from None
+
+    def _file(self, value: Any, where: str, what: str) -> Path:
+        text = str(value).strip() if value is not None else ""
+        if not text:
+            raise ManifestError(f"{self.path}: {where}: no {what}")
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else self.path.parent / path
+        if not path.exists():
+            raise ManifestError(f"{self.path}: {where}: {what} not found: {path}")
+        return path
+
+    def _point_file(self, value: Any, case: str, system: str, where: str) -> PointList:
+        path = self._file(value, where, "landmark file")
+        try:
+            return read_point_list(path, system, case=case)
+        except ValueError as exc:
+            raise ManifestError(f"{self.path}: {where}: {exc}") from None
+
+    def _inline(self, names: list[str], values: list[Any], dims: int, system: str, where: str) -> PointList:
+        points = []
+        for name, value in zip(names, values, strict=True):
+            try:
+                points.append(parse_point(value, dims))
+            except ValueError as exc:
+                raise ManifestError(f"{self.path}: {where}, landmark {name!r}: {exc}") from None
+        return PointList(list(names), np.asarray(points, dtype=np.float64).reshape(len(names), dims), system)
+
+    def _parse_csv(self, text: str, default_system: str) -> tuple[list[ManifestRow], list[str] | None]:
+        reader = csv.DictReader(io.StringIO(text))
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        missing = [c for c in ("case", "image") if c not in header]
+        if missing:
+            raise ManifestError(f"{self.path}: missing columns {missing} (header is {header})")
+        inline = [h[:-2] for h in header if h.endswith("_x")]
+        if ("landmarks" in header) == bool(inline):
+            raise ManifestError(
+                f"{self.path}: give either a 'landmarks' column (point files) or inline columns "
+                f"<name>_x,<name>_y[,<name>_z] (header is {header})"
+            )
+        dims = 3 if any(f"{n}_z" in header for n in inline) else 2
+        for name in inline:
+            absent = [f"{name}_{a}" for a in _AXES[:dims] if f"{name}_{a}" not in header]
+            if absent:
+                raise ManifestError(
+                    f"{self.path}: landmark {name!r} lacks columns {absent} ({dims}D manifest)"
+                )
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            if None in cells:
+                raise ManifestError(f"{self.path}: line {line}: more values than columns")
+            case = (cells.get("case") or "").strip()
+            where = f"line {line} (case {case!r})"
+            if not case:
+                raise ManifestError(f"{self.path}: line {line}: empty case id")
+            system = default_system
+            if (cells.get("coordinate_system") or "").strip():
+                system = self._system(cells["coordinate_system"], where)
+            image = self._file(cells.get("image"), where, "image")
+            if inline:
+                values = [[cells.get(f"{n}_{a}") for a in _AXES[:dims]] for n in inline]
+                points = self._inline(inline, values, dims, system, where)
+            else:
+                points = self._point_file(cells.get("landmarks"), case, system, where)
+            split = (cells.get("split") or "").strip() or None
+            rows.append(ManifestRow(case, image, points, split, where))
+        return rows, (inline or None)
+
+    def _parse_json(self, text: str, default_system: str) -> tuple[list[ManifestRow], list[str] | None]:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{self.path}: invalid JSON ({exc})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+            raise ManifestError(f"{self.path}: expected an object with a 'cases' list")
+        unknown = sorted(set(data) - _JSON_KEYS)
+        if unknown:
+            raise ManifestError(f"{self.path}: unknown keys {unknown} (expected {sorted(_JSON_KEYS)})")
+        system_all = (
+            self._system(data["coordinate_system"], "top level") if "coordinate_system" in data else None
+        )
+        declared = data.get("landmarks")
+        if declared is not None and (
+            not isinstance(declared, list) or not all(isinstance(n, str) and n for n in declared)
+        ):
+            raise ManifestError(f"{self.path}: 'landmarks' must be a list of names")
+        if declared is not None and len(set(declared)) != len(declared):
+            raise ManifestError(f"{self.path}: duplicate landmark names in 'landmarks'")
+        rows = []
+        for n, entry in enumerate(data["cases"], start=1):
+            if not isinstance(entry, dict):
+                raise ManifestError(f"{self.path}: case #{n}: expected an object")
+            case = str(entry.get("case") or "").strip()
+            where = f"case #{n} ({case!r})"
+            if not case:
+                raise ManifestError(f"{self.path}: case #{n}: no 'case' id")
+            unknown = sorted(set(entry) - _CASE_KEYS)
+            if unknown:
+                raise ManifestError(
+                    f"{self.path}: {where}: unknown keys {unknown} (expected {sorted(_CASE_KEYS)})"
+                )
+            system = system_all or default_system
+            if entry.get("coordinate_system") is not None:
+                system = self._system(entry["coordinate_system"], where)
+            image = self._file(entry.get("image"), where, "image")
+            points = self._json_points(entry.get("landmarks"), declared, case, system, where)
+            split = str(entry["split"]) if entry.get("split") is not None else None
+            rows.append(ManifestRow(case, image, points, split, where))
+        return rows, declared
+
+    def _json_points(
+        self, value: Any, declared: list[str] | None, case: str, system: str, where: str
+    ) -> PointList:
+        if isinstance(value, str):
+            return self._point_file(value, case, system, where)
+        if isinstance(value, dict):
+            names, values = list(value), list(value.values())
+        elif isinstance(value, list):
+            if declared is None:
+                raise ManifestError(
+                    f"{self.path}: {where}: an inline point list needs the top-level 'landmarks'"
+                )
+            if len(value) != len(declared):
+                raise ManifestError(
+                    f"{self.path}: {where}: {len(value)} points for {len(declared)} landmarks {declared}"
+                )
+            names, values = declared, value
+        else:
+            raise ManifestError(f"{self.path}: {where}: 'landmarks' must be a file path, a list or an object")
+        known = next((v for v in values if v is not None), None)
+        dims = len(known) if isinstance(known, (list, tuple)) and len(known) in (2, 3) else 3
+        return self._inline(names, values, dims, system, where)
+
+    def _names(
+        self, rows: list[ManifestRow], declared: list[str] | None, requested: list[str] | None
+    ) -> list[str]:
+        """The landmark list: requested, else declared, else the files' in order of first appearance."""
+        if declared is not None:
+            for row in rows:
+                unknown = [n for n in row.points.names if n not in declared]
+                if unknown:
+                    raise ManifestError(
+                        f"{self.path}: {row.where}: unknown landmarks {unknown} (the manifest lists {declared})"
+                    )
+            available = list(declared)
+        else:
+            available = list(dict.fromkeys(n for row in rows for n in row.points.names))
+        if requested is None:
+            return available
+        requested = [str(n) for n in requested]
+        unknown = [n for n in requested if n not in available]
+        if unknown:
+            raise ManifestError(f"{self.path}: unknown landmarks {unknown} (the manifest has {available})")
+        if len(set(requested)) != len(requested):
+            raise ManifestError(f"{self.path}: landmark_names lists a landmark twice: {requested}")
+        return requested
+
+
+def write_manifest(
+    path: str | os.PathLike,
+    cases: list[dict[str, Any]],
+    landmark_names: list[str] | None = None,
+    coordinate_system: str = "RAS",
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """Write a JSON manifest atomically (see the module docstring for the entries of ``cases``).
+
+    Absolute paths inside ``path``'s folder are written relative to it, so the folder can be moved as a
+    whole; relative paths are written as given (they are relative to the manifest's folder).
+    """
+    path = Path(path)
+    root = path.parent.resolve()
+    out = []
+    for entry in cases:
+        entry = dict(entry)
+        for key in ("image", "landmarks"):
+            value = entry.get(key)
+            if isinstance(value, (str, os.PathLike)):
+                given = Path(value)
+                inside = given.is_absolute() and given.resolve().is_relative_to(root)
+                entry[key] = str(given.resolve().relative_to(root)) if inside else str(given)
+        out.append(entry)
+    data: dict[str, Any] = {"coordinate_system": coordinate_system_of(coordinate_system), "cases": out}
+    if landmark_names is not None:
+        data["landmarks"] = list(landmark_names)
+    if meta:
+        data["meta"] = meta
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")

@@ -1,0 +1,156 @@
+"""Image readers: each 3D format returns a known voxel at a known world position (RAS)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from landmark_lit.data.io import ImageReadError, load_image, save_nifti
+from landmark_lit.data.transforms import voxel_to_world
+
+nrrd = pytest.importorskip("nrrd")
+sitk = pytest.importorskip("SimpleITK")
+pydicom = pytest.importorskip("pydicom")
+
+VOXEL = (1, 2, 3)  # (i, j, k) of the bright voxel in a (4, 5, 6) volume
+SHAPE = (4, 5, 6)
+
+
+def rotation_z(deg: float) -> np.ndarray:
+    a = np.radians(deg)
+    return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+
+
+def volume() -> np.ndarray:
+    data = np.zeros(SHAPE, np.int16)
+    data[VOXEL] = 700
+    return data
+
+
+def check(path: Path, world_ras: np.ndarray, expected_affine: np.ndarray | None = None) -> None:
+    image, affine = load_image(path)
+    assert image.dtype == np.float32 and image.shape == (1, *SHAPE)
+    assert tuple(np.argwhere(image[0] == 700)[0]) == VOXEL and image.sum() == 700
+    np.testing.assert_allclose(voxel_to_world(np.array(VOXEL, float), affine), world_ras, atol=1e-4)
+    if expected_affine is not None:
+        np.testing.assert_allclose(affine, expected_affine, atol=1e-5)
+
+
+def test_nifti_oblique_affine_is_returned_as_stored(tmp_path):
+    affine = np.eye(4)
+    affine[:3, :3] = rotation_z(25.0) @ np.diag([0.8, 1.1, 2.5])
+    affine[:3, 3] = (-30.0, 12.0, 5.0)
+    nib.save(nib.Nifti1Image(volume().astype(np.float32), affine), tmp_path / "a.nii.gz")
+    check(tmp_path / "a.nii.gz", affine[:3, :3] @ VOXEL + affine[:3, 3], affine)
+
+
+@pytest.mark.parametrize(
+    "space,flip",
+    [
+        ("left-posterior-superior", (-1, -1, 1)),
+        ("right-anterior-superior", (1, 1, 1)),
+        ("left-anterior-superior", (-1, 1, 1)),
+    ],
+)
+def test_nrrd_geometry_becomes_ras(tmp_path, space, flip):
+    directions = (rotation_z(-15.0) @ np.diag([0.5, 0.7, 2.0])).T  # NRRD: one row per axis
+    origin = np.array([10.0, -20.0, 30.0])
+    nrrd.write(
+        str(tmp_path / "a.nrrd"),
+        volume(),
+        {"space": space, "space directions": directions, "space origin": origin},
+    )
+    stated = origin + directions.T @ VOXEL
+    check(tmp_path / "a.nrrd", stated * flip)
+
+
+def test_nrrd_unknown_space_is_refused(tmp_path):
+    header = {"space": "right-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)}
+    nrrd.write(str(tmp_path / "a.nrrd"), volume(), header)
+    with pytest.raises(ImageReadError, match=r"a\.nrrd: unsupported NRRD space 'right-posterior-superior'"):
+        load_image(tmp_path / "a.nrrd")
+
+
+@pytest.mark.parametrize("suffix", ["mha", "mhd"])
+def test_mha_mhd_through_simpleitk_lps_to_ras(tmp_path, suffix):
+    img = sitk.GetImageFromArray(volume().T.copy())  # SimpleITK arrays are (k, j, i)
+    img.SetSpacing((0.5, 0.7, 2.0))
+    img.SetOrigin((10.0, 20.0, 30.0))
+    img.SetDirection(rotation_z(20.0).ravel().tolist())
+    sitk.WriteImage(img, str(tmp_path / f"a.{suffix}"))
+    lps = np.array(img.TransformIndexToPhysicalPoint(VOXEL))
+    check(tmp_path / f"a.{suffix}", lps * (-1, -1, 1))
+
+
+def write_dicom_series(folder: Path, vol: np.ndarray, origin, row_dir, col_dir, pixel_spacing, step) -> None:
+    """vol (rows, columns, slices); slice k at origin + k * step (LPS); IOP = row direction, column direction."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True)
+    series = generate_uid()
+    for k in range(vol.shape[2]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = series
+        ds.Modality, ds.InstanceNumber = "CT", k + 1
+        ds.ImagePositionPatient = [round(float(v), 6) for v in np.asarray(origin) + k * np.asarray(step)]
+        ds.ImageOrientationPatient = [round(float(v), 8) for v in (*row_dir, *col_dir)]
+        ds.PixelSpacing = [float(v) for v in pixel_spacing]  # row spacing, column spacing
+        ds.Rows, ds.Columns = vol.shape[:2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(vol[:, :, k]).astype(np.int16).tobytes()
+        ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
+
+
+def test_dicom_series_folder_through_pydicom(tmp_path):
+    rows_cols_slices = np.zeros((SHAPE[1], SHAPE[0], SHAPE[2]), np.int16)
+    rows_cols_slices[VOXEL[1], VOXEL[0], VOXEL[2]] = 700  # array axes come back as (column, row, slice)
+    r = rotation_z(30.0)
+    origin, spacing, step = np.array([10.0, -20.0, 5.0]), (0.8, 0.6), np.array([0.0, 0.0, 2.5])
+    write_dicom_series(tmp_path / "series", rows_cols_slices, origin, r[:, 0], r[:, 1], spacing, step)
+    i, j, k = VOXEL
+    lps = origin + i * spacing[1] * r[:, 0] + j * spacing[0] * r[:, 1] + k * step
+    check(tmp_path / "series", lps * (-1, -1, 1))
+
+
+def test_dicom_without_usable_geometry_is_refused(tmp_path):
+    vol = np.zeros((5, 4, 2), np.int16)
+    write_dicom_series(tmp_path / "s", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1.0, 1.0), (0, 0, 1))
+    for f in (tmp_path / "s").iterdir():  # drop the orientation: MONAI would fall back to an identity affine
+        ds = pydicom.dcmread(f)
+        del ds.ImageOrientationPatient
+        ds.save_as(f)
+    with pytest.raises(ImageReadError, match=r"s: cannot read image .*ImageOrientationPatient"):
+        load_image(tmp_path / "s")
+
+
+def test_missing_reader_package_names_the_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    import landmark_lit.data.io as io_module
+
+    (tmp_path / "a.nrrd").write_bytes(b"")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(io_module.importlib.util, "find_spec", lambda n: None if n == "nrrd" else real(n))
+    with pytest.raises(
+        ImageReadError, match=r"a\.nrrd: reading NRRD needs the pynrrd package .*landmark_lit\[io\]"
+    ):
+        load_image(tmp_path / "a.nrrd")
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    save_nifti(tmp_path / "a.nii.gz", volume().astype(np.float32), np.eye(4))
+    assert (tmp_path / "a.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
