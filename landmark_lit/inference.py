@@ -175,6 +175,7 @@ class LandmarkPredictor:
 IMAGE_SUFFIXES = (
     ".nii",
     ".nii.gz",
+    ".nhdr",
     ".nrrd",
     ".mha",
     ".mhd",
@@ -206,8 +207,14 @@ def find_images(spec: str | os.PathLike, root: str | os.PathLike | None = None) 
     if p.is_file() and p.suffix.lower() == ".txt":
         base = Path(root) if root is not None else p.parent
         files = [_resolve_entry(base, line.strip(), p) for line in p.read_text().splitlines() if line.strip()]
+    elif p.is_dir() and any(f.suffix.lower() == ".dcm" for f in p.iterdir()):
+        files = [p]  # a DICOM series folder is one image
     elif p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
+        # sub-folders holding DICOM series are images too
+        files += sorted(
+            d for d in p.iterdir() if d.is_dir() and any(f.suffix.lower() == ".dcm" for f in d.iterdir())
+        )
     elif p.exists():
         files = [p]
     else:

@@ -83,3 +83,13 @@ def test_predict_files_keeps_going_after_a_bad_file(predictor, tmp_path):
 def test_model_of_another_dimensionality_is_refused(predictor):
     with pytest.raises(ValueError, match="the model is 2D"):
         predictor.predict_array(np.zeros((1, 8, 8, 8), np.float32), np.eye(4))
+
+
+def test_dicom_series_folders_count_as_one_image_each(tmp_path):
+    for series in ("a", "b"):
+        (tmp_path / series).mkdir()
+        for n in range(3):
+            (tmp_path / series / f"{n:03d}.dcm").write_bytes(b"x")
+    (tmp_path / "c.nii.gz").write_bytes(b"x")
+    assert find_images(tmp_path / "a") == [tmp_path / "a"]
+    assert find_images(tmp_path) == [tmp_path / "c.nii.gz", tmp_path / "a", tmp_path / "b"]
