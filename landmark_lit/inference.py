@@ -97,8 +97,14 @@ class LandmarkPredictor:
         >>> result["world"]  # (K, D) landmark coordinates in world mm
     """
 
-    def __init__(self, global_stage: Stage, local_stage: Stage | None = None) -> None:
+    def __init__(
+        self, global_stage: Stage, local_stage: Stage | None = None, local_iterations: int = 1
+    ) -> None:
+        if int(local_iterations) < 1:
+            raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
         self.global_stage, self.local_stage = global_stage, local_stage
+        # the local networks run this many times, each time on a sub-image re-centred on their last answer
+        self.local_iterations = int(local_iterations)
         if local_stage is not None:
             g, loc = global_stage.meta, local_stage.meta
             if g["landmark_names"] != loc["landmark_names"]:
@@ -113,11 +119,14 @@ class LandmarkPredictor:
 
     @classmethod
     def from_checkpoints(
-        cls, global_checkpoint: str | os.PathLike, local_checkpoint: str | os.PathLike | None = None
+        cls,
+        global_checkpoint: str | os.PathLike,
+        local_checkpoint: str | os.PathLike | None = None,
+        local_iterations: int = 1,
     ) -> LandmarkPredictor:
         g = load_stage(global_checkpoint, "global")
         loc = load_stage(local_checkpoint, "local") if local_checkpoint else None
-        return cls(g, loc)
+        return cls(g, loc, local_iterations)
 
     @property
     def landmark_names(self) -> list[str]:
@@ -147,10 +156,11 @@ class LandmarkPredictor:
             loc = self.local_stage
             xl, aff_l = loc.preprocessing(image, affine)
             centres = torch.as_tensor(world_to_voxel(world, aff_l), dtype=torch.float32)
-            starts = local_crop_starts(centres, loc.meta["crop_size"])
-            crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
-            refined = loc.decoder(loc.net(crops[None]), loc.net.stride)[0] + starts
-            world = voxel_to_world(refined.double().numpy(), aff_l)
+            for _ in range(self.local_iterations):
+                starts = local_crop_starts(centres, loc.meta["crop_size"])
+                crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
+                centres = loc.decoder(loc.net(crops[None]), loc.net.stride)[0] + starts
+            world = voxel_to_world(centres.double().numpy(), aff_l)
         return {"world": world, "voxel": world_to_voxel(world, affine), "global_world": global_world}
 
     def predict(
