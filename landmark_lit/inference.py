@@ -10,6 +10,7 @@ import glob
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,9 @@ def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> St
 class LandmarkPredictor:
     """Global network on the whole image, then (optionally) each landmark's local network on a sub-image.
 
+    Several local stages (e.g. a coarse one with a wide window, then a fine one) run in turn, each on
+    sub-images centred on the previous stage's answer.
+
     Example:
         >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
         >>> result = predictor.predict("image.nii.gz")
@@ -98,35 +102,53 @@ class LandmarkPredictor:
     """
 
     def __init__(
-        self, global_stage: Stage, local_stage: Stage | None = None, local_iterations: int = 1
+        self,
+        global_stage: Stage,
+        local_stages: Stage | Sequence[Stage] | None = None,
+        local_iterations: int = 1,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
-        self.global_stage, self.local_stage = global_stage, local_stage
-        # the local networks run this many times, each time on a sub-image re-centred on their last answer
+        if local_stages is None:
+            local_stages = []
+        elif isinstance(local_stages, Stage):
+            local_stages = [local_stages]
+        self.global_stage, self.local_stages = global_stage, list(local_stages)
+        # each local stage runs this many times, each time on a sub-image re-centred on its last answer
         self.local_iterations = int(local_iterations)
-        if local_stage is not None:
-            g, loc = global_stage.meta, local_stage.meta
-            if g["landmark_names"] != loc["landmark_names"]:
+        g = global_stage.meta
+        for loc in self.local_stages:
+            if g["landmark_names"] != loc.meta["landmark_names"]:
                 raise CheckpointError(
-                    f"{local_stage.path}: local landmarks {loc['landmark_names']} differ from the global "
+                    f"{loc.path}: local landmarks {loc.meta['landmark_names']} differ from the global "
                     f"model's {g['landmark_names']}"
                 )
-            if g["spatial_dims"] != loc["spatial_dims"]:
+            if g["spatial_dims"] != loc.meta["spatial_dims"]:
                 raise CheckpointError(
-                    f"{local_stage.path}: {loc['spatial_dims']}D local model with a {g['spatial_dims']}D global model"
+                    f"{loc.path}: {loc.meta['spatial_dims']}D local model with a {g['spatial_dims']}D global model"
                 )
+
+    @property
+    def local_stage(self) -> Stage | None:
+        """The last (finest) local stage, or None for a global-only predictor."""
+        return self.local_stages[-1] if self.local_stages else None
 
     @classmethod
     def from_checkpoints(
         cls,
         global_checkpoint: str | os.PathLike,
-        local_checkpoint: str | os.PathLike | None = None,
+        local_checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         local_iterations: int = 1,
     ) -> LandmarkPredictor:
+        """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
         g = load_stage(global_checkpoint, "global")
-        loc = load_stage(local_checkpoint, "local") if local_checkpoint else None
-        return cls(g, loc, local_iterations)
+        if local_checkpoint is None or local_checkpoint == "":
+            paths = []
+        elif isinstance(local_checkpoint, str | os.PathLike):
+            paths = [local_checkpoint]
+        else:
+            paths = list(local_checkpoint)
+        return cls(g, [load_stage(p, "local") for p in paths], local_iterations)
 
     @property
     def landmark_names(self) -> list[str]:
@@ -152,8 +174,7 @@ class LandmarkPredictor:
         out = g.net(x[None])
         world = voxel_to_world(g.decoder(out, g.net.stride)[0].double().numpy(), aff)
         global_world = world
-        if self.local_stage is not None:
-            loc = self.local_stage
+        for loc in self.local_stages:
             xl, aff_l = loc.preprocessing(image, affine)
             centres = torch.as_tensor(world_to_voxel(world, aff_l), dtype=torch.float32)
             for _ in range(self.local_iterations):

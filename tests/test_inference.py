@@ -6,7 +6,14 @@ import torch
 from PIL import Image
 
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.inference import LandmarkPredictor, Stage, case_id_of, find_images, predict_files
+from landmark_lit.inference import (
+    CheckpointError,
+    LandmarkPredictor,
+    Stage,
+    case_id_of,
+    find_images,
+    predict_files,
+)
 from landmark_lit.networks import GlobalNet, LocalNet
 
 NAMES = ["a", "b"]
@@ -93,3 +100,55 @@ def test_dicom_series_folders_count_as_one_image_each(tmp_path):
     (tmp_path / "c.nii.gz").write_bytes(b"x")
     assert find_images(tmp_path / "a") == [tmp_path / "a"]
     assert find_images(tmp_path) == [tmp_path / "c.nii.gz", tmp_path / "a", tmp_path / "b"]
+
+
+def _image(seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(1, 40, 36)).astype(np.float32)
+
+
+def test_a_local_stage_twice_equals_two_iterations_of_it():
+    torch.manual_seed(0)
+    g, loc = stage("global", 1.0), stage("local", 0.5)
+    image, affine = _image(), np.eye(3)
+    twice = LandmarkPredictor(g, [loc, loc]).predict_array(image, affine)["world"]
+    iterated = LandmarkPredictor(g, loc, local_iterations=2).predict_array(image, affine)["world"]
+    once = LandmarkPredictor(g, loc).predict_array(image, affine)["world"]
+    np.testing.assert_allclose(twice, iterated)
+    assert not np.allclose(twice, once)  # the second pass moved the landmarks
+    with pytest.raises(ValueError, match="local_iterations must be at least 1"):
+        LandmarkPredictor(g, loc, local_iterations=0)
+
+
+def test_each_local_stage_is_centred_on_the_previous_answer():
+    torch.manual_seed(1)
+    g, coarse, fine = (
+        stage("global", 1.0),
+        stage("local", 1.0, crop=(16, 16)),
+        stage("local", 0.25, crop=(8, 8)),
+    )
+    image, affine = _image(), np.eye(3)
+    after_coarse = LandmarkPredictor(g, [coarse]).predict_array(image, affine)
+    cascade = LandmarkPredictor(g, [coarse, fine]).predict_array(image, affine)
+    np.testing.assert_allclose(cascade["global_world"], after_coarse["global_world"])
+    # the fine 8 x 8 window at 0.25 mm spans 2 mm: its answer stays within that window around the coarse answer
+    moved = np.abs(cascade["world"] - after_coarse["world"])
+    assert moved.max() <= 0.25 * 8 / 2 + 0.25 and moved.max() > 0
+
+
+def test_local_checkpoints_load_as_a_cascade_in_the_given_order(tmp_path):
+    torch.manual_seed(2)
+    paths = {}
+    for name, st in {
+        "global": stage("global", 1.0),
+        "coarse": stage("local", 1.0),
+        "fine": stage("local", 0.5),
+    }.items():
+        state = {f"net.{k}": v for k, v in st.net.state_dict().items()}
+        paths[name] = tmp_path / f"{name}.ckpt"
+        torch.save({"state_dict": state, "landmark_lit": st.meta}, paths[name])
+    p = LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["fine"]])
+    assert [s.meta["spacing"] for s in p.local_stages] == [1.0, 0.5] and p.local_stage.meta["spacing"] == 0.5
+    assert LandmarkPredictor.from_checkpoints(paths["global"]).local_stages == []
+    with pytest.raises(CheckpointError, match="'global' stage checkpoint, expected 'local'"):
+        LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["global"]])

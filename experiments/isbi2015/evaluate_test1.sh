@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Predict the ISBI 2015 Test1 images with trained checkpoints and evaluate them against both ground-truth
 # conventions (average of the two doctors; senior only), global-only and global-to-local.
-#   bash experiments/isbi2015/evaluate_test1.sh GLOBAL.ckpt LOCAL.ckpt [OUT_DIR]
+#   bash experiments/isbi2015/evaluate_test1.sh GLOBAL.ckpt LOCAL.ckpt[,FINER_LOCAL.ckpt...] [OUT_DIR]
+# Several local checkpoints, comma-separated, run in that order (coarse to fine).
 set -euo pipefail
 GLOBAL=$1
-LOCAL=$2
+IFS=, read -r -a locals <<< "$2"
+LOCAL="[$(printf "'%s'," "${locals[@]}" | sed 's/,$//')]"
 OUT=${3:-outputs/isbi2015_test1}
 DATA=${LANDMARK_LIT_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}/isbi2015-ceph
 BIN=${BIN:-.venv/bin}

@@ -15,8 +15,10 @@ from landmark_lit.inference import LandmarkPredictor, predict_files
 def predict(cfg: DictConfig) -> dict:
     """Plain function behind the CLI: load the checkpoints, predict ``cfg.input``, write to ``cfg.output_dir``."""
     torch.set_num_threads(int(cfg.threads))
+    local = cfg.get("local_checkpoint")
+    local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else local
     predictor = LandmarkPredictor.from_checkpoints(
-        cfg.global_checkpoint, cfg.get("local_checkpoint"), int(cfg.get("local_iterations", 1))
+        cfg.global_checkpoint, local, int(cfg.get("local_iterations", 1))
     )
     inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input)
     spacing = cfg.get("spacing")
