@@ -13,8 +13,8 @@ import torch
 
 from landmark_lit.data.datasets import GlobalTrainDataset, LocalTrainDataset, PreparedCases
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import write_slicer_markups
-from landmark_lit.data.manifest import ManifestCases, ManifestError, write_manifest
+from landmark_lit.data.landmark_files import read_landmark_table, write_slicer_markups
+from landmark_lit.data.manifest import ManifestCases, ManifestError, main, write_manifest
 from landmark_lit.data.transforms import Preprocessing, pad_to_min_size, voxel_to_world, world_to_voxel
 
 LPS = np.array([-1.0, -1.0, 1.0])
@@ -237,3 +237,26 @@ def test_errors_name_the_manifest_and_the_row(tmp_path, study):
     ):
         ManifestCases(tmp_path / "m4.csv")[0]
     assert world_to_voxel(np.zeros(3), np.eye(4)).shape == (3,)
+
+
+def test_export_of_a_split_as_references_and_image_list(study, tmp_path, capsys):
+    world = voxel_to_world(VOXELS, AFFINES["lps_oblique"])
+    main(
+        [
+            str(study / "m.csv"),
+            "--split",
+            "val",
+            "--references",
+            str(tmp_path / "r.csv"),
+            "--images",
+            str(tmp_path / "l.txt"),
+        ]
+    )
+    table = read_landmark_table(tmp_path / "r.csv")
+    # case c states its landmark in voxel indices: exported in world mm through the image's affine
+    assert list(table.coords) == ["c"] and table.names == ["P"]
+    np.testing.assert_allclose(table.coords["c"][0], world[0], atol=1e-6)
+    assert (tmp_path / "l.txt").read_text() == f"{(study / 'img' / 'c.nii.gz').resolve()}\n"
+    with pytest.raises(SystemExit):
+        main([str(study / "m.csv"), "--split", "nope", "--references", str(tmp_path / "x.csv")])
+    assert "no cases in split 'nope'" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()

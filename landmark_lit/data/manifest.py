@@ -357,3 +357,50 @@ def write_manifest(
     if meta:
         data["meta"] = meta
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def reference_table(source: ManifestCases):
+    """A manifest's landmarks in world mm RAS as a :class:`~landmark_lit.data.landmark_files.LandmarkTable`
+    for ``landmark-evaluate`` (images are read only for landmarks stated in voxel indices)."""
+    from landmark_lit.data.landmark_files import LandmarkTable
+
+    coords, images = {}, {}
+    for row in source.rows:
+        affine = None
+        if row.points.coordinate_system == "voxel":
+            try:
+                affine = load_image(row.image)[1]
+            except ImageReadError as exc:
+                raise ManifestError(f"{source.path}: {row.where}: {exc}") from None
+        world = PointList(row.points.names, row.points.world(affine)).select(source.landmark_names)
+        coords[row.case], images[row.case] = world, str(row.image)
+    return LandmarkTable(names=list(source.landmark_names), coords=coords, images=images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m landmark_lit.data.manifest MANIFEST --split test --references REFS.csv --images LIST.txt``:
+    write a split's reference landmarks (world mm) for ``landmark-evaluate`` and its image list for
+    ``landmark-predict input=LIST.txt``."""
+    import argparse
+
+    from landmark_lit.data.landmark_files import write_landmark_table
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("manifest")
+    parser.add_argument("--split", default=None, help="only this split (default: every case)")
+    parser.add_argument("--references", default=None, help="output landmark table (.csv or .json)")
+    parser.add_argument("--images", default=None, help="output .txt list of image paths, one per line")
+    args = parser.parse_args(argv)
+    try:
+        source = ManifestCases(args.manifest, split=args.split)
+        if args.references:
+            write_landmark_table(args.references, reference_table(source))
+    except ManifestError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    if args.images:
+        atomic_write_text(args.images, "".join(f"{row.image.resolve()}\n" for row in source.rows))
+    print(f"{len(source)} cases of {args.manifest}" + (f" (split {args.split})" if args.split else ""))
+
+
+if __name__ == "__main__":
+    main()

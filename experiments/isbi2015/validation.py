@@ -1,0 +1,68 @@
+"""Compare pipelines (global only, one local stage, a coarse-to-fine cascade, repeated local passes) on the
+ISBI 2015 validation images (the 10 training images held out by the dataset config; average ground truth).
+
+    python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
+        [--iterations 1 2] [--data ../shared/data/isbi2015-ceph]
+
+Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
+from landmark_lit.inference import LandmarkPredictor
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
+
+
+def row(name: str, errors: np.ndarray) -> str:
+    q1, med, q3 = np.percentile(errors, [25, 50, 75])
+    return (
+        f"| {name} | {errors.mean():.2f} ± {errors.std():.2f} | {med:.2f} ({q3 - q1:.2f}) "
+        f"| {100 * np.mean(errors <= 2):.1f} % | {100 * np.mean(errors <= 4):.1f} % |"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("global_checkpoint")
+    parser.add_argument("--local", action="append", default=[], help="local checkpoint(s), comma-separated")
+    parser.add_argument("--iterations", type=int, nargs="+", default=[1])
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--val-count", type=int, default=10)
+    parser.add_argument("--val-seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    source = ISBI2015Cephalograms(
+        args.data, split="train", subset="val", val_count=args.val_count, val_seed=args.val_seed
+    )
+    pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
+    for spec in args.local:
+        paths = spec.split(",")
+        for it in args.iterations:
+            predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
+            label = " -> ".join(
+                f"local {s.meta['spacing']:g} mm, {'x'.join(map(str, s.meta['crop_size']))}"
+                for s in predictor.local_stages
+            )
+            pipelines[f"global -> {label}" + (f" (each {it} passes)" if it > 1 else "")] = predictor
+    errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
+    for i in range(len(source)):
+        case = source[i]
+        for name, predictor in pipelines.items():
+            world = predictor.predict_array(case.image, case.affine)["world"]
+            errors[name].append(np.linalg.norm(world - case.landmarks_world, axis=1))
+    print(f"{len(source)} validation images ({', '.join(source.ids)}), average ground truth, errors in mm\n")
+    print("| Pipeline | MRE ± SD | Median (IQR) | SDR 2 mm | SDR 4 mm |\n|:--|--:|--:|--:|--:|")
+    for name, errs in errors.items():
+        print(row(name, np.concatenate(errs)))
+
+
+if __name__ == "__main__":
+    main()
