@@ -178,6 +178,27 @@ def test_sweep_config_sets_the_ablation_grid(tmp_path):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
+def test_single_landmark_sweep_selects_one_landmark_per_run(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=mni_afids_global",
+                "sweep=single_landmark",
+                f"paths.output_dir={tmp_path}",
+            ],
+            return_hydra_config=True,
+        )
+    value = cfg.hydra.sweeper.params["data.landmark_indices"]
+    (override,) = OverridesParser.create().parse_overrides([f"data.landmark_indices={value}"])
+    runs = list(override.sweep_iterator())
+    assert runs == [[0], [1], [13], [18]] and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+    names = list(cfg.dataset.landmark_names)
+    assert [names[i[0]] for i in runs] == ["AC", "PC", "pineal gland", "Genu of CC"]
+
+
 @pytest.mark.slow
 def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -207,7 +228,14 @@ def test_local_stage_trains_with_augmentation(tmp_path):
 
 @pytest.mark.parametrize(
     "experiment,stride,spacing",
-    [("demo3d", 8, 3.0), ("isbi2015_global", 32, 0.8), ("isbi2015_local", 2, 0.3)],
+    [
+        ("demo3d", 8, 3.0),
+        ("isbi2015_global", 32, 0.8),
+        ("isbi2015_local_coarse", 2, 0.6),
+        ("isbi2015_local", 2, 0.25),
+        ("mni_afids_global", 8, 3.0),
+        ("mni_afids_local", 2, 1.5),
+    ],
 )
 def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
     cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
