@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Evaluate trained MNI152 + AFIDs networks on the benchmark's test volumes: global only and
+# global-to-local (multi-landmark), and single- vs multi-landmark global networks (Wilcoxon).
+#   bash experiments/mni_afids/evaluate_test.sh MANIFEST ML_GLOBAL.ckpt LOCAL.ckpt OUT [SL_GLOBAL.ckpt ...]
+set -euo pipefail
+MANIFEST=$1
+GLOBAL=$2
+LOCAL=$3
+OUT=$4
+shift 4
+BIN=${BIN:-.venv/bin}
+mkdir -p "$OUT"
+"$BIN/python" -m landmark_lit.data.manifest "$MANIFEST" --split test --references "$OUT/references.csv" \
+  --images "$OUT/test_images.txt"
+common=(input="$OUT/test_images.txt" threads=2)
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" "${common[@]}" \
+  output_dir="$OUT/pred_global_to_local"
+for run in global global_to_local; do
+  "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references.csv" \
+    output_dir="$OUT/eval_$run" thresholds=[1,2,3,4,5] n_worst=3
+done
+"$BIN/landmark-compare" "runs={global-to-local: $OUT/pred_global_to_local/predictions.json, global: $OUT/pred_global/predictions.json}" \
+  references="$OUT/references.csv" output_dir="$OUT/compare_stages"
+if [ $# -gt 0 ]; then
+  sl=()
+  n=0
+  for ckpt in "$@"; do
+    "$BIN/landmark-predict" global_checkpoint="$ckpt" "${common[@]}" output_dir="$OUT/pred_sl_$n"
+    sl+=("$OUT/pred_sl_$n/predictions.json")
+    n=$((n + 1))
+  done
+  list=$(IFS=,; echo "${sl[*]}")
+  "$BIN/landmark-compare" "runs={ML: $OUT/pred_global/predictions.json, SL: [$list]}" \
+    references="$OUT/references.csv" output_dir="$OUT/compare_sl_ml"
+fi
