@@ -9,6 +9,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import resource
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -314,10 +316,24 @@ def predict_files(
         write_landmark_table(out / "predictions.csv", table, voxel=voxels)
         write_landmark_table(out / "predictions.json", table, voxel=voxels)
     times = list(table.seconds.values())
+    peak_mb = peak_memory_mb()
     log.info(
-        "%d images done, %d failed%s",
+        "%d images done, %d failed%s, peak memory %.0f MB",
         len(table.coords),
         len(failed),
         f", {np.median(times):.3f} s per image (median)" if times else "",
+        peak_mb,
     )
-    return {"table": table, "failed": failed, "done": len(table.coords)}
+    return {
+        "table": table,
+        "failed": failed,
+        "done": len(table.coords),
+        "median_seconds": float(np.median(times)) if times else None,
+        "peak_memory_mb": peak_mb,
+    }
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux and macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10

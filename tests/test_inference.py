@@ -85,6 +85,7 @@ def test_predict_files_keeps_going_after_a_bad_file(predictor, tmp_path):
     result = predict_files(predictor, tmp_path, tmp_path / "out", spacing=1.0)
     assert result["done"] == 1 and list(result["failed"]) == [str(tmp_path / "bad.png")]
     assert "bad.png" in next(iter(result["failed"])) and (tmp_path / "out" / "predictions.csv").is_file()
+    assert result["median_seconds"] > 0 and 50 < result["peak_memory_mb"] < 24 * 1024
 
 
 def test_model_of_another_dimensionality_is_refused(predictor):

@@ -29,7 +29,12 @@ def predict(cfg: DictConfig) -> dict:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     result = predict(cfg)
-    print(f"{result['done']} images done, {len(result['failed'])} failed; output in {cfg.output_dir}")
+    seconds = result["median_seconds"]
+    print(
+        f"{result['done']} images done, {len(result['failed'])} failed"
+        + (f", {seconds:.3f} s per image (median)" if seconds is not None else "")
+        + f", peak memory {result['peak_memory_mb']:.0f} MB; output in {cfg.output_dir}"
+    )
     if result["failed"]:
         sys.exit(1)
 
