@@ -149,3 +149,68 @@ def plot_overlay(
     if title:
         fig.suptitle(title, fontsize=10)
     _save(fig, path)
+
+
+def plot_vector_field(
+    image: np.ndarray,
+    displacement: np.ndarray,
+    posterior: np.ndarray,
+    stride: int,
+    path: str | os.PathLike,
+    landmark: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
+    threshold: float = 0.5,
+    title: str = "",
+) -> int:
+    """One landmark's displacement votes on the cell grid of a 2D image (the paper's Fig. 5 form).
+
+    An arrow from every cell centre to where the cell places the landmark; cells whose posterior exceeds
+    ``threshold`` are drawn in colour (the votes that count), the others in grey.
+
+    Args:
+        image: (H, W) working image (array axis 0 horizontal, axis 1 downward, as in :func:`plot_overlay`).
+        displacement: (2, gh, gw) displacement in working voxels (after the inverse log transform).
+        posterior: (gh, gw) posterior probabilities in [0, 1].
+        stride: the network's stride (cell g covers voxels g*stride .. (g+1)*stride - 1).
+        path: output PNG.
+        landmark: optional (2,) reference position in working voxels (blue +).
+        prediction: optional (2,) decoded position in working voxels (magenta x).
+        threshold: posterior above which a cell is marked.
+        title: figure title.
+
+    Returns:
+        The number of marked cells.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    disp = np.asarray(displacement, dtype=np.float64)
+    post = np.asarray(posterior, dtype=np.float64)
+    if image.ndim != 2 or disp.shape[0] != 2 or disp.shape[1:] != post.shape:
+        raise ValueError(
+            f"expected a (H, W) image, (2, gh, gw) displacement and (gh, gw) posterior, got "
+            f"{image.shape}, {disp.shape}, {post.shape}"
+        )
+    centres = [np.arange(n) * stride + (stride - 1) / 2 for n in post.shape]
+    cx, cy = np.meshgrid(*centres, indexing="ij")
+    fig = _new_figure(6, 6 * image.shape[1] / max(image.shape[0], 1))
+    ax = fig.add_subplot()
+    _show(ax, image, (1.0, 1.0), origin="upper")
+    on = post > threshold
+    style = {"angles": "xy", "scale_units": "xy", "scale": 1.0, "width": 0.003}
+    ax.quiver(cx[~on], cy[~on], disp[0][~on], disp[1][~on], color="0.6", alpha=0.6, **style)
+    ax.quiver(cx[on], cy[on], disp[0][on], disp[1][on], post[on], cmap="autumn", clim=(threshold, 1), **style)
+    ax.plot(
+        cx[on], cy[on], "s", markersize=3, markerfacecolor="none", markeredgecolor="yellow", linestyle="none"
+    )
+    if landmark is not None:
+        ax.plot(*np.asarray(landmark)[:2], linestyle="none", label="reference", **REFERENCE_STYLE)
+    if prediction is not None:
+        ax.plot(*np.asarray(prediction)[:2], linestyle="none", label="prediction", **PREDICTION_STYLE)
+    if landmark is not None or prediction is not None:
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlim(-0.5, image.shape[0] - 0.5)
+    ax.set_ylim(image.shape[1] - 0.5, -0.5)
+    ax.set_title(
+        title or f"votes of {post.size} cells, {int(on.sum())} with posterior > {threshold:g}", fontsize=9
+    )
+    _save(fig, path)
+    return int(on.sum())
