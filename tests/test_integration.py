@@ -90,6 +90,10 @@ def test_train_both_stages_then_predict_from_checkpoints(dataset, tmp_path):
         assert "test/mre_mm" in res["metrics"] and "train/loss" in res["metrics"]
         metrics_csv = next((tmp_path / stage / "csv").rglob("metrics.csv")).read_text()
         assert "val/sdr_2mm" in metrics_csv and "train/loss_reg" in metrics_csv
+        # pictures of every validation: SDR curve, overlay and vote field of landmark 0
+        step = res["trainer"].global_step
+        for kind in ("sdr", "overlay", "votes"):
+            assert (tmp_path / stage / "pictures" / f"step_{step:06d}_{kind}.png").stat().st_size > 1000
         results[stage] = res
     # the checkpoint carries what prediction needs and loads with weights_only
     ckpt = torch.load(results["global"]["best_checkpoint"], weights_only=True)
@@ -214,7 +218,10 @@ def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch
     res = train(cfg)
     stage = load_stage(res["best_checkpoint"], "global")
     assert stage.meta["landmark_names"] == ["nodule"] and stage.net.num_landmarks == 1
-    assert list((tmp_path / "wandb").glob("offline-run-*")), "no offline wandb run written"
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert runs, "no offline wandb run written"
+    logged = {p.name.split("_")[0] for p in runs[0].rglob("media/images/val/*.png")}
+    assert {"sdr", "overlay", "votes"} <= logged, logged
 
 
 @pytest.mark.slow

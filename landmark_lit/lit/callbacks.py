@@ -1,0 +1,125 @@
+"""Lightning callbacks: pictures of each validation, written to the run folder and sent to wandb."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from landmark_lit.evaluation.plots import plot_overlay, plot_sdr_curve, plot_vector_field
+from landmark_lit.lit.modules import LandmarkModule
+from landmark_lit.targets import inverse_log_transform
+
+log = logging.getLogger(__name__)
+
+
+class ValidationPictures(L.Callback):
+    """After every validation: the SDR curve of all validation landmarks, an overlay of one landmark's
+    prediction on the first validation image, and that landmark's vote field (the paper's Fig. 5 form:
+    displacement vectors on the cell grid, cells with posterior > 0.5 marked; for 3D images the slice
+    of cells through the reference landmark).
+
+    PNGs go to ``<dirpath>/step_<N>_{sdr,overlay,votes}.png``; with a :class:`WandbLogger` they are also
+    logged as images ``val/sdr_curve``, ``val/overlay`` and ``val/votes``.
+
+    Args:
+        dirpath: output folder (Hydra configs: ``${paths.output_dir}/pictures``).
+        landmark: index of the landmark drawn in the overlay and vote field.
+    """
+
+    def __init__(self, dirpath: str, landmark: int = 0) -> None:
+        self.dirpath, self.landmark = Path(dirpath), int(landmark)
+        self._errors: list[np.ndarray] = []
+        self._first: dict[str, Any] | None = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._errors, self._first = [], None
+
+    @torch.no_grad()
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: dict,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(pl_module, LandmarkModule) or trainer.sanity_checking:
+            return
+        out = pl_module.net(batch["image"])
+        world = pl_module.predict_world(batch, out)
+        ref = batch["landmarks_world"].to(world.dtype)
+        self._errors.append(torch.linalg.vector_norm(world - ref, dim=-1).cpu().numpy())
+        if self._first is None:
+            k = min(self.landmark, world.shape[1] - 1)
+            local = batch["image"].ndim == pl_module.net.spatial_dims + 3  # (B, K, C, *crop)
+            image = batch["image"][0, k] if local else batch["image"][0]
+            disp = out.displacement[0, k].float()
+            if pl_module.decoder.regression == "log":
+                disp = inverse_log_transform(disp, pl_module.decoder.log_base)
+            logits = out.logits[0, k].float()
+            # without classification every cell's vote counts the same
+            posterior = torch.sigmoid(logits) if pl_module.decoder.classification else torch.ones_like(logits)
+            self._first = {
+                "image": image.float().cpu().numpy(),
+                "affine": batch["affine"][0].double().cpu().numpy(),
+                "origin": batch["origin"][0, k].double().cpu().numpy(),
+                "ref_world": ref[0, k].double().cpu().numpy(),
+                "pred_world": world[0, k].double().cpu().numpy(),
+                "voxel": batch["landmarks"][0, k].double().cpu().numpy(),
+                "pred_voxel": (pl_module.decoder(out, pl_module.net.stride)[0, k]).double().cpu().numpy(),
+                "disp": disp.cpu().numpy(),
+                "posterior": posterior.cpu().numpy(),
+                "stride": pl_module.net.stride,
+                "name": (pl_module.meta.get("landmark_names") or [str(k)] * (k + 1))[k],
+                "case": str(batch["case"][0]) if "case" in batch else "",
+            }
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not self._errors or not trainer.is_global_zero:
+            return
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        step = trainer.global_step
+        paths = {"sdr_curve": self.dirpath / f"step_{step:06d}_sdr.png"}
+        plot_sdr_curve(
+            {f"step {step}": np.concatenate([e.reshape(-1) for e in self._errors])}, paths["sdr_curve"]
+        )
+        first = self._first
+        if first is not None:
+            try:
+                paths.update(self._draw(first, step))
+            except (ValueError, RuntimeError) as exc:  # a picture must never stop training
+                log.warning("validation pictures of step %d skipped: %s", step, exc)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for key, path in paths.items():
+                    logger.log_image(key=f"val/{key}", images=[str(path)], step=step)
+
+    def _draw(self, first: dict[str, Any], step: int) -> dict[str, Path]:
+        name, paths = first["name"], {}
+        # the working image's own voxel -> world affine: shift by the batch origin (crop / sub-image start)
+        affine = first["affine"].copy()
+        d = affine.shape[0] - 1
+        affine[:d, d] += affine[:d, :d] @ first["origin"]
+        paths["overlay"] = self.dirpath / f"step_{step:06d}_overlay.png"
+        err = float(np.linalg.norm(first["pred_world"] - first["ref_world"]))
+        plot_overlay(first["image"], affine, first["ref_world"], first["pred_world"], paths["overlay"],
+                     title=f"step {step}: {first['case']} {name}, error {err:.2f} mm")  # fmt: skip
+        image, disp, post = first["image"].mean(axis=0), first["disp"], first["posterior"]
+        ref, pred, stride = first["voxel"], first["pred_voxel"], first["stride"]
+        if d == 3:  # the slice of cells through the reference landmark, in-plane axes 0 and 1
+            cell = int(np.clip(np.floor(ref[2] / stride), 0, post.shape[2] - 1))
+            z = int(np.clip(round(cell * stride + (stride - 1) / 2), 0, image.shape[2] - 1))
+            image, disp, post = image[:, :, z], disp[:2, :, :, cell], post[:, :, cell]
+            ref, pred = ref[:2], pred[:2]
+        paths["votes"] = self.dirpath / f"step_{step:06d}_votes.png"
+        # the network pads its input to a multiple of the stride: the grid may reach past the image
+        plot_vector_field(image, disp, post, stride, paths["votes"], landmark=ref, prediction=pred,
+                          title=f"step {step}: votes for {name}")  # fmt: skip
+        return paths
