@@ -2,7 +2,8 @@
 # Predict the ISBI 2015 Test1 images with trained checkpoints and evaluate them against both ground-truth
 # conventions (average of the two doctors; senior only), global-only and global-to-local.
 #   bash experiments/isbi2015/evaluate_test1.sh GLOBAL.ckpt LOCAL.ckpt[,FINER_LOCAL.ckpt...] [OUT_DIR]
-# Several local checkpoints, comma-separated, run in that order (coarse to fine).
+# Several local checkpoints, comma-separated, run in that order (coarse to fine). LOCAL_ITERATIONS=2 runs
+# each local stage twice, the second time centred on its first answer.
 set -euo pipefail
 GLOBAL=$1
 IFS=, read -r -a locals <<< "$2"
@@ -16,7 +17,8 @@ for gt in average senior; do
 done
 common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 threads=2)
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
-"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" "${common[@]}" output_dir="$OUT/pred_global_to_local"
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" local_iterations="${LOCAL_ITERATIONS:-1}" \
+  "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
   for gt in average senior; do
     "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references_$gt.csv" \
