@@ -249,3 +249,23 @@ def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
     assert instantiate(cfg.stage.net).stride == stride
     assert cfg.stage.spacing == spacing
     assert instantiate(cfg.loss).regression == "log"
+
+
+def test_wandb_runs_of_one_sweep_share_a_group(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+
+    from landmark_lit.cli import sweep_id
+
+    overrides = ["logger=wandb", "sweep=ablation", f"paths.output_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    assert sweep_id() == "single" and cfg.logger.wandb.group == "train-single"
+    HydraConfig.instance().set_config(cfg)
+    try:
+        sweep_dir = str(cfg.hydra.sweep.dir)
+        assert (
+            sweep_id() == Path(sweep_dir).name and cfg.logger.wandb.group == f"train-{Path(sweep_dir).name}"
+        )
+        assert list(cfg.logger.wandb.tags) == ["synthetic3d", "global", "Rlog+C"]
+    finally:
+        HydraConfig.instance().cfg = None
