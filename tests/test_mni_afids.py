@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import nibabel as nib
@@ -136,11 +135,11 @@ def test_from_wheels_finds_the_files_in_the_installed_packages(tmp_path, monkeyp
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason=f"MNI152 + AFIDs data not found at {SHARED}")
-def test_main_builds_two_real_cases_quickly(tmp_path):
-    start = time.perf_counter()
+def test_main_builds_two_real_cases_into_a_relative_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path.parent)
     code = mni_afids.main(
         [
-            str(tmp_path),
+            tmp_path.name,  # relative: the manifest must still find its files from any working directory
             "--train",
             "1",
             "--val",
@@ -153,7 +152,8 @@ def test_main_builds_two_real_cases_quickly(tmp_path):
             str(SHARED),
         ]
     )
-    assert code == 0 and time.perf_counter() - start < 20.0
+    assert code == 0
+    monkeypatch.chdir(tmp_path)
     cases = ManifestCases(tmp_path / "manifest.json")
     assert cases.cases == ["train_000", "val_000"] and len(cases.landmark_names) == 32
     case = cases[0]

@@ -375,7 +375,7 @@ def build_benchmark(
         raise ValueError(f"unknown splits {unknown} (expected {list(SPLITS)})")
     settings = settings or DeformationSettings()
     template = template if template is not None else load_template()
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # the manifest stores paths relative to its own folder
     shape, affine = output_grid(template, spacing)
     smoothed = presmooth(template, spacing)
     entries = []
