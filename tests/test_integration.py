@@ -270,3 +270,64 @@ def test_wandb_runs_of_one_sweep_share_a_group(tmp_path):
         assert list(cfg.logger.wandb.tags) == ["synthetic3d", "global", "Rlog+C"]
     finally:
         HydraConfig.instance().cfg = None
+
+
+@pytest.mark.parametrize(
+    "trainer,expected",
+    [
+        ("gpu", {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}),
+        ("ddp", {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "sync_batchnorm": True}),
+        ("multinode", {"accelerator": "gpu", "devices": 8, "num_nodes": 2, "precision": "16-mixed"}),
+    ],
+)
+def test_scale_out_trainer_configs(trainer, expected, tmp_path):
+    cfg = compose_train([f"trainer={trainer}", f"paths.output_dir={tmp_path}"])
+    assert {k: cfg.trainer[k] for k in expected} == expected
+    assert cfg.trainer.max_steps == 20000 and cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
+
+
+def test_slurm_launcher_config_renders_an_sbatch_script(tmp_path):
+    from hydra.utils import instantiate as hydra_instantiate
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    overrides = [
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "hydra.launcher.gpus_per_node=4",
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.setup=[source .venv/bin/activate]",
+        f"hydra.sweep.dir={tmp_path}",
+        f"paths.output_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher") and launcher.tasks_per_node == 4
+    # render the job the way the launcher does: its parameters on a submitit SLURM executor
+    params = {k: v for k, v in hydra_instantiate(launcher, _convert_="all").params.items()}
+    assert params["partition"] == "gpu" and params["nodes"] == 2 and params["gpus_per_node"] == 4
+    script = _make_sbatch_string(
+        "python -m landmark_lit.cli.train",
+        tmp_path / "submitit",
+        **{k: params[k] for k in ("partition", "nodes", "gpus_per_node", "cpus_per_task", "setup")},
+        ntasks_per_node=params["tasks_per_node"],
+        time=params["timeout_min"],
+        mem=f"{params['mem_gb']}GB",
+    )
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --nodes=2", "#SBATCH --gpus-per-node=4",
+                 "#SBATCH --ntasks-per-node=4", "#SBATCH --time=720", "#SBATCH --mem=32GB"):  # fmt: skip
+        assert line in script, line
+    assert "source .venv/bin/activate" in script
+
+
+def test_parallel_launcher_config_composes(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=parallel", "hydra.launcher.n_jobs=4", f"paths.output_dir={tmp_path}"],
+            return_hydra_config=True,
+        )
+    assert (
+        cfg.hydra.launcher._target_.endswith("joblib_launcher.JoblibLauncher")
+        and cfg.hydra.launcher.n_jobs == 4
+    )
