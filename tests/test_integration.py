@@ -3,6 +3,7 @@ saved checkpoints, and run the CLI entry points."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -331,3 +332,42 @@ def test_parallel_launcher_config_composes(tmp_path):
         cfg.hydra.launcher._target_.endswith("joblib_launcher.JoblibLauncher")
         and cfg.hydra.launcher.n_jobs == 4
     )
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_syncs_the_validation_metrics(tmp_path):
+    """Two gloo processes train a few steps; the validation MRE they log (each rank sees half of the
+    validation images, the torchmetrics state is synced) equals a single-process validation of the same
+    weights on all images."""
+    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", "dataset=synthetic2d", "model=small", "trainer=ddp",
+        "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "run_test=false",
+        "dataset.train.num_cases=2", "dataset.val.num_cases=4", "stage.samples_per_epoch=8", "stage.batch_size=2",
+        f"paths.output_dir={out}", *TINY["synthetic2d"],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [r for r in csv.DictReader(next(out.rglob("metrics.csv")).open()) if r.get("val/mre_mm")]
+    ddp_mre = float(rows[-1]["val/mre_mm"])
+    assert int(rows[-1]["step"]) == 3  # the validation after the last step, on the weights of last.ckpt
+
+    cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path / "single"), "dataset.val.num_cases=4"])
+    datamodule = instantiate(cfg.data)
+    from lightning import Trainer
+
+    from landmark_lit.lit.modules import GlobalStageModule
+
+    module = GlobalStageModule.load_from_checkpoint(
+        out / "checkpoints" / "last.ckpt",
+        net=instantiate(cfg.stage.net, num_landmarks=6),
+        loss=instantiate(cfg.loss),
+        decoder=instantiate(cfg.decoder),
+        optimizer=instantiate(cfg.optimizer),
+        weights_only=True,
+    )
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    (single,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    assert ddp_mre == pytest.approx(single["val/mre_mm"], rel=1e-4)
