@@ -100,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
     best = ckpt_cb.best_model_path if ckpt_cb else ""
+    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+        metrics[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
     last = ckpt_cb.last_model_path if ckpt_cb else ""
     if cfg.get("run_test") and cfg.data.get("test") is not None:
         test_metrics = trainer.test(

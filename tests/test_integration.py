@@ -371,3 +371,25 @@ def test_ddp_with_two_cpu_processes_syncs_the_validation_metrics(tmp_path):
     trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     (single,) = trainer.validate(module, datamodule=datamodule, verbose=False)
     assert ddp_mre == pytest.approx(single["val/mre_mm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
+    import yaml
+
+    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path)}
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", "sweep=optuna", "hydra.sweeper.n_trials=2",
+        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2", "run_test=false",
+        "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = (tmp_path / "outputs").rglob("optimization_results.yaml")
+    result = yaml.safe_load(result_file.read_text())
+    assert result["name"] == "optuna" and np.isfinite(result["best_value"]) and result["best_value"] > 0
+    params = result["best_params"]
+    assert 1e-4 <= params["optimizer.lr"] <= 3e-3 and 0.3 <= params["stage.alpha"] <= 30.0
+    assert params["stage.presence_radius"] in (0.0, 1.0, 2.0)
+    trials = list((tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
+    assert len(trials) == 2

@@ -12,8 +12,9 @@ from landmark_lit.training import train
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg)
-    # returned for sweepers (e.g. Optuna) that minimise the validation error
-    return result["metrics"].get("val/mre_mm")
+    # returned for sweepers (e.g. Optuna) that minimise the validation error: the best checkpoint's
+    metrics = result["metrics"]
+    return metrics.get("best_val/mre_mm", metrics.get("val/mre_mm"))
 
 
 if __name__ == "__main__":
