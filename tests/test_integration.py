@@ -243,6 +243,7 @@ def test_local_stage_trains_with_augmentation(tmp_path):
         ("isbi2015_local", 2, 0.3),
         ("isbi2015_local_fine", 2, 0.25),
         ("mni_afids_global", 8, 3.0),
+        ("mni_afids_global_crop40", 8, 3.0),
         ("mni_afids_local", 2, 1.5),
     ],
 )

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Evaluate trained MNI152 + AFIDs networks on the benchmark's test volumes: global only and
 # global-to-local (multi-landmark), and single- vs multi-landmark global networks (Wilcoxon).
-#   bash experiments/mni_afids/evaluate_test.sh MANIFEST ML_GLOBAL.ckpt LOCAL.ckpt OUT [SL_GLOBAL.ckpt ...]
+#   bash experiments/mni_afids/evaluate_test.sh MANIFEST GLOBAL.ckpt LOCAL.ckpt OUT [SL_GLOBAL.ckpt ...]
+# LOCAL_ITERATIONS=3: the local networks run three times, each centred on their previous answer.
+# The single-landmark networks are compared with ML_GLOBAL (default GLOBAL), the multi-landmark network
+# trained with the same configuration.
 set -euo pipefail
 MANIFEST=$1
 GLOBAL=$2
@@ -14,8 +17,8 @@ mkdir -p "$OUT"
   --images "$OUT/test_images.txt"
 common=(input="$OUT/test_images.txt" threads=2)
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
-"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" "${common[@]}" \
-  output_dir="$OUT/pred_global_to_local"
+"$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
+  local_iterations="${LOCAL_ITERATIONS:-1}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
   "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references.csv" \
     output_dir="$OUT/eval_$run" thresholds=[1,2,3,4,5] n_worst=3
@@ -23,6 +26,8 @@ done
 "$BIN/landmark-compare" "runs={global-to-local: $OUT/pred_global_to_local/predictions.json, global: $OUT/pred_global/predictions.json}" \
   references="$OUT/references.csv" output_dir="$OUT/compare_stages"
 if [ $# -gt 0 ]; then
+  ML_GLOBAL=${ML_GLOBAL:-$GLOBAL}
+  "$BIN/landmark-predict" global_checkpoint="$ML_GLOBAL" "${common[@]}" output_dir="$OUT/pred_ml"
   sl=()
   n=0
   for ckpt in "$@"; do
@@ -31,6 +36,6 @@ if [ $# -gt 0 ]; then
     n=$((n + 1))
   done
   list=$(IFS=,; echo "${sl[*]}")
-  "$BIN/landmark-compare" "runs={ML: $OUT/pred_global/predictions.json, SL: [$list]}" \
+  "$BIN/landmark-compare" "runs={ML: $OUT/pred_ml/predictions.json, SL: [$list]}" \
     references="$OUT/references.csv" output_dir="$OUT/compare_sl_ml"
 fi
