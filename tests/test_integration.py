@@ -183,6 +183,14 @@ def test_sweep_config_sets_the_ablation_grid(tmp_path):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
 
 
+def test_stages_sweep_trains_both_stages(tmp_path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["sweep=stages", f"paths.output_dir={tmp_path}"], return_hydra_config=True
+        )
+    assert cfg.hydra.sweeper.params.stage == "global,local" and str(cfg.hydra.mode) == "RunMode.MULTIRUN"
+
+
 def test_single_landmark_sweep_selects_one_landmark_per_run(tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
