@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
+from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.evaluation.plots import plot_overlay, plot_sdr_curve, plot_vector_field
 from landmark_lit.lit.modules import LandmarkModule
 from landmark_lit.targets import inverse_log_transform
@@ -50,10 +51,13 @@ class ValidationPictures(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not isinstance(pl_module, LandmarkModule) or trainer.sanity_checking:
+        if (
+            not isinstance(pl_module, LandmarkModule)
+            or trainer.sanity_checking
+            or not isinstance(outputs, dict)
+        ):
             return
-        out = pl_module.net(batch["image"])
-        world = pl_module.predict_world(batch, out)
+        out, world = outputs["output"], outputs["world"]
         ref = batch["landmarks_world"].to(world.dtype)
         self._errors.append(torch.linalg.vector_norm(world - ref, dim=-1).cpu().numpy())
         if self._first is None:
@@ -73,7 +77,6 @@ class ValidationPictures(L.Callback):
                 "ref_world": ref[0, k].double().cpu().numpy(),
                 "pred_world": world[0, k].double().cpu().numpy(),
                 "voxel": batch["landmarks"][0, k].double().cpu().numpy(),
-                "pred_voxel": (pl_module.decoder(out, pl_module.net.stride)[0, k]).double().cpu().numpy(),
                 "disp": disp.cpu().numpy(),
                 "posterior": posterior.cpu().numpy(),
                 "stride": pl_module.net.stride,
@@ -112,7 +115,8 @@ class ValidationPictures(L.Callback):
         plot_overlay(first["image"], affine, first["ref_world"], first["pred_world"], paths["overlay"],
                      title=f"step {step}: {first['case']} {name}, error {err:.2f} mm")  # fmt: skip
         image, disp, post = first["image"].mean(axis=0), first["disp"], first["posterior"]
-        ref, pred, stride = first["voxel"], first["pred_voxel"], first["stride"]
+        ref, stride = first["voxel"], first["stride"]
+        pred = world_to_voxel(first["pred_world"][None], affine)[0]  # in the working image / sub-image
         if d == 3:  # the slice of cells through the reference landmark, in-plane axes 0 and 1
             cell = int(np.clip(np.floor(ref[2] / stride), 0, post.shape[2] - 1))
             z = int(np.clip(round(cell * stride + (stride - 1) / 2), 0, image.shape[2] - 1))

@@ -91,11 +91,14 @@ class LandmarkModule(L.LightningModule):
         voxels = self.decoder(out, self.net.stride) + batch["origin"].to(torch.float32)
         return voxels_to_world(voxels, batch["affine"])
 
-    def _eval_step(self, batch: dict, metric: RadialErrorMetric, split: str) -> None:
+    def _eval_step(self, batch: dict, metric: RadialErrorMetric, split: str) -> dict[str, Any]:
         out, losses = self._step(batch)
         bs = batch["image"].shape[0]
         self.log(f"{split}/loss", losses["loss"], batch_size=bs, on_epoch=True, on_step=False, sync_dist=True)
-        metric.update(self.predict_world(batch, out), batch["landmarks_world"])
+        world = self.predict_world(batch, out)
+        metric.update(world, batch["landmarks_world"])
+        # for callbacks (e.g. ValidationPictures), so that they need not run the network again
+        return {"output": out, "world": world}
 
     def _log_metric(self, metric: RadialErrorMetric, split: str) -> None:
         values = metric.compute()
@@ -103,8 +106,8 @@ class LandmarkModule(L.LightningModule):
             self.log(f"{split}/{k}", v.float(), prog_bar=k == "mre_mm")
         metric.reset()
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_errors, "val")
+    def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
+        return self._eval_step(batch, self.val_errors, "val")
 
     def on_validation_epoch_end(self) -> None:
         self._log_metric(self.val_errors, "val")
