@@ -134,3 +134,31 @@ def test_padding_only_at_far_end():
     assert y.shape == (1, 1, 16, 8)
     assert torch.equal(y[0, 0, :10, 0], torch.arange(10.0))
     assert y[0, 0, 10:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_folding_batch_norm_keeps_outputs(d):
+    import copy
+
+    from landmark_lit.networks import fold_batch_norm
+
+    torch.manual_seed(0)
+    nets = [
+        (GlobalNet(d, 1, 3, 8, (8, 16), (1, 1), (True, False), 16), torch.randn(1, 1, *[20] * d)),
+        (LocalNet(d, 1, 3, (8, 16), 16), torch.randn(2, 3, 1, *[12] * d)),
+    ]
+    for net, x in nets:
+        for m in net.modules():  # non-trivial running statistics and affine parameters
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
+        net.eval()
+        folded = fold_batch_norm(copy.deepcopy(net))
+        assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in folded.modules())
+        with torch.no_grad():
+            for a, b in zip(net(x), folded(x), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batch_norm(GlobalNet(d, 1, 3, 8, (8,), (1,), (True,), 16).train())

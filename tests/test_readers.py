@@ -154,3 +154,52 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     os.umask(umask)
     save_nifti(tmp_path / "a.nii.gz", volume().astype(np.float32), np.eye(4))
     assert (tmp_path / "a.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+
+
+@pytest.mark.parametrize(
+    "suffix, mode, grey",
+    [
+        (".png", "L", True),
+        (".png", "I;16", True),
+        (".png", "RGB", False),
+        (".png", "RGBA", False),
+        (".bmp", "RGB", True),  # grey stored as colour
+        (".jpg", "RGB", True),
+    ],
+)
+def test_pillow_images_read_as_monai_reads_them(tmp_path, suffix, mode, grey):
+    from monai.transforms import LoadImage
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    h, w = 23, 31  # rows, columns
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 60000, (h, w)).astype(np.uint16))
+    elif grey and mode == "RGB":
+        plane = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        img = Image.fromarray(np.stack([plane] * 3, -1), "RGB")
+    else:
+        channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+        data = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+        img = Image.fromarray(data[..., 0] if channels == 1 else data, mode)
+    path = tmp_path / f"image{suffix}"
+    img.save(path, quality=100) if suffix == ".jpg" else img.save(path)
+    array, affine = load_image(path)
+    ref = np.asarray(LoadImage(image_only=True, ensure_channel_first=True)(str(path)), dtype=np.float32)
+    np.testing.assert_array_equal(affine, np.eye(3))
+    if grey and mode == "RGB":
+        # JPEG may not keep colour channels exactly equal: compare with whatever MONAI reads
+        same = np.allclose(ref[0], ref[1]) and np.allclose(ref[0], ref[2])
+        assert array.shape == ((1, w, h) if same else (3, w, h))
+        np.testing.assert_array_equal(array, ref[:1] if same else ref)
+    else:
+        assert array.shape == ref.shape and array.shape[1:] == (w, h)
+        np.testing.assert_array_equal(array, ref)
+
+
+def test_corrupt_image_file_is_one_line_error(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ImageReadError, match=r"broken\.png: cannot read image") as err:
+        load_image(path)
+    assert "\n" not in str(err.value)

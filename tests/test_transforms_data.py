@@ -18,6 +18,7 @@ from landmark_lit.data.transforms import (
     Preprocessing,
     crop_or_pad,
     resample_to_spacing,
+    resample_to_spacing_monai,
     spacing_of,
     voxel_to_world,
     world_to_voxel,
@@ -159,3 +160,34 @@ def test_missing_landmarks_stay_missing_through_preprocessing():
 
     item = LocalTrainDataset(PreparedCases(One(), Preprocessing(2.0)), (8, 8), 2)[0]
     assert torch.isnan(item["landmarks"]).all() and item["image"].shape == (1, 1, 8, 8)
+
+
+def _oblique_flipped_affine() -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    aff = np.eye(4)
+    aff[:3, :3] = Rotation.from_euler("xyz", [20, -30, 45], degrees=True).as_matrix() @ np.diag(
+        [-1.0, 0.9, 1.3]
+    )
+    aff[:3, 3] = [10.0, -5.0, 3.0]
+    return aff
+
+
+@pytest.mark.parametrize(
+    "shape, affine, spacing",
+    [
+        ((1, 50, 61), np.diag([0.1, 0.1, 1.0]), 0.8),  # 60 / 8 + 1 = 8.5 rounds to 8, as MONAI rounds
+        ((3, 50, 61), np.diag([0.1, 0.13, 1.0]), 0.3),  # several channels, anisotropic input
+        ((1, 64, 64), np.diag([0.5, 0.5, 1.0]), 0.25),  # up-sampling: no smoothing
+        ((1, 101, 99), np.diag([0.1, 0.1, 1.0]), 0.37),  # non-integer factor
+        ((2, 40, 33, 27), np.diag([1.0, 1.2, 2.5, 1.0]), 1.5),  # 3D, up on one axis, down on two
+        ((1, 30, 20, 25), _oblique_flipped_affine(), [2.0, 0.7, 1.1]),  # oblique, flipped axis
+    ],
+)
+def test_sparse_resampling_equals_monai_smoothing_and_spacing(shape, affine, spacing):
+    x = torch.from_numpy(np.random.default_rng(0).random(shape).astype(np.float32))
+    fast, fast_affine = resample_to_spacing(x, affine, spacing)
+    ref, ref_affine = resample_to_spacing_monai(x, affine, spacing)
+    assert fast.shape == ref.shape
+    assert torch.allclose(fast, ref, atol=1e-5)
+    np.testing.assert_allclose(fast_affine, ref_affine, atol=1e-9)

@@ -12,7 +12,10 @@ NIfTI affines are RAS already; MONAI converts the LPS geometry of NRRD and DICOM
 - DICOM series (a folder of slices) or a single ``.dcm`` file: MONAI's ``PydicomReader`` (pydicom); array
   axes are (column, row, slice), as ITK orders them;
 - MHA / MHD (``.mha``, ``.mhd``): :class:`SimpleITKReader` (SimpleITK, a MONAI ``ImageReader``);
-- PNG / JPEG / BMP / TIFF and the rest: MONAI's default choice (Pillow returns 2D arrays as (x, y)).
+- PNG / JPEG / BMP: Pillow directly, arranged as MONAI's ``PILReader`` arranges them (array axes (x, y),
+  i.e. (column, row), identity affine), without its float copies of every channel; an RGB(A) file whose
+  three colour channels are equal is a grey image and comes back with one channel (alpha dropped);
+- TIFF and the rest: MONAI's default choice.
 
 pynrrd, pydicom and SimpleITK are the optional extra ``landmark_lit[io]``.
 """
@@ -139,7 +142,7 @@ def _loader(kind: str | None) -> LoadImage:
 
 
 def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read an image file, or a DICOM series folder, with MONAI (see the module docstring for readers).
+    """Read an image file, or a DICOM series folder (see the module docstring for the readers).
 
     Returns:
         image: float32 array (C, *spatial), channel first.
@@ -152,6 +155,10 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
+    if path.is_file() and path.name.lower().endswith(_PIL_SUFFIXES):
+        array = _read_pil(path)
+        if array is not None:
+            return _checked(path, array, np.eye(3))
     kind = _format_of(path)
     try:
         with warnings.catch_warnings():
@@ -172,6 +179,11 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         affine = affine[np.ix_(keep, keep)]
     elif affine.shape[0] < spatial + 1:
         affine = np.eye(spatial + 1)
+    return _checked(path, array, affine)
+
+
+def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    spatial = array.ndim - 1
     if spatial not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2D or 3D image, got spatial shape {array.shape[1:]}")
     if not np.all(np.isfinite(affine)):
@@ -179,6 +191,31 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(array)):
         raise ImageReadError(f"{path}: image contains NaN or infinite values")
     return array, affine
+
+
+_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+_PIL_MODES = ("L", "RGB", "RGBA", "I", "I;16", "F")
+
+
+def _read_pil(path: Path) -> np.ndarray | None:
+    """(C, x, y) float32 array of a PNG / JPEG / BMP file; None for modes left to MONAI (e.g. palette)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            if img.mode not in _PIL_MODES:
+                return None
+            data = np.asarray(img)
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+    if data.ndim == 3 and data.shape[2] in (3, 4):
+        rgb = data[..., :3]
+        if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+            data = rgb[..., 0]  # grey stored as colour
+    if data.ndim == 2:  # (row, column) -> (1, column, row), as MONAI's PILReader and channel-first give
+        return np.ascontiguousarray(np.ascontiguousarray(data).T).astype(np.float32)[None]
+    return np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))).astype(np.float32)
 
 
 def _nrrd_to_ras(path: Path, affine: np.ndarray, space: str) -> np.ndarray:

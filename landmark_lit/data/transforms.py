@@ -7,13 +7,17 @@ Landmarks travel as (K, D) voxel coordinates of the current array. Resampling go
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse
 import torch
 import torch.nn.functional as F
 from monai.data import MetaTensor
+from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms import GaussianSmooth, HistogramNormalize, NormalizeIntensity, Spacing
 from nibabel.affines import apply_affine
 from torch import Tensor
@@ -47,6 +51,12 @@ def resample_to_spacing(
     With ``antialias``, axes that are down-sampled by a factor f are first smoothed with a Gaussian of
     sigma (f - 1) / 2 voxels (as skimage does), so thin structures do not alias away.
 
+    The result is that of MONAI's ``GaussianSmooth`` (zero padding, erf kernel truncated at 4 sigma)
+    followed by ``Spacing`` (bilinear, zero padding): :func:`resample_to_spacing_monai`. Because the new
+    grid keeps the image's axes, both steps are separable, and bilinear mode applies them as one sparse
+    (output x input) matrix per axis (:func:`axis_resampling_matrix`): 30-80 times faster on a whole
+    cephalogram than filtering every input pixel, equal to float rounding (tested). Other modes use MONAI.
+
     Returns the float32 tensor and its new affine.
     """
     x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
@@ -55,7 +65,74 @@ def resample_to_spacing(
     current = spacing_of(affine)
     if np.allclose(current, target, rtol=1e-6, atol=1e-9):
         return x, np.asarray(affine, dtype=np.float64)
+    if mode != "bilinear":
+        return resample_to_spacing_monai(x, affine, spacing, mode, antialias)
     factor = target / current
+    sigma = [float(max(0.0, (f - 1.0) / 2.0)) if antialias else 0.0 for f in factor]
+    # shrink the most reduced axis first: the later products are smaller
+    for axis in np.argsort(-factor, kind="stable"):
+        n_in = x.shape[axis + 1]
+        if np.isclose(factor[axis], 1.0, rtol=1e-6) and sigma[axis] == 0.0:
+            continue
+        w = axis_resampling_matrix(n_in, float(factor[axis]), sigma[axis])
+        moved = x.movedim(axis + 1, 0)
+        out = torch.sparse.mm(w, moved.reshape(n_in, -1)).reshape(w.shape[0], *moved.shape[1:])
+        x = out.movedim(0, axis + 1)
+    new_affine = np.asarray(affine, dtype=np.float64).copy()
+    new_affine[:d, :d] = new_affine[:d, :d] * factor[None, :]
+    return x.contiguous(), new_affine
+
+
+@functools.lru_cache(maxsize=64)
+def axis_resampling_matrix(n_in: int, factor: float, sigma: float) -> Tensor:
+    """Sparse (n_out, n_in) float32 CSR matrix: Gaussian smoothing, then linear interpolation, on one axis.
+
+    Output voxel i samples input position i * factor (first voxel centres coincide);
+    ``n_out = round((n_in - 1) / factor + 1)`` as MONAI's ``Spacing`` computes it. Both steps pad with zeros,
+    as MONAI's ``GaussianSmooth`` and ``Spacing(padding_mode="zeros")`` do.
+    """
+    n_out = int(np.round((n_in - 1) / factor + 1.0))  # numpy rounds halves to even, as MONAI does
+    pos = np.arange(n_out, dtype=np.float64) * factor
+    j0 = np.floor(pos).astype(np.int64)
+    frac = pos - j0
+    taps_j = np.stack([j0, j0 + 1], 1)  # (n_out, 2) interpolation taps
+    taps_w = np.stack([1.0 - frac, frac], 1)
+    if sigma > 0.0:
+        kernel = gaussian_1d(torch.tensor(sigma), truncated=4.0, approx="erf").double().numpy()
+        offsets = np.arange(len(kernel)) - len(kernel) // 2
+    else:
+        kernel, offsets = np.ones(1), np.zeros(1, dtype=np.int64)
+    # the smoothing value at j is sum_o kernel[o] x[j + o] (zeros outside); interpolation taps outside the
+    # input are zeros too, so they contribute nothing
+    inside = (taps_j >= 0) & (taps_j < n_in)
+    rows = np.broadcast_to(np.arange(n_out)[:, None, None], (n_out, 2, len(kernel)))
+    cols = taps_j[:, :, None] + offsets[None, None, :]
+    vals = taps_w[:, :, None] * kernel[None, None, :] * inside[:, :, None]
+    keep = (cols >= 0) & (cols < n_in) & (vals != 0.0)
+    matrix = scipy.sparse.coo_matrix((vals[keep], (rows[keep], cols[keep])), shape=(n_out, n_in)).tocsr()
+    matrix.sum_duplicates()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": sparse @ dense is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            torch.from_numpy(matrix.indptr.astype(np.int64)),
+            torch.from_numpy(matrix.indices.astype(np.int64)),
+            torch.from_numpy(matrix.data.astype(np.float32)),
+            size=matrix.shape,
+        )
+
+
+def resample_to_spacing_monai(
+    image: np.ndarray | Tensor,
+    affine: np.ndarray,
+    spacing: float | Sequence[float],
+    mode: str = "bilinear",
+    antialias: bool = True,
+) -> tuple[Tensor, np.ndarray]:
+    """:func:`resample_to_spacing` done with MONAI's ``GaussianSmooth`` and ``Spacing`` (any mode)."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
+    d = x.ndim - 1
+    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
+    factor = target / spacing_of(affine)
     if antialias and np.any(factor > 1.0 + 1e-6):
         sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factor]
         x = GaussianSmooth(sigma=sigma)(x)
