@@ -74,3 +74,50 @@ class Decoder:
 
     def __call__(self, output: LandmarkOutput, stride: int) -> Tensor:
         return decode(output, stride, self.regression, self.classification, self.log_base)
+
+    def statistics(
+        self, output: LandmarkOutput, stride: int, spacing: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:func:`vote_statistics` with this decoder's modes."""
+        return vote_statistics(output, stride, self.regression, self.classification, self.log_base, spacing)
+
+
+def vote_statistics(
+    output: LandmarkOutput,
+    stride: int,
+    regression: str = "log",
+    classification: bool = True,
+    log_base: float = 10.0,
+    spacing: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The decoded landmarks and two per-landmark signs of how sure the network is.
+
+    Returns:
+        coords: (B, K, D) landmarks in input voxels, as :func:`decode` gives them.
+        spread: (B, K) spread of the votes around the landmark, sqrt(sum_g w_g |v_g - coords|^2), with the
+            decoder's vote weights (posterior, or uniform without classification); in mm when ``spacing``
+            (D,) mm per voxel is given, else in voxels. Votes that agree give a small spread.
+        posterior: (B, K) the highest posterior sigmoid(logit) over the cells: near 1 when some cell is
+            sure it holds the landmark (1 everywhere for regression-only decoders, which have none).
+    """
+    check_modes(regression, classification)
+    disp, logits = output
+    b, k, d = disp.shape[:3]
+    centres = cell_centres(disp.shape[3:], stride, disp.device, torch.float32).flatten(1)
+    if regression == "none":
+        votes = centres.expand(b, k, d, -1)
+    else:
+        dv = disp.flatten(3).float()
+        votes = centres + (inverse_log_transform(dv, log_base) if regression == "log" else dv)
+    if classification:
+        w = vote_weights(logits)
+        posterior = torch.sigmoid(logits.flatten(2).float()).amax(-1)
+    else:
+        w = torch.full((b, k, votes.shape[-1]), 1.0 / votes.shape[-1], device=votes.device)
+        posterior = torch.ones(b, k, device=votes.device)
+    coords = (votes * w.unsqueeze(2)).sum(-1)
+    diff = votes - coords.unsqueeze(-1)
+    if spacing is not None:
+        diff = diff * spacing.to(diff).view(1, 1, d, 1)
+    spread = ((diff**2).sum(2) * w).sum(-1).sqrt()
+    return coords, spread, posterior

@@ -1,13 +1,21 @@
-"""Global-to-local prediction from trained checkpoints, on images of any size, spacing and orientation.
+"""Global-to-local prediction from trained checkpoints or a model bundle, on images of any size, spacing
+and orientation.
 
-Checkpoints are read with ``torch.load(weights_only=True)``; the networks are rebuilt from the plain
-``landmark_lit`` entry each checkpoint carries (only the two known network classes can be built).
+Checkpoints and bundles are read with ``torch.load(weights_only=True)`` (tensors and plain containers only,
+no code). The stored description of each stage is validated (:func:`validate_meta`) before a network is
+built from it, and only the two known network classes can be built.
+
+A model bundle (:func:`save_bundle`) is one file holding every stage's weights and description (landmark
+names, working spacing, intensity normalisation, crop size, decoder, network shape) plus the number of
+local passes and the confidence threshold, so prediction needs no training configuration.
 """
 
 from __future__ import annotations
 
-import glob
+import datetime
+import inspect
 import logging
+import math
 import os
 import resource
 import sys
@@ -15,15 +23,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
-from landmark_lit.data.io import load_image
-from landmark_lit.data.transforms import Preprocessing, match_channels, voxel_to_world, world_to_voxel
-from landmark_lit.decoding import Decoder
+from landmark_lit.data.io import atomic_path, load_image
+from landmark_lit.data.transforms import (
+    INTENSITY_METHODS,
+    Preprocessing,
+    match_channels,
+    spacing_of,
+    voxel_to_world,
+    world_to_voxel,
+)
+from landmark_lit.decoding import REGRESSION_MODES, Decoder
 from landmark_lit.networks import GlobalNet, LocalNet, fold_batch_norm
 
 log = logging.getLogger(__name__)
@@ -32,10 +48,104 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "landmark_lit.networks.GlobalNet": GlobalNet,
     "landmark_lit.networks.LocalNet": LocalNet,
 }
+BUNDLE_FORMAT = "landmark_lit.bundle"
+BUNDLE_VERSION = 1
+# a landmark whose confidence is below this is flagged as a likely failure: on the ISBI 2015 validation
+# images, the highest threshold that flags every error above 4 mm (experiments/isbi2015/RESULTS.md)
+DEFAULT_CONFIDENCE_THRESHOLD = 0.01
 
 
 class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the model it is used for."""
+    """A checkpoint or bundle is missing, unreadable or does not fit the model it is used for."""
+
+
+class InputError(ValueError):
+    """An image the model cannot be run on (wrong dimensionality, empty, constant, too small, bad geometry)."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _per_axis(value: Any, dims: int, kind: type, where: str, key: str, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    values = value if isinstance(value, list | tuple) else [value]
+    ok = len(values) in (1, dims) if not isinstance(value, list | tuple) else len(values) == dims
+    ok = ok and all(
+        (isinstance(v, int) and not isinstance(v, bool)) if kind is int else _number(v) for v in values
+    )
+    if not ok or any(v <= 0 for v in values):
+        raise CheckpointError(
+            f"{where}: {key!r} must be a positive {kind.__name__} or {dims} of them, got {value!r}"
+        )
+
+
+def validate_meta(meta: Any, where: str) -> dict:
+    """Check the description stored with a stage's weights; returns it, raises a one-line CheckpointError.
+
+    Keys: ``stage`` ("global" / "local"), ``net`` (``_target_`` one of :data:`NETWORKS` and keyword
+    arguments of its constructor with plain values), ``landmark_names`` (unique strings, as many as the
+    network's landmarks), ``spatial_dims`` (2 or 3), ``spacing``, ``intensity``, ``decoder``, ``crop_size``
+    (local stage; optional for global), ``min_size`` (optional).
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{where}: not a landmark_lit model (no 'landmark_lit' description)")
+    required = ("stage", "net", "landmark_names", "spatial_dims", "spacing", "intensity", "decoder")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise CheckpointError(f"{where}: model description lacks {missing}")
+    if meta["stage"] not in ("global", "local"):
+        raise CheckpointError(f"{where}: stage must be 'global' or 'local', got {meta['stage']!r}")
+    dims = meta["spatial_dims"]
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise CheckpointError(f"{where}: spatial_dims must be 2 or 3, got {dims!r}")
+    net = meta["net"]
+    if not isinstance(net, dict) or net.get("_target_") not in NETWORKS:
+        target = net.get("_target_") if isinstance(net, dict) else net
+        raise CheckpointError(f"{where}: unknown network {target!r} (expected one of {list(NETWORKS)})")
+    allowed = set(inspect.signature(NETWORKS[net["_target_"]].__init__).parameters) - {"self"}
+    for key, value in net.items():
+        if key == "_target_":
+            continue
+        if key not in allowed:
+            raise CheckpointError(f"{where}: network argument {key!r} is not one of {sorted(allowed)}")
+        items = value if isinstance(value, list | tuple) else [value]
+        if not all(isinstance(v, bool | int) for v in items):
+            raise CheckpointError(
+                f"{where}: network argument {key!r} must be integers or booleans, got {value!r}"
+            )
+    if net.get("spatial_dims") != dims:
+        raise CheckpointError(f"{where}: network is {net.get('spatial_dims')}D, description says {dims}D")
+    if (net["_target_"] == "landmark_lit.networks.GlobalNet") != (meta["stage"] == "global"):
+        raise CheckpointError(f"{where}: a {net['_target_']} cannot be a {meta['stage']} stage")
+    names = meta["landmark_names"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{where}: landmark_names must be a non-empty list of names")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{where}: duplicate landmark names in {names}")
+    if net.get("num_landmarks") != len(names):
+        raise CheckpointError(
+            f"{where}: {len(names)} landmark names for a network of {net.get('num_landmarks')}"
+        )
+    _per_axis(meta["spacing"], dims, float, where, "spacing")
+    _per_axis(meta.get("crop_size"), dims, int, where, "crop_size", allow_none=meta["stage"] == "global")
+    _per_axis(meta.get("min_size"), dims, int, where, "min_size", allow_none=True)
+    if meta["intensity"] not in INTENSITY_METHODS:
+        raise CheckpointError(
+            f"{where}: intensity must be one of {INTENSITY_METHODS}, got {meta['intensity']!r}"
+        )
+    dec = meta["decoder"]
+    if (
+        not isinstance(dec, dict)
+        or set(dec) - {"regression", "classification", "log_base"}
+        or dec.get("regression", "log") not in REGRESSION_MODES
+        or not isinstance(dec.get("classification", True), bool)
+        or not _number(dec.get("log_base", 10.0))
+        or (dec.get("regression", "log") == "none" and not dec.get("classification", True))
+    ):
+        raise CheckpointError(f"{where}: invalid decoder {dec!r}")
+    return meta
 
 
 @dataclass
@@ -60,36 +170,119 @@ class Stage:
         return Decoder(**self.meta["decoder"])
 
 
-def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> Stage:
-    """Rebuild a stage's network from a Lightning checkpoint written by ``landmark-train``."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: checkpoint not found")
+def build_stage(meta: Any, state_dict: Any, where: str, expected_stage: str | None = None) -> Stage:
+    """Validate a stage description, build its network and load the weights (batch norms folded)."""
+    meta = validate_meta(meta, where)
+    if expected_stage and meta["stage"] != expected_stage:
+        raise CheckpointError(f"{where}: a {meta['stage']!r} stage, expected {expected_stage!r}")
+    net_cfg = {k: v for k, v in meta["net"].items() if k != "_target_"}
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint safely ({type(exc).__name__}: {exc})") from exc
-    meta = ckpt.get("landmark_lit") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or "net" not in meta:
-        raise CheckpointError(f"{path}: not a landmark_lit checkpoint (no 'landmark_lit' entry)")
-    if expected_stage and meta.get("stage") != expected_stage:
+        net = NETWORKS[meta["net"]["_target_"]](**net_cfg)
+        net.load_state_dict(state_dict)
+    except (TypeError, RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: a {meta.get('stage')!r} stage checkpoint, expected {expected_stage!r}"
-        )
-    net_cfg = dict(meta["net"])
-    target = net_cfg.pop("_target_", None)
-    if target not in NETWORKS:
-        raise CheckpointError(f"{path}: unknown network {target!r}")
-    try:
-        net = NETWORKS[target](**net_cfg)
-        state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-        net.load_state_dict(state)
-    except (TypeError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit the stored network ({exc})".splitlines()[0]
+            f"{where}: weights do not fit the stored network ({exc})".splitlines()[0]
         ) from exc
     # inference only: batch norms folded into their convolutions (same outputs, less work)
-    return Stage(fold_batch_norm(net.eval()), meta, path)
+    return Stage(fold_batch_norm(net.eval()), meta, where)
+
+
+def _torch_load(path: str) -> Any:
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: model file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path}: cannot read model file safely ({type(exc).__name__}: {reason})"
+        ) from exc
+
+
+def _checkpoint_parts(path: str) -> tuple[dict, dict]:
+    ckpt = _torch_load(path)
+    if not isinstance(ckpt, dict) or "landmark_lit" not in ckpt or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a landmark_lit checkpoint (no 'landmark_lit' entry)")
+    state = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    return ckpt["landmark_lit"], state
+
+
+def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> Stage:
+    """Rebuild a stage's network from a Lightning checkpoint written by ``landmark-train``."""
+    meta, state = _checkpoint_parts(str(path))
+    return build_stage(meta, state, str(path), expected_stage)
+
+
+def save_bundle(
+    path: str | os.PathLike,
+    global_checkpoint: str | os.PathLike,
+    local_checkpoints: Sequence[str | os.PathLike] = (),
+    local_iterations: int = 1,
+    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+) -> dict:
+    """Write a model bundle: the stages of these checkpoints and what prediction needs, in one file.
+
+    The checkpoints are validated (they must load and fit together) before anything is written; the file
+    is written atomically. Returns the bundle's summary (everything but the weights).
+    """
+    parts = [_checkpoint_parts(str(global_checkpoint))] + [
+        _checkpoint_parts(str(p)) for p in local_checkpoints
+    ]
+    paths = [str(global_checkpoint), *map(str, local_checkpoints)]
+    # building the predictor checks every description, the weights and that the stages fit together
+    LandmarkPredictor(
+        build_stage(*parts[0], paths[0], "global"),
+        [build_stage(m, s, p, "local") for (m, s), p in zip(parts[1:], paths[1:], strict=True)],
+        local_iterations,
+        confidence_threshold,
+    )
+    summary = {
+        "format": BUNDLE_FORMAT,
+        "version": BUNDLE_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "landmark_names": list(parts[0][0]["landmark_names"]),
+        "spatial_dims": int(parts[0][0]["spatial_dims"]),
+        "local_iterations": int(local_iterations),
+        "confidence_threshold": float(confidence_threshold),
+        "sources": [str(Path(p).resolve()) for p in paths],
+    }
+    stages = [{"meta": dict(meta), "state_dict": state} for meta, state in parts]
+    with atomic_path(path, suffix=".pt") as tmp:
+        torch.save({**summary, "stages": stages}, tmp)
+    return summary
+
+
+def load_bundle(path: str | os.PathLike) -> LandmarkPredictor:
+    """A :class:`LandmarkPredictor` from a model bundle written by :func:`save_bundle`."""
+    path = str(path)
+    data = _torch_load(path)
+    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
+        raise CheckpointError(f"{path}: not a landmark_lit model bundle")
+    if data.get("version") != BUNDLE_VERSION:
+        raise CheckpointError(
+            f"{path}: bundle version {data.get('version')!r}, this landmark_lit reads {BUNDLE_VERSION}"
+        )
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(s, dict) for s in stages):
+        raise CheckpointError(f"{path}: bundle holds no stages")
+    built = [
+        build_stage(
+            s.get("meta"), s.get("state_dict"), f"{path} (stage {n})", "global" if n == 0 else "local"
+        )
+        for n, s in enumerate(stages)
+    ]
+    iterations, threshold = data.get("local_iterations", 1), data.get("confidence_threshold")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+        raise CheckpointError(f"{path}: local_iterations must be a positive integer, got {iterations!r}")
+    if not _number(threshold):
+        raise CheckpointError(f"{path}: confidence_threshold must be a number, got {threshold!r}")
+    return LandmarkPredictor(built[0], built[1:], iterations, float(threshold))
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a model bundle (as opposed to a training checkpoint); reads it safely."""
+    data = _torch_load(str(path))
+    return isinstance(data, dict) and data.get("format") == BUNDLE_FORMAT
 
 
 class LandmarkPredictor:
@@ -97,6 +290,10 @@ class LandmarkPredictor:
 
     Several local stages (e.g. a coarse one with a wide window, then a fine one) run in turn, each on
     sub-images centred on the previous stage's answer.
+
+    Every landmark gets a confidence score in [0, 1] from the last stage's posterior, the spread of its
+    displacement votes and how far the last local pass moved it (:func:`landmark_confidence`); landmarks
+    below ``confidence_threshold`` are flagged as likely failures.
 
     Example:
         >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
@@ -109,6 +306,7 @@ class LandmarkPredictor:
         global_stage: Stage,
         local_stages: Stage | Sequence[Stage] | None = None,
         local_iterations: int = 1,
+        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
@@ -119,6 +317,7 @@ class LandmarkPredictor:
         self.global_stage, self.local_stages = global_stage, list(local_stages)
         # each local stage runs this many times, each time on a sub-image re-centred on its last answer
         self.local_iterations = int(local_iterations)
+        self.confidence_threshold = float(confidence_threshold)
         g = global_stage.meta
         for loc in self.local_stages:
             if g["landmark_names"] != loc.meta["landmark_names"]:
@@ -130,6 +329,8 @@ class LandmarkPredictor:
                 raise CheckpointError(
                     f"{loc.path}: {loc.meta['spatial_dims']}D local model with a {g['spatial_dims']}D global model"
                 )
+            if g["net"]["in_channels"] != loc.meta["net"]["in_channels"]:
+                raise CheckpointError(f"{loc.path}: local and global models expect different channel counts")
 
     @property
     def local_stage(self) -> Stage | None:
@@ -142,6 +343,7 @@ class LandmarkPredictor:
         global_checkpoint: str | os.PathLike,
         local_checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         local_iterations: int = 1,
+        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
     ) -> LandmarkPredictor:
         """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
         g = load_stage(global_checkpoint, "global")
@@ -151,7 +353,12 @@ class LandmarkPredictor:
             paths = [local_checkpoint]
         else:
             paths = list(local_checkpoint)
-        return cls(g, [load_stage(p, "local") for p in paths], local_iterations)
+        return cls(g, [load_stage(p, "local") for p in paths], local_iterations, confidence_threshold)
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
+        """The predictor stored in a model bundle (see :func:`save_bundle`)."""
+        return load_bundle(path)
 
     @property
     def landmark_names(self) -> list[str]:
@@ -161,179 +368,146 @@ class LandmarkPredictor:
     def spatial_dims(self) -> int:
         return int(self.global_stage.meta["spatial_dims"])
 
+    def check_input(self, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> None:
+        """Raise :class:`InputError` (one line) if the model cannot run on this image."""
+        d = self.spatial_dims
+        shape = tuple(image.shape)
+        if len(shape) - 1 != d:
+            raise InputError(
+                f"the model is {d}D but the image is {len(shape) - 1}D (array shape {shape}, channels first)"
+            )
+        if any(n == 0 for n in shape):
+            raise InputError(f"the image is empty (array shape {shape})")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (d + 1, d + 1) or not np.all(np.isfinite(affine)):
+            raise InputError(
+                f"invalid geometry: the voxel -> world affine is not a finite {d + 1}x{d + 1} matrix"
+            )
+        if abs(np.linalg.det(affine[:d, :d])) < 1e-12 or np.any(spacing_of(affine) <= 0):
+            raise InputError(
+                f"invalid geometry: zero spacing or singular affine (spacing {spacing_of(affine)})"
+            )
+        lo, hi = float(image.min()), float(image.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError("the image contains NaN or infinite values")
+        if lo == hi:
+            raise InputError(
+                f"the image is constant (every voxel is {lo:g}): no structure to find landmarks in"
+            )
+
     @torch.inference_mode()
-    def predict_array(self, image: np.ndarray, affine: np.ndarray) -> dict[str, np.ndarray]:
+    def predict_array(
+        self, image: np.ndarray | torch.Tensor, affine: np.ndarray, keep_global_output: bool = False
+    ) -> dict[str, Any]:
         """Landmarks of one image (C, *spatial) with its voxel -> world affine.
 
-        Returns ``world`` (K, D) mm, ``voxel`` (K, D) indices of the given image, ``global_world`` (K, D)
-        the global stage's estimate.
+        Returns:
+            world: (K, D) mm; voxel: (K, D) indices of the given image; global_world: (K, D) the global
+            stage's estimate; confidence: (K,) in [0, 1]; flagged: (K,) bool, confidence below the
+            threshold; spread_mm, posterior: (K,) of the last stage; global_spread_mm, global_posterior:
+            (K,) of the global stage; shift_mm: (K,) how far the last local pass moved each landmark
+            (0 without local stages). With ``keep_global_output``: ``global_output`` (the global network's
+            output), ``global_image`` and ``global_affine`` (its working image and affine).
+        Raises:
+            InputError: the model cannot run on this image (see :meth:`check_input`).
         """
-        if image.ndim - 1 != self.spatial_dims:
-            raise ValueError(
-                f"the model is {self.spatial_dims}D but the image has shape {tuple(image.shape)}"
-            )
+        x0 = torch.as_tensor(image, dtype=torch.float32)
+        self.check_input(x0, affine)
         g = self.global_stage
-        # one grey conversion (RGB -> grey) for all stages, done once on the full-size image
-        image = match_channels(torch.as_tensor(image, dtype=torch.float32), g.meta["net"]["in_channels"])
-        x, aff = g.preprocessing(image, affine)
+        try:
+            # one grey conversion (RGB -> grey) for all stages, done once on the full-size image
+            x0 = match_channels(x0, g.meta["net"]["in_channels"])
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        x, aff = g.preprocessing(x0, affine)
+        stride = g.net.stride
+        if any(n < stride for n in x.shape[1:]):
+            raise InputError(
+                f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
+                f"{g.meta['spacing']} mm, smaller than one {stride}-voxel patch of its network"
+            )
         out = g.net(x[None])
-        world = voxel_to_world(g.decoder(out, g.net.stride)[0].double().numpy(), aff)
-        global_world = world
+        scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
+        coords, spread, posterior = g.decoder.statistics(out, stride, scale)
+        world = voxel_to_world(coords[0].double().numpy(), aff)
+        result: dict[str, Any] = {
+            "global_world": world,
+            "global_spread_mm": spread[0].numpy().astype(np.float64),
+            "global_posterior": posterior[0].numpy().astype(np.float64),
+        }
+        if keep_global_output:
+            result.update(global_output=out, global_image=x, global_affine=aff)
+        shift = np.zeros(len(self.landmark_names))
         for loc in self.local_stages:
-            xl, aff_l = loc.preprocessing(image, affine)
+            xl, aff_l = loc.preprocessing(x0, affine)
+            scale = torch.as_tensor(spacing_of(aff_l), dtype=torch.float32)
             centres = torch.as_tensor(world_to_voxel(world, aff_l), dtype=torch.float32)
             for _ in range(self.local_iterations):
                 starts = local_crop_starts(centres, loc.meta["crop_size"])
                 crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
-                centres = loc.decoder(loc.net(crops[None]), loc.net.stride)[0] + starts
+                coords, spread, posterior = loc.decoder.statistics(
+                    loc.net(crops[None]), loc.net.stride, scale
+                )
+                new = coords[0] + starts
+                shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
+                centres = new
             world = voxel_to_world(centres.double().numpy(), aff_l)
-        return {"world": world, "voxel": world_to_voxel(world, affine), "global_world": global_world}
+        spread_mm, post = spread[0].double().numpy(), posterior[0].double().numpy()
+        last = self.local_stage or g
+        confidence = landmark_confidence(post, spread_mm, shift, float(np.mean(last.meta["spacing"])))
+        result.update(
+            world=world,
+            voxel=world_to_voxel(world, affine),
+            spread_mm=spread_mm,
+            posterior=post,
+            shift_mm=shift,
+            confidence=confidence,
+            flagged=confidence < self.confidence_threshold,
+        )
+        return result
 
     def predict(
-        self, path: str | os.PathLike, spacing: float | list[float] | None = None
-    ) -> dict[str, np.ndarray | float]:
-        """Read an image file and predict; adds ``seconds`` (with reading) and ``seconds_without_io``.
+        self, path: str | os.PathLike, spacing: float | list[float] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Read an image file and predict; adds ``seconds`` (with reading), ``seconds_without_io``,
+        ``image`` and ``affine`` (as read) to :meth:`predict_array`'s result.
 
         ``spacing`` (mm) replaces the file's geometry for images that carry none (PNG, JPEG, BMP, TIFF).
+        Raises InputError / ImageReadError with one line naming the file.
         """
         t0 = time.perf_counter()
         image, affine = load_image(path)
         if spacing is not None:
             d = image.ndim - 1
-            affine = np.diag([*np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,)), 1.0])
+            values = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
+            if not np.all(np.isfinite(values)) or np.any(values <= 0):
+                raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
+            affine = np.diag([*values, 1.0])
         t1 = time.perf_counter()
-        result: dict = self.predict_array(image, affine)
+        try:
+            result = self.predict_array(image, affine, **kwargs)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
         t2 = time.perf_counter()
-        result["seconds"], result["seconds_without_io"] = t2 - t0, t2 - t1
+        result.update(seconds=t2 - t0, seconds_without_io=t2 - t1, image=image, affine=affine)
         return result
 
 
-IMAGE_SUFFIXES = (
-    ".nii",
-    ".nii.gz",
-    ".nhdr",
-    ".nrrd",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-)
+def landmark_confidence(
+    posterior: np.ndarray, spread_mm: np.ndarray, shift_mm: np.ndarray, spacing_mm: float
+) -> np.ndarray:
+    """Per-landmark confidence score in [0, 1]: ``posterior * exp(-(spread_mm + shift_mm) / (3 * spacing_mm))``.
 
-
-def case_id_of(path: str | os.PathLike) -> str:
-    """File name without its image suffix (``case.nii.gz`` -> ``case``)."""
-    name = Path(path).name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
-
-
-def find_images(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
-    """Image files from a file, a folder (its image files, sorted), a glob pattern, or a ``.txt`` list.
-
-    A list holds one image per line: a path, or a name without suffix (``151`` finds ``151.jpg``);
-    relative entries are looked up in ``root`` (default: the list's folder).
+    ``posterior``: the last stage's highest cell posterior (some cell is sure the landmark is in it);
+    ``spread_mm``: how far its displacement votes scatter; ``shift_mm``: how far its last local pass still
+    moved the landmark (a stable answer moves little); ``spacing_mm``: the last stage's working voxel size,
+    which sets the scale of the two distances. On the ISBI 2015 validation images this combination
+    separated errors above 4 mm from the rest better than each signal alone (AUROC 0.90 against 0.87, 0.82
+    and 0.85; experiments/isbi2015/RESULTS.md). It ranks landmarks; it is not a calibrated probability.
     """
-    p = Path(spec)
-    if p.is_file() and p.suffix.lower() == ".txt":
-        base = Path(root) if root is not None else p.parent
-        files = [_resolve_entry(base, line.strip(), p) for line in p.read_text().splitlines() if line.strip()]
-    elif p.is_dir() and any(f.suffix.lower() == ".dcm" for f in p.iterdir()):
-        files = [p]  # a DICOM series folder is one image
-    elif p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.name.lower().endswith(IMAGE_SUFFIXES))
-        # sub-folders holding DICOM series are images too
-        files += sorted(
-            d for d in p.iterdir() if d.is_dir() and any(f.suffix.lower() == ".dcm" for f in d.iterdir())
-        )
-    elif p.exists():
-        files = [p]
-    else:
-        files = sorted(Path(f) for f in glob.glob(str(spec)))
-    if not files:
-        raise FileNotFoundError(f"{spec}: no image files found")
-    return files
-
-
-def _resolve_entry(base: Path, entry: str, listing: Path) -> Path:
-    path = Path(entry) if Path(entry).is_absolute() else base / entry
-    if path.exists():
-        return path
-    matches = sorted(
-        f for f in base.glob(f"{glob.escape(entry)}.*") if f.name.lower().endswith(IMAGE_SUFFIXES)
-    )
-    if not matches:
-        raise FileNotFoundError(f"{listing}: no image for entry {entry!r} in {base}")
-    return matches[0]
-
-
-def predict_files(
-    predictor: LandmarkPredictor,
-    inputs: str | os.PathLike | list,
-    output_dir: str | os.PathLike,
-    root: str | os.PathLike | None = None,
-    spacing: float | list[float] | None = None,
-    warmup: bool = True,
-) -> dict:
-    """Predict every image of ``inputs`` (a file, folder, glob, ``.txt`` list, or a list of them) and write
-    ``predictions.csv`` and ``predictions.json`` (world mm, voxel indices, image paths, timings) to
-    ``output_dir``. An image that fails is reported on one line and skipped; the rest go on.
-
-    ``root``: folder of the entries of ``.txt`` lists; ``spacing``: pixel spacing (mm) for images without
-    geometry; ``warmup``: run the first image once untimed, so timings exclude one-off start-up costs.
-
-    Returns ``{"table": LandmarkTable, "failed": {path: reason}, "done": n}``.
-    """
-    from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
-
-    specs = inputs if isinstance(inputs, list | tuple) else [inputs]
-    files = [f for spec in specs for f in find_images(spec, root)]
-    if warmup and files:
-        try:
-            predictor.predict(files[0], spacing)
-        except Exception:  # reported below, when the file comes up in turn
-            pass
-    table = LandmarkTable(names=predictor.landmark_names, coords={})
-    voxels: dict[str, np.ndarray] = {}
-    failed: dict[str, str] = {}
-    for f in files:
-        case = case_id_of(f)
-        try:
-            result = predictor.predict(f, spacing)
-        except Exception as exc:  # one bad file must not stop the batch
-            failed[str(f)] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.error("%s: %s", f, failed[str(f)])
-            continue
-        table.coords[case] = result["world"]
-        voxels[case] = result["voxel"]
-        table.images[case] = str(Path(f).resolve())
-        table.seconds[case] = float(result["seconds"])
-        table.seconds_without_io[case] = float(result["seconds_without_io"])
-    out = Path(output_dir)
-    if table.coords:
-        write_landmark_table(out / "predictions.csv", table, voxel=voxels)
-        write_landmark_table(out / "predictions.json", table, voxel=voxels)
-    times = list(table.seconds.values())
-    peak_mb = peak_memory_mb()
-    log.info(
-        "%d images done, %d failed%s, peak memory %.0f MB",
-        len(table.coords),
-        len(failed),
-        f", {np.median(times):.3f} s per image (median)" if times else "",
-        peak_mb,
-    )
-    return {
-        "table": table,
-        "failed": failed,
-        "done": len(table.coords),
-        "median_seconds": float(np.median(times)) if times else None,
-        "peak_memory_mb": peak_mb,
-    }
+    scale = 3.0 * float(spacing_mm)
+    distance = np.asarray(spread_mm, np.float64) + np.asarray(shift_mm, np.float64)
+    return np.clip(np.asarray(posterior, np.float64) * np.exp(-distance / scale), 0.0, 1.0)
 
 
 def peak_memory_mb() -> float:

@@ -5,15 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from landmark_lit.batch import case_id_of, find_images, predict_files
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.inference import (
-    CheckpointError,
-    LandmarkPredictor,
-    Stage,
-    case_id_of,
-    find_images,
-    predict_files,
-)
+from landmark_lit.inference import CheckpointError, LandmarkPredictor, Stage
 from landmark_lit.networks import GlobalNet, LocalNet
 
 NAMES = ["a", "b"]
@@ -151,5 +145,5 @@ def test_local_checkpoints_load_as_a_cascade_in_the_given_order(tmp_path):
     p = LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["fine"]])
     assert [s.meta["spacing"] for s in p.local_stages] == [1.0, 0.5] and p.local_stage.meta["spacing"] == 0.5
     assert LandmarkPredictor.from_checkpoints(paths["global"]).local_stages == []
-    with pytest.raises(CheckpointError, match="'global' stage checkpoint, expected 'local'"):
+    with pytest.raises(CheckpointError, match="'global' stage, expected 'local'"):
         LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["global"]])

@@ -16,9 +16,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from landmark_lit.batch import predict_files
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.data.io import save_nifti
-from landmark_lit.inference import CheckpointError, LandmarkPredictor, load_stage, predict_files
+from landmark_lit.inference import CheckpointError, LandmarkPredictor, load_stage
 from landmark_lit.training import train
 
 DATASETS = ["synthetic2d", "synthetic3d"]
@@ -143,20 +144,21 @@ def test_resume_from_last_checkpoint_continues_the_step_count(tmp_path):
 
 def test_checkpoint_errors_name_the_file(tmp_path):
     missing = tmp_path / "none.ckpt"
-    with pytest.raises(CheckpointError, match="none.ckpt: checkpoint not found"):
+    with pytest.raises(CheckpointError, match="none.ckpt: model file not found"):
         load_stage(missing)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}}, foreign)
     with pytest.raises(CheckpointError, match="foreign.ckpt: not a landmark_lit checkpoint"):
         load_stage(foreign)
     wrong = tmp_path / "wrong.ckpt"
-    meta = {"stage": "global", "net": {"_target_": "os.system", "command": "echo hi"}}
+    meta = {"stage": "global", "net": {"_target_": "os.system", "command": "echo hi"}, "landmark_names": ["a"],
+            "spatial_dims": 2, "spacing": 1.0, "intensity": "zscore", "decoder": {}}  # fmt: skip
     torch.save({"state_dict": {}, "landmark_lit": meta}, wrong)
     with pytest.raises(CheckpointError, match="unknown network 'os.system'"):
         load_stage(wrong)
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00\x01garbage")
-    with pytest.raises(CheckpointError, match="garbage.ckpt: cannot read checkpoint"):
+    with pytest.raises(CheckpointError, match="garbage.ckpt: cannot read model file safely"):
         load_stage(garbage)
 
 

@@ -9,6 +9,9 @@ from omegaconf import OmegaConf
 # conf/ sits at the top of the checkout (the package is installed editable by `make install`).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
+# landmark-predict's config sits in its own folder: there `model=PATH` names a model bundle, whereas in
+# conf/ `model` is the training config group of network shapes
+PREDICT_CONFIG_DIR = str(PROJECT_ROOT / "conf" / "predict")
 
 # ${project_root:} in configs: the checkout, whatever the working directory
 if not OmegaConf.has_resolver("project_root"):

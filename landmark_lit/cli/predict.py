@@ -1,4 +1,4 @@
-"""``landmark-predict``: run trained global (+ local) networks on image files."""
+"""``landmark-predict``: run a trained model (a bundle, or global + local checkpoints) on image files."""
 
 from __future__ import annotations
 
@@ -8,33 +8,67 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli import CONFIG_DIR
-from landmark_lit.inference import LandmarkPredictor, predict_files
+from landmark_lit.batch import predict_files, summary_line
+from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.inference import DEFAULT_CONFIDENCE_THRESHOLD, LandmarkPredictor, load_bundle
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
+    """The predictor of ``cfg.model`` (a bundle) or ``cfg.global_checkpoint`` (+ ``local_checkpoint``);
+    ``local_iterations`` and ``confidence_threshold``, when set, override the bundle's."""
+    model, global_ckpt = cfg.get("model"), cfg.get("global_checkpoint")
+    if bool(model) == bool(global_ckpt):
+        raise ValueError(
+            "give either model=BUNDLE or global_checkpoint=CKPT (with optional local_checkpoint)"
+        )
+    iterations, threshold = cfg.get("local_iterations"), cfg.get("confidence_threshold")
+    if model:
+        if cfg.get("local_checkpoint"):
+            raise ValueError("local_checkpoint goes with global_checkpoint, not with a model bundle")
+        predictor = load_bundle(model)
+        if iterations is not None:
+            predictor.local_iterations = int(iterations)
+        if threshold is not None:
+            predictor.confidence_threshold = float(threshold)
+        return predictor
+    return LandmarkPredictor.from_checkpoints(
+        global_ckpt,
+        _plain(cfg.get("local_checkpoint")),
+        int(iterations) if iterations is not None else 1,
+        float(threshold) if threshold is not None else DEFAULT_CONFIDENCE_THRESHOLD,
+    )
 
 
 def predict(cfg: DictConfig) -> dict:
-    """Plain function behind the CLI: load the checkpoints, predict ``cfg.input``, write to ``cfg.output_dir``."""
+    """Plain function behind the CLI: load the model, predict ``cfg.input``, write to ``cfg.output_dir``."""
     torch.set_num_threads(int(cfg.threads))
-    local = cfg.get("local_checkpoint")
-    local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else local
-    predictor = LandmarkPredictor.from_checkpoints(
-        cfg.global_checkpoint, local, int(cfg.get("local_iterations", 1))
+    predictor = load_predictor(cfg)
+    return predict_files(
+        predictor,
+        _plain(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input),
+        cfg.output_dir,
+        root=cfg.get("input_root"),
+        spacing=_plain(cfg.get("spacing")),
+        split=cfg.get("input_split"),
+        pictures=bool(cfg.get("pictures", False)),
+        vector_field=cfg.get("vector_field"),
+        references=cfg.get("references"),
+        progress=cfg.get("progress"),
     )
-    inputs = OmegaConf.to_container(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input)
-    spacing = cfg.get("spacing")
-    spacing = OmegaConf.to_container(spacing) if OmegaConf.is_list(spacing) else spacing
-    return predict_files(predictor, inputs, cfg.output_dir, root=cfg.get("input_root"), spacing=spacing)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@hydra.main(version_base="1.3", config_path=PREDICT_CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    result = predict(cfg)
-    seconds = result["median_seconds"]
-    print(
-        f"{result['done']} images done, {len(result['failed'])} failed"
-        + (f", {seconds:.3f} s per image (median)" if seconds is not None else "")
-        + f", peak memory {result['peak_memory_mb']:.0f} MB; output in {cfg.output_dir}"
-    )
+    try:
+        result = predict(cfg)
+    except (ValueError, FileNotFoundError) as exc:  # a bad model or input spec: one line, no traceback
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{summary_line(result)}; output in {cfg.output_dir}")
     if result["failed"]:
         sys.exit(1)
 

@@ -126,7 +126,10 @@ def read_landmark_table(path: str | os.PathLike) -> LandmarkTable:
 
 
 def write_landmark_table(
-    path: str | os.PathLike, table: LandmarkTable, voxel: dict[str, np.ndarray] | None = None
+    path: str | os.PathLike,
+    table: LandmarkTable,
+    voxel: dict[str, np.ndarray] | None = None,
+    extra: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> None:
     """Write a landmark table atomically, as long CSV or JSON depending on the suffix of ``path``.
 
@@ -135,13 +138,15 @@ def write_landmark_table(
         table: coordinates in world mm.
         voxel: optional case id -> voxel indices (K, D) written beside the world coordinates (extra columns
             ``i,j[,k]`` in CSV, ``"voxel"`` in JSON).
+        extra: optional column name -> case id -> (K,) values (e.g. ``confidence``), written beside each
+            landmark (a column in CSV, a list per case in JSON); readers ignore them.
     """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        text = _format_csv(table, voxel)
+        text = _format_csv(table, voxel, extra or {})
     elif suffix == ".json":
-        text = _format_json(table, voxel)
+        text = _format_json(table, voxel, extra or {})
     else:
         raise ValueError(f"{path}: unknown landmark file type {path.suffix!r} (expected .csv or .json)")
     atomic_write_text(path, text)
@@ -336,11 +341,20 @@ def _number(value: float) -> str:
     return "nan" if math.isnan(value) else repr(float(value))
 
 
-def _format_csv(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> str:
+def _extra_value(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "1" if value else "0"
+    return _number(float(value))
+
+
+def _format_csv(
+    table: LandmarkTable, voxel: dict[str, np.ndarray] | None, extra: dict[str, dict[str, np.ndarray]]
+) -> str:
     dims = table.spatial_dims or 2
     header = ["case", "landmark", *COORD_COLUMNS[:dims]]
     if voxel is not None:
         header += VOXEL_COLUMNS[:dims]
+    header += list(extra)
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
@@ -350,6 +364,7 @@ def _format_csv(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> st
             row = [case, name, *(_number(v) for v in table.coords[case][k])]
             if vox is not None:
                 row += [_number(v) for v in vox[k]]
+            row += [_extra_value(values[case][k]) for values in extra.values()]
             writer.writerow(row)
     return out.getvalue()
 
@@ -369,7 +384,9 @@ def _points_json(array: np.ndarray) -> list[list[float] | None]:
     return [None if np.isnan(p).any() else [float(v) for v in p] for p in array]
 
 
-def _format_json(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> str:
+def _format_json(
+    table: LandmarkTable, voxel: dict[str, np.ndarray] | None, extra: dict[str, dict[str, np.ndarray]]
+) -> str:
     cases: dict[str, dict[str, Any]] = {}
     for case in table.cases:
         entry: dict[str, Any] = {"world_mm": _points_json(table.coords[case])}
@@ -381,6 +398,10 @@ def _format_json(table: LandmarkTable, voxel: dict[str, np.ndarray] | None) -> s
             entry["seconds"] = float(table.seconds[case])
         if case in table.seconds_without_io:
             entry["seconds_without_io"] = float(table.seconds_without_io[case])
+        for key, values in extra.items():
+            entry[key] = [
+                v.item() if isinstance(v, np.generic) else v for v in np.asarray(values[case]).tolist()
+            ]
         cases[case] = entry
     data = {"coordinate_system": COORDINATE_SYSTEM, "landmarks": list(table.names), "cases": cases}
     text = json.dumps(data, indent=1, allow_nan=False)

@@ -327,6 +327,48 @@ class ManifestCases:
         return requested
 
 
+def manifest_images(manifest: str | os.PathLike, split: str | None = None) -> list[tuple[str, Path]]:
+    """(case, image path) of every row of a manifest, for prediction: landmarks are not needed or read.
+
+    Same CSV / JSON forms as :class:`ManifestCases` (a ``case`` column or key is optional: the image's
+    file name then names the case); relative paths are resolved against the manifest's folder.
+    """
+    path = Path(manifest).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: cannot read ({exc})") from None
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if "image" not in [f.strip() for f in reader.fieldnames or []]:
+            raise ManifestError(f"{path}: no 'image' column (header is {reader.fieldnames})")
+        entries = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}: invalid JSON ({exc})") from None
+        entries = data.get("cases") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise ManifestError(f"{path}: expected an object with a 'cases' list of objects")
+    out, seen = [], set()
+    for n, entry in enumerate(entries, start=1):
+        if split is not None and str(entry.get("split") or "") != str(split):
+            continue
+        image = str(entry.get("image") or "").strip()
+        if not image:
+            raise ManifestError(f"{path}: case #{n}: no image")
+        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
+        case = str(entry.get("case") or "").strip() or None
+        out.append((case, image_path))
+        if case is not None and case in seen:
+            raise ManifestError(f"{path}: case #{n}: duplicate case id {case!r}")
+        seen.add(case)
+    if not out:
+        raise ManifestError(f"{path}: no images" + (f" in split {split!r}" if split is not None else ""))
+    return out
+
+
 def write_manifest(
     path: str | os.PathLike,
     cases: list[dict[str, Any]],

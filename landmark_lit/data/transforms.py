@@ -196,17 +196,19 @@ def pad_to_min_size(image: Tensor, min_size: int | Sequence[int] | None) -> Tens
 
 
 def match_channels(image: np.ndarray | Tensor, channels: int | None) -> np.ndarray | Tensor:
-    """Average RGB / RGBA (alpha dropped) to one grey channel when one is expected; else check the count."""
+    """Average a 2D RGB / RGBA picture (alpha dropped) to one grey channel when one is expected; else check
+    the channel count. A 3D image with several channels (e.g. a 4D NIfTI) is not averaged: an error."""
     c = image.shape[0]
     if channels is None or c == channels:
         return image
-    if channels == 1 and c in (3, 4):
+    if channels == 1 and c in (3, 4) and image.ndim == 3:
         return (
             image[:3].mean(0, keepdims=True)
             if isinstance(image, np.ndarray)
             else image[:3].mean(0, keepdim=True)
         )
-    raise ValueError(f"the model expects {channels} channel(s), the image has {c}")
+    what = " (a 4D image?)" if image.ndim == 4 else ""
+    raise ValueError(f"the model expects {channels} channel(s), the image has {c}{what}")
 
 
 @dataclass

@@ -214,3 +214,80 @@ def plot_vector_field(
     )
     _save(fig, path)
     return int(on.sum())
+
+
+def plot_landmarks(
+    image: np.ndarray,
+    affine: np.ndarray,
+    names: Sequence[str],
+    prediction_mm: np.ndarray,
+    path: str | os.PathLike,
+    reference_mm: np.ndarray | None = None,
+    flagged: np.ndarray | None = None,
+    landmark: int | None = None,
+    title: str = "",
+) -> None:
+    """Predicted landmarks (magenta x, named; flagged ones in orange) and optional references (blue +).
+
+    2D: the whole image with every landmark. 3D: three orthogonal slices through landmark ``landmark``
+    (its prediction), that landmark named, the others not drawn.
+
+    Args:
+        image: (C, *spatial) image as read; channels are averaged.
+        affine: (D+1, D+1) voxel -> world mm.
+        names: K landmark names.
+        prediction_mm: (K, D) world mm (NaN rows skipped).
+        path: output PNG.
+        reference_mm: optional (K, D) reference landmarks, world mm.
+        flagged: optional (K,) bool, landmarks whose confidence is below the threshold.
+        landmark: the landmark of a 3D picture (required for 3D).
+        title: figure title.
+    """
+    volume = np.asarray(image, dtype=np.float64).mean(axis=0)
+    dims = volume.ndim
+    affine = np.asarray(affine, dtype=np.float64)
+    if dims not in (2, 3) or affine.shape != (dims + 1, dims + 1):
+        raise ValueError(f"image spatial shape {volume.shape} does not match affine {affine.shape}")
+    pred = world_to_voxel(np.asarray(prediction_mm, dtype=np.float64), affine)
+    ref = (
+        world_to_voxel(np.asarray(reference_mm, dtype=np.float64), affine)
+        if reference_mm is not None
+        else None
+    )
+    flags = np.zeros(len(names), bool) if flagged is None else np.asarray(flagged, bool)
+    spacing = np.linalg.norm(affine[:-1, :-1], axis=0)
+
+    def mark(ax: Axes, k: int, a: int, b: int, label: bool) -> None:
+        if ref is not None and np.all(np.isfinite(ref[k])):
+            ax.plot(ref[k, a], ref[k, b], linestyle="none", **REFERENCE_STYLE)
+        if np.all(np.isfinite(pred[k])):
+            style = {**PREDICTION_STYLE, "color": "orange" if flags[k] else PREDICTION_STYLE["color"]}
+            ax.plot(pred[k, a], pred[k, b], linestyle="none", **style)
+            if label:
+                ax.annotate(
+                    names[k] + (" (?)" if flags[k] else ""), (pred[k, a], pred[k, b]), xytext=(4, 4),
+                    textcoords="offset points", color=style["color"], fontsize=7,
+                )  # fmt: skip
+
+    if dims == 2:
+        fig = _new_figure(8, 8 * volume.shape[1] * spacing[1] / max(volume.shape[0] * spacing[0], 1e-9))
+        ax = fig.add_subplot()
+        _show(ax, volume, (spacing[0], spacing[1]), origin="upper")
+        for k in range(len(names)):
+            mark(ax, k, 0, 1, True)
+    else:
+        if landmark is None:
+            raise ValueError("a 3D picture shows one landmark: pass landmark=k")
+        fig = _new_figure(12, 4.4)
+        centre = np.clip(np.rint(np.nan_to_num(pred[landmark])).astype(int), 0, np.array(volume.shape) - 1)
+        for n, axis in enumerate(range(3)):
+            a, b = [d for d in range(3) if d != axis]
+            ax = fig.add_subplot(1, 3, n + 1)
+            _show(ax, np.take(volume, centre[axis], axis=axis), (spacing[a], spacing[b]), origin="lower")
+            mark(ax, landmark, a, b, n == 0)
+            ax.set_title(f"axis {axis} = {centre[axis]}", fontsize=9)
+            ax.set_xlim(-0.5, volume.shape[a] - 0.5)
+            ax.set_ylim(-0.5, volume.shape[b] - 0.5)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    _save(fig, path)

@@ -1,0 +1,113 @@
+"""How well the per-landmark confidence flags failures (error > 4 mm) on ISBI 2015.
+
+Runs the predictor on the validation images (the 10 training images held out by the dataset config) and on
+Test1 (average ground truth), records every landmark's error and the signals the confidence could be built
+from, and reports the area under the ROC curve of each signal for separating errors above 4 mm from the
+rest (torchmetrics' binary AUROC), the threshold chosen on the validation images, and its effect on Test1.
+
+    python experiments/isbi2015/confidence.py GLOBAL.ckpt LOCAL.ckpt [--iterations 2] [--out DIR]
+
+Writes DIR/landmarks_{val,test1}.csv (one row per landmark) and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
+from landmark_lit.inference import DEFAULT_CONFIDENCE_THRESHOLD, LandmarkPredictor
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
+SIGNALS = ("confidence", "posterior", "spread_mm", "global_posterior", "global_spread_mm", "shift_mm")
+# signals where a larger value means a more likely failure
+UNCERTAINTIES = ("spread_mm", "global_spread_mm", "shift_mm")
+
+
+def collect(predictor: LandmarkPredictor, source: ISBI2015Cephalograms) -> dict[str, np.ndarray]:
+    rows: dict[str, list] = {key: [] for key in ("case", "landmark", "error_mm", *SIGNALS)}
+    for i in range(len(source)):
+        case = source[i]
+        result = predictor.predict_array(case.image, case.affine)
+        err = np.linalg.norm(result["world"] - case.landmarks_world, axis=1)
+        rows["case"] += [case.case_id] * len(err)
+        rows["landmark"] += predictor.landmark_names
+        rows["error_mm"] += err.tolist()
+        for key in SIGNALS:
+            rows[key] += np.asarray(result[key], dtype=np.float64).tolist()
+    return {k: np.asarray(v) for k, v in rows.items()}
+
+
+def failure_score(data: dict[str, np.ndarray], key: str) -> np.ndarray:
+    return data[key] if key in UNCERTAINTIES else -data[key]
+
+
+def auroc(score: np.ndarray, failed: np.ndarray) -> float:
+    return float(binary_auroc(torch.as_tensor(score, dtype=torch.float64), torch.as_tensor(failed).long()))
+
+
+def write(path: Path, data: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(list(data))
+        for row in zip(*data.values(), strict=True):
+            writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("global_checkpoint")
+    parser.add_argument("local_checkpoint", nargs="*")
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--failure-mm", type=float, default=4.0)
+    parser.add_argument("--out", default="outputs/isbi2015_confidence")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(2)
+    predictor = LandmarkPredictor.from_checkpoints(
+        args.global_checkpoint, args.local_checkpoint, args.iterations
+    )
+    sets = {
+        "val": ISBI2015Cephalograms(args.data, split="train", subset="val", val_count=10, val_seed=0),
+        "test1": ISBI2015Cephalograms(args.data, split="test1", ground_truth="average"),
+    }
+    data = {}
+    for name, source in sets.items():
+        data[name] = collect(predictor, source)
+        write(Path(args.out) / f"landmarks_{name}.csv", data[name])
+    print(f"| signal | AUROC validation | AUROC Test1 | (failure: error > {args.failure_mm:g} mm) |")
+    print("|---|---|---|---|")
+    for key in SIGNALS:
+        cells = []
+        for name in sets:
+            failed = data[name]["error_mm"] > args.failure_mm
+            cells.append(
+                f"{auroc(failure_score(data[name], key), failed):.3f} ({int(failed.sum())}/{failed.size})"
+            )
+        print(f"| {key} | {cells[0]} | {cells[1]} | |")
+    print()
+    print(
+        "| set | threshold | flagged | failures flagged (sensitivity) | flagged that failed (precision) | MRE unflagged | MRE flagged |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name in sets:
+        d = data[name]
+        failed = d["error_mm"] > args.failure_mm
+        flagged = d["confidence"] < DEFAULT_CONFIDENCE_THRESHOLD
+        sens = flagged[failed].mean() if failed.any() else float("nan")
+        prec = failed[flagged].mean() if flagged.any() else float("nan")
+        mre_f = d["error_mm"][flagged].mean() if flagged.any() else float("nan")
+        print(
+            f"| {name} | {DEFAULT_CONFIDENCE_THRESHOLD:g} | {int(flagged.sum())}/{flagged.size} | "
+            f"{100 * sens:.1f} % | {100 * prec:.1f} % | {d['error_mm'][~flagged].mean():.2f} | {mre_f:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

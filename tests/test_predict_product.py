@@ -1,0 +1,390 @@
+"""landmark-predict as a product: model bundles, per-image outputs (CSV, JSON, Slicer), confidence, pictures,
+bad input, atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from PIL import Image
+
+from landmark_lit.batch import find_inputs, predict_files
+from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.cli.predict import predict as predict_cli
+from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
+from landmark_lit.decoding import vote_statistics
+from landmark_lit.inference import (
+    CheckpointError,
+    LandmarkPredictor,
+    landmark_confidence,
+    load_bundle,
+    save_bundle,
+    validate_meta,
+)
+from landmark_lit.networks import GlobalNet, LandmarkOutput, LocalNet
+
+NAMES = ["a", "b"]
+
+
+def _meta(kind: str, dims: int, spacing: float, crop: int) -> dict:
+    if kind == "global":
+        net = dict(_target_="landmark_lit.networks.GlobalNet", spatial_dims=dims, in_channels=1, num_landmarks=2,
+                   stem_channels=4, stage_channels=[4, 4], stage_blocks=[1, 1], pool_before=[True, False],
+                   head_channels=4)  # fmt: skip
+    else:
+        net = dict(_target_="landmark_lit.networks.LocalNet", spatial_dims=dims, in_channels=1, num_landmarks=2,
+                   channels=[4, 4], head_channels=4)  # fmt: skip
+    return {
+        "format_version": 1,
+        "net": net,
+        "landmark_names": NAMES,
+        "spatial_dims": dims,
+        "spacing": spacing,
+        "crop_size": [crop] * dims,
+        "intensity": "zscore",
+        "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
+        "stage": kind,
+    }
+
+
+def _checkpoint(path: Path, meta: dict) -> Path:
+    cfg = {k: v for k, v in meta["net"].items() if k != "_target_"}
+    net = (GlobalNet if meta["stage"] == "global" else LocalNet)(**cfg)
+    for m in net.modules():  # non-trivial batch-norm statistics
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    torch.save(
+        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "landmark_lit": meta}, path
+    )
+    return path
+
+
+@pytest.fixture(params=[2, 3], ids=["2d", "3d"])
+def checkpoints(request, tmp_path) -> tuple[int, Path, Path]:
+    torch.manual_seed(0)
+    d = request.param
+    g = _checkpoint(tmp_path / f"global{d}.ckpt", _meta("global", d, 2.0, 16))
+    loc = _checkpoint(tmp_path / f"local{d}.ckpt", _meta("local", d, 1.0, 8))
+    return d, g, loc
+
+
+def _png(path: Path, shape=(40, 50), seed: int = 0) -> Path:
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)).save(path)
+    return path
+
+
+def _nifti(path: Path, shape=(20, 24, 18), seed: int = 0, affine=None) -> Path:
+    data = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1.0]) if affine is None else affine), path)
+    return path
+
+
+# --- bundle -------------------------------------------------------------------------------------------
+
+
+def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
+    d, g, loc = checkpoints
+    summary = save_bundle(tmp_path / "model.pt", g, [loc], local_iterations=2, confidence_threshold=0.2)
+    assert (
+        summary["landmark_names"] == NAMES
+        and summary["spatial_dims"] == d
+        and summary["local_iterations"] == 2
+    )
+    bundled = load_bundle(tmp_path / "model.pt")
+    direct = LandmarkPredictor.from_checkpoints(g, loc, 2)
+    assert bundled.local_iterations == 2 and bundled.confidence_threshold == 0.2
+    image = np.random.default_rng(1).normal(size=(1, *[24] * d)).astype(np.float32)
+    affine = np.diag([1.2] * d + [1.0])
+    a, b = bundled.predict_array(image, affine), direct.predict_array(image, affine)
+    np.testing.assert_array_equal(a["world"], b["world"])
+    np.testing.assert_array_equal(a["confidence"], b["confidence"])
+
+
+def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
+    d, g, loc = checkpoints
+    save_bundle(tmp_path / "model.pt", g, [loc])
+    (tmp_path / "in").mkdir()
+    image = _png(tmp_path / "in" / "x.png") if d == 2 else _nifti(tmp_path / "in" / "x.nii.gz")
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        cfg = compose("predict", overrides=[f"model={tmp_path / 'model.pt'}", f"input={image.parent}",
+                                            f"output_dir={tmp_path / 'out'}", "spacing=0.5", "local_iterations=3"])  # fmt: skip
+    result = predict_cli(cfg)
+    assert result["done"] == 1 and not result["failed"]
+    table = read_landmark_table(tmp_path / "out" / "x.csv")
+    assert table.names == NAMES and table.coords["x"].shape == (2, d)
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        both = compose(
+            "predict", overrides=[f"model={tmp_path / 'model.pt'}", f"global_checkpoint={g}", "input=x"]
+        )
+    with pytest.raises(ValueError, match="either model=BUNDLE or global_checkpoint"):
+        predict_cli(both)
+
+
+def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "landmark_lit.bundle", "x": Payload()}, evil)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: cannot read model file safely"):
+        load_bundle(evil)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a landmark_lit model bundle"):
+        load_bundle(other)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "landmark_lit.bundle", "version": 99, "stages": []}, future)
+    with pytest.raises(CheckpointError, match="bundle version 99"):
+        load_bundle(future)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["net"].update(_target_="builtins.eval"), "unknown network 'builtins.eval'"),
+        (lambda m: m["net"].update(evil="x"), "network argument 'evil' is not one of"),
+        (lambda m: m["net"].update(stem_channels="4; rm -rf"), "must be integers or booleans"),
+        (lambda m: m.update(spacing=float("nan")), "'spacing' must be a positive float"),
+        (lambda m: m.update(landmark_names=["a"]), "1 landmark names for a network of 2"),
+        (lambda m: m.update(intensity="magic"), "intensity must be one of"),
+        (lambda m: m.update(decoder={"regression": "cubic"}), "invalid decoder"),
+        (lambda m: m.pop("spacing"), "lacks \\['spacing'\\]"),
+        (lambda m: m.update(stage="local"), "cannot be a local stage"),
+    ],
+)
+def test_model_descriptions_are_validated(change, message):
+    meta = _meta("global", 2, 1.0, 8)
+    change(meta)
+    with pytest.raises(CheckpointError, match=message):
+        validate_meta(meta, "model.pt")
+
+
+def test_bundle_refuses_stages_that_do_not_fit(tmp_path):
+    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    loc3 = _checkpoint(tmp_path / "l3.ckpt", _meta("local", 3, 1.0, 8))
+    with pytest.raises(CheckpointError, match="3D local model with a 2D global model"):
+        save_bundle(tmp_path / "model.pt", g, [loc3])
+    assert not (tmp_path / "model.pt").exists()
+
+
+# --- outputs ------------------------------------------------------------------------------------------
+
+
+def test_each_image_gets_csv_json_and_slicer_markups(checkpoints, tmp_path):
+    d, g, loc = checkpoints
+    predictor = LandmarkPredictor.from_checkpoints(g, loc)
+    src = tmp_path / "in"
+    src.mkdir()
+    if d == 2:
+        image = _png(src / "ceph.png")
+        result = predict_files(predictor, src, tmp_path / "out", spacing=0.25)
+    else:
+        affine = np.array([[0, 0, 1.5, -20], [-1.2, 0, 0, 30], [0, 1.3, 0, 5], [0, 0, 0, 1.0]])
+        image = _nifti(src / "ceph.nii.gz", affine=affine)
+        result = predict_files(predictor, src, tmp_path / "out")
+    out = tmp_path / "out"
+    world = result["table"].coords["ceph"]
+    case = json.loads((out / "ceph.json").read_text())["cases"]["ceph"]
+    np.testing.assert_allclose(case["world_mm"], world)
+    assert set(case) >= {"voxel", "confidence", "flagged", "spread_mm", "posterior", "image", "seconds"}
+    assert all(0.0 <= c <= 1.0 for c in case["confidence"])
+    header = (out / "ceph.csv").read_text().splitlines()[0].split(",")
+    assert header[-4:] == ["confidence", "flagged", "spread_mm", "posterior"]
+    markups = json.loads((out / "ceph.mrk.json").read_text())["markups"][0]
+    assert [p["label"] for p in markups["controlPoints"]] == NAMES
+    positions = np.array([p["position"] for p in markups["controlPoints"]])
+    voxel = np.array(case["voxel"])
+    if d == 2:
+        # Slicer shows a PNG with 1 mm pixels at LPS (column, row): the markups hold pixel indices
+        assert markups["coordinateSystem"] == "LPS"
+        np.testing.assert_allclose(positions, np.c_[voxel, np.zeros(2)], atol=1e-9)
+        np.testing.assert_allclose(world, 0.25 * voxel, atol=1e-9)  # CSV/JSON: mm at the given spacing
+    else:
+        assert markups["coordinateSystem"] == "RAS"
+        points = read_point_list(out / "ceph.mrk.json")
+        np.testing.assert_allclose(points.world(), world, atol=1e-9)
+        np.testing.assert_allclose(world, nib.affines.apply_affine(nib.load(image).affine, voxel), atol=1e-6)
+
+
+def test_manifest_input_uses_its_case_ids_and_split(tmp_path, checkpoints):
+    d, g, _ = checkpoints
+    if d == 3:
+        pytest.skip("one dimensionality is enough")
+    for n in range(3):
+        _png(tmp_path / f"img{n}.png", seed=n)
+    (tmp_path / "m.csv").write_text(
+        "case,image,split\np0,img0.png,test\np1,img1.png,train\np2,img2.png,test\n"
+    )
+    assert [c for c, _ in find_inputs(tmp_path / "m.csv", split="test")] == ["p0", "p2"]
+    result = predict_files(LandmarkPredictor.from_checkpoints(g), tmp_path / "m.csv", tmp_path / "o", spacing=1,
+                           split="test")  # fmt: skip
+    assert sorted(result["table"].coords) == ["p0", "p2"] and (tmp_path / "o" / "p2.mrk.json").is_file()
+
+
+def test_pictures_on_request(checkpoints, tmp_path):
+    d, g, loc = checkpoints
+    src = tmp_path / "in"
+    src.mkdir()
+    _png(src / "x.png") if d == 2 else _nifti(src / "x.nii.gz")
+    predictor = LandmarkPredictor.from_checkpoints(g, loc)
+    predict_files(predictor, src, tmp_path / "out", spacing=0.5 if d == 2 else None, pictures=True,
+                  vector_field="b")  # fmt: skip
+    pics = tmp_path / "out" / "pictures"
+    expected = [pics / "x.png"] if d == 2 else [pics / "x" / "a.png", pics / "x" / "b.png"]
+    for path in [*expected, pics / "x_votes_b.png"]:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    with pytest.raises(ValueError, match="unknown landmark 'c'"):
+        predict_files(predictor, src, tmp_path / "out2", vector_field="c")
+
+
+# --- confidence ---------------------------------------------------------------------------------------
+
+
+def test_vote_statistics_spread_and_posterior():
+    # 1D-free check in 2D: two cells of a 2 x 1 grid, stride 4 (centres 1.5 and 5.5 on axis 0)
+    disp = torch.zeros(1, 1, 2, 2, 1)
+    disp[0, 0, 0, :, 0] = torch.tensor([2.0, -2.0])  # both cells vote for 3.5 on axis 0
+    logits = torch.tensor([[[[0.0], [2.0]]]])
+    coords, spread, post = vote_statistics(LandmarkOutput(disp, logits), 4, regression="linear")
+    np.testing.assert_allclose(coords[0, 0].numpy(), [3.5, 1.5], atol=1e-6)
+    assert spread.item() == pytest.approx(0.0, abs=1e-6)
+    assert post.item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
+    disp[0, 0, 0, :, 0] = torch.tensor([0.0, 0.0])  # votes at 1.5 and 5.5, weights 0.5 / sigmoid(2)
+    coords, spread, _ = vote_statistics(LandmarkOutput(disp, logits), 4, regression="linear",
+                                        spacing=torch.tensor([0.5, 0.5]))  # fmt: skip
+    w = torch.sigmoid(torch.tensor([0.0, 2.0]))
+    w = (w / w.sum()).numpy()
+    mean = w @ np.array([1.5, 5.5])
+    expected = 0.5 * np.sqrt(w @ (np.array([1.5, 5.5]) - mean) ** 2)
+    assert spread.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_confidence_falls_with_spread_shift_and_low_posterior():
+    c = landmark_confidence(np.array([0.9, 0.9, 0.9, 0.3]), np.array([0.3, 3.0, 0.3, 0.3]),
+                            np.array([0.0, 0.0, 3.0, 0.0]), 0.5)  # fmt: skip
+    assert c[0] == pytest.approx(0.9 * np.exp(-0.3 / 1.5))
+    assert c[0] > c[1] and c[0] > c[2] and c[0] > c[3] and np.all((c >= 0) & (c <= 1))
+
+
+def test_flags_follow_the_threshold(checkpoints):
+    d, g, loc = checkpoints
+    image = np.random.default_rng(2).normal(size=(1, *[24] * d)).astype(np.float32)
+    affine = np.eye(d + 1)
+    low = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=0.0).predict_array(image, affine)
+    high = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=1.01).predict_array(image, affine)
+    assert not low["flagged"].any() and high["flagged"].all()
+
+
+# --- bad input ----------------------------------------------------------------------------------------
+
+
+def _bad_inputs(folder: Path, d: int) -> dict[str, str]:
+    """file name -> the reason its error must state."""
+    folder.mkdir()
+    bad = {}
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    bad["corrupt.png"] = "cannot read image"
+    (folder / "zero_bytes.nii.gz").write_bytes(b"")
+    bad["zero_bytes.nii.gz"] = "cannot read image"
+    Image.fromarray(np.full((40, 40), 7, np.uint8)).save(folder / "constant.png")
+    if d == 2:
+        bad["constant.png"] = "image is constant"
+        _png(folder / "tiny.png", shape=(3, 3))
+        bad["tiny.png"] = "smaller than one"
+        _nifti(folder / "volume.nii.gz")
+        bad["volume.nii.gz"] = "the model is 2D but the image is 3D"
+    else:
+        bad["constant.png"] = "the model is 3D but the image is 2D"
+        nib.save(nib.Nifti1Image(np.full((20, 20, 20), 3.0, np.float32), np.eye(4)), folder / "flat.nii.gz")
+        bad["flat.nii.gz"] = "image is constant"
+        _nifti(folder / "tiny.nii.gz", shape=(2, 3, 2))
+        bad["tiny.nii.gz"] = "smaller than one"
+        _nifti(folder / "four_d.nii.gz", shape=(20, 20, 20, 3))
+        bad["four_d.nii.gz"] = "expects 1 channel"
+        img = nib.Nifti1Image(np.random.default_rng(0).random((20, 20, 20)).astype(np.float32), None)
+        img.header["pixdim"][1] = np.nan  # no qform / sform: the affine comes from the voxel sizes
+        nib.save(img, folder / "nan_spacing.nii.gz")
+        bad["nan_spacing.nii.gz"] = "NaN"
+    return bad
+
+
+def test_bad_inputs_fail_one_by_one_with_the_reason(checkpoints, tmp_path):
+    d, g, loc = checkpoints
+    folder = tmp_path / "in"
+    bad = _bad_inputs(folder, d)
+    good = _png(folder / "good.png") if d == 2 else _nifti(folder / "good.nii.gz")
+    # an RGB image is a grey image to a one-channel model, not an error
+    if d == 2:
+        Image.fromarray(np.random.default_rng(5).integers(0, 255, (40, 44, 3), dtype=np.uint8)).save(
+            folder / "rgb.png"
+        )
+    result = predict_files(LandmarkPredictor.from_checkpoints(g, loc), folder, tmp_path / "out",
+                           spacing=0.5 if d == 2 else None)  # fmt: skip
+    assert sorted(Path(p).name for p in result["failed"]) == sorted(bad)
+    for path, reason in result["failed"].items():
+        name = Path(path).name
+        assert "\n" not in reason and reason.startswith(str(folder / name)), reason
+        assert bad[name] in reason, (name, reason)
+    done = {"good"} | ({"rgb"} if d == 2 else set())
+    assert set(result["table"].coords) == done
+    assert (tmp_path / "out" / f"{good.name.split('.')[0]}.mrk.json").is_file()
+    assert set(read_landmark_table(tmp_path / "out" / "predictions.csv").coords) == done
+
+
+def test_nan_spacing_option_is_an_error_per_file(checkpoints, tmp_path):
+    d, g, _ = checkpoints
+    if d == 3:
+        pytest.skip("the spacing option is for 2D bitmaps")
+    _png(tmp_path / "a.png")
+    result = predict_files(LandmarkPredictor.from_checkpoints(g), tmp_path / "a.png", tmp_path / "out",
+                           spacing=float("nan"))  # fmt: skip
+    assert result["done"] == 0 and "spacing must be positive numbers" in next(iter(result["failed"].values()))
+
+
+def test_cli_exit_status_says_some_failed(tmp_path):
+    torch.manual_seed(0)
+    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _png(folder / "good.png")
+    (folder / "bad.png").write_bytes(b"not a png")
+    cmd = [sys.executable, "-m", "landmark_lit.cli.predict", f"global_checkpoint={g}", f"input={folder}",
+           f"output_dir={tmp_path / 'out'}", "spacing=0.5"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "1 images done, 1 failed" in proc.stdout
+    assert f"{folder / 'bad.png'}: cannot read image" in proc.stdout + proc.stderr
+    proc = subprocess.run(
+        [*cmd[:-3], f"input={tmp_path / 'nothing_here'}"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 2 and "no image files found" in proc.stderr
+
+
+def test_outputs_are_written_atomically(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    predictor = LandmarkPredictor.from_checkpoints(g)
+    _png(tmp_path / "x.png")
+    out = tmp_path / "out"
+    predict_files(predictor, tmp_path / "x.png", out, spacing=0.5)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    import landmark_lit.data.io as io_module
+
+    def killed(*args, **kwargs):  # the process dies while the first new file is being put in place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(io_module.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        predict_files(predictor, tmp_path / "x.png", out, spacing=0.25)
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # every file is the old one, whole; no temporary file is left behind
