@@ -395,13 +395,16 @@ def _quiet_onnx_exporter() -> Iterator[None]:
 
     (``torchvision is not installed. Skipping torchvision::nms`` and the like, and a deprecation inside torch.)
     """
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    # the registration notes, and onnx_ir's per-initializer INFO lines ("Replaced initializer ...")
+    loggers = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter._registration", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             # torch's own pytree code, not ours: "`isinstance(treespec, LeafSpec)` is deprecated"
             warnings.filterwarnings("ignore", message=r".*treespec", category=FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 # conf/ sits at the top of the checkout (the package is installed editable by `make install`).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = str(PROJECT_ROOT / "conf")
-# landmark-predict's config sits in its own folder: there `model=PATH` names a model bundle, whereas in
-# conf/ `model` is the training config group of network shapes
+# landmark-predict's and landmark-export's configs sit in their own folder: there `model=PATH` names a
+# model bundle, whereas in conf/ `model` is the training config group of network shapes
 PREDICT_CONFIG_DIR = str(PROJECT_ROOT / "conf" / "predict")
 
 # ${project_root:} in configs: the checkout, whatever the working directory

@@ -1,0 +1,93 @@
+"""``landmark-export``: write a model bundle from training checkpoints, and TorchScript / ONNX networks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.inference import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
+    LandmarkPredictor,
+    Stage,
+    load_bundle,
+    save_bundle,
+)
+
+FORMATS = ("bundle", "torchscript", "onnx")
+
+
+def example_input(stage: Stage) -> torch.Tensor:
+    """A zero input of the stage's training crop size (any size works; this one is typical)."""
+    meta, c = stage.meta, stage.meta["net"]["in_channels"]
+    d = int(meta["spatial_dims"])
+    crop = meta.get("crop_size") or [64] * d
+    crop = [int(n) for n in (crop if isinstance(crop, list | tuple) else [crop] * d)]
+    if meta["stage"] == "local":
+        return torch.zeros(1, len(meta["landmark_names"]), c, *crop)
+    return torch.zeros(1, c, *crop)
+
+
+def export(cfg: DictConfig) -> dict[str, Path]:
+    """Plain function behind the CLI; returns format/stage -> written file."""
+    torch.set_num_threads(int(cfg.get("threads", 2)))
+    formats = list(OmegaConf.to_container(cfg.formats)) if OmegaConf.is_list(cfg.formats) else [cfg.formats]
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise ValueError(f"formats: unknown {unknown} (expected any of {list(FORMATS)})")
+    out, written = Path(cfg.output), {}
+    model, global_ckpt = cfg.get("model"), cfg.get("global_checkpoint")
+    if bool(model) == bool(global_ckpt):
+        raise ValueError(
+            "give either model=BUNDLE or global_checkpoint=CKPT (with optional local_checkpoint)"
+        )
+    if model:
+        if "bundle" in formats:
+            raise ValueError("model=BUNDLE is already a bundle: export its networks with formats=[onnx] etc.")
+        predictor = load_bundle(model)
+    else:
+        local = cfg.get("local_checkpoint")
+        local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else ([local] if local else [])
+        threshold = cfg.get("confidence_threshold")
+        threshold = DEFAULT_CONFIDENCE_THRESHOLD if threshold is None else float(threshold)
+        iterations = int(cfg.get("local_iterations") or 1)
+        predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold)
+        if "bundle" in formats:
+            save_bundle(out, global_ckpt, local, iterations, threshold)
+            written["bundle"] = out
+    stages = {"global": predictor.global_stage} | {
+        f"local{n}": s for n, s in enumerate(predictor.local_stages)
+    }
+    if "torchscript" in formats or "onnx" in formats:
+        from landmark_lit.export import export_onnx, export_torchscript
+
+        for name, stage in stages.items():
+            stem = out.with_suffix("").name
+            if "torchscript" in formats:
+                path = out.with_name(f"{stem}.{name}.ts")
+                export_torchscript(stage.net, path, example_input(stage), meta=stage.meta)
+                written[f"torchscript/{name}"] = path
+            if "onnx" in formats:
+                path = out.with_name(f"{stem}.{name}.onnx")
+                export_onnx(stage.net, path, example_input(stage), meta=stage.meta)
+                written[f"onnx/{name}"] = path
+    return written
+
+
+@hydra.main(version_base="1.3", config_path=PREDICT_CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    try:
+        written = export(cfg)
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    for key, path in written.items():
+        print(f"{key}: {path}")
+
+
+if __name__ == "__main__":
+    main()
