@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def run_case(args: argparse.Namespace) -> dict:
     working = [
         s.preprocessing(image, affine)[0].shape[1:] for s in [predictor.global_stage, *predictor.local_stages]
     ]
+    steps = breakdown(predictor, image_path, args.spacing, args.runs)
     return {
+        "steps_s": steps,
         "case": args.case,
         "model": str(args.model),
         "image": str(args.image),
@@ -78,6 +81,50 @@ def run_case(args: argparse.Namespace) -> dict:
         "min_s_without_reading": float(np.min(without_io)),
         "peak_memory_mb": peak_memory_mb(),
     }
+
+
+def breakdown(predictor, image_path: Path, spacing: float | None, runs: int) -> dict[str, float]:
+    """Median seconds of each step of one prediction: reading, and per stage preprocessing and network."""
+    import torch
+
+    from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
+    from landmark_lit.data.io import load_image
+    from landmark_lit.data.transforms import match_channels, voxel_to_world, world_to_voxel
+
+    times: dict[str, list[float]] = {}
+
+    def clock(key: str, fn, *fn_args):
+        t0 = time.perf_counter()
+        out = fn(*fn_args)
+        times.setdefault(key, []).append(time.perf_counter() - t0)
+        return out
+
+    g = predictor.global_stage
+    for _ in range(runs + 1):
+        image, affine = clock("read", load_image, image_path)
+        if spacing:
+            affine = np.diag([*[spacing] * (image.ndim - 1), 1.0])
+        with torch.inference_mode():
+            x0 = match_channels(torch.as_tensor(image), g.meta["net"]["in_channels"])
+            x, aff = clock("global preprocessing", g.preprocessing, x0, affine)
+            out = clock("global network", g.net, x[None])
+            world = voxel_to_world(g.decoder(out, g.net.stride)[0].double().numpy(), aff)
+            for n, loc in enumerate(predictor.local_stages):
+                xl, aff_l = clock(f"local {n} preprocessing", loc.preprocessing, x0, affine)
+                centres = torch.as_tensor(world_to_voxel(world, aff_l))
+                for _ in range(predictor.local_iterations):
+                    starts = local_crop_starts(centres.float(), loc.meta["crop_size"])
+                    crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
+                    clock(
+                        f"local {n} network (x{predictor.local_iterations})",
+                        lambda loc=loc, c=crops: loc.net(c[None]),
+                    )
+    # first run is warm-up; passes of one run are summed
+    result = {}
+    for key, values in times.items():
+        per_run = np.asarray(values).reshape(runs + 1, -1).sum(1)[1:]
+        result[key] = float(np.median(per_run))
+    return result
 
 
 def row(r: dict) -> str:
@@ -129,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for r in results:
         print(row(r))
+    print()
+    for r in results:
+        print(f"{r['case']}: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["steps_s"].items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
