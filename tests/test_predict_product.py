@@ -388,3 +388,34 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
         predict_files(predictor, tmp_path / "x.png", out, spacing=0.25)
     after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     assert after == before  # every file is the old one, whole; no temporary file is left behind
+
+
+def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
+    from landmark_lit.cli.export import export
+    from landmark_lit.export import load_exported
+    from landmark_lit.inference import Stage
+
+    torch.manual_seed(0)
+    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    loc = _checkpoint(tmp_path / "l.ckpt", _meta("local", 2, 1.0, 8))
+    overrides = [f"global_checkpoint={g}", f"local_checkpoint={loc}", "local_iterations=2",
+                 f"output={tmp_path / 'm.pt'}", "formats=[bundle,torchscript]"]  # fmt: skip
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        written = export(compose("export", overrides=overrides))
+    assert set(written) == {"bundle", "torchscript/global", "torchscript/local0"}
+    bundle = load_bundle(written["bundle"])
+    assert bundle.local_iterations == 2
+    nets = {k: load_exported(written[f"torchscript/{k}"]) for k in ("global", "local0")}
+    scripted = LandmarkPredictor(
+        Stage(nets["global"], nets["global"].meta, "g"), [Stage(nets["local0"], nets["local0"].meta, "l")], 2
+    )
+    image = np.random.default_rng(3).normal(size=(1, 30, 34)).astype(np.float32)
+    np.testing.assert_allclose(
+        scripted.predict_array(image, np.eye(3))["world"],
+        bundle.predict_array(image, np.eye(3))["world"],
+        atol=1e-4,
+    )
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        bad = compose("export", overrides=[f"global_checkpoint={g}", "formats=[pickle]"])
+    with pytest.raises(ValueError, match="unknown \\['pickle'\\]"):
+        export(bad)
