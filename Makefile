@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo lint clean bench-install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 install: $(VENV)/.installed
+
+# the landmarker package (Payer's SCN) for experiments/bench only, without its declared dependencies:
+# they would replace the CPU build of torch by a CUDA one; its model code needs only torch and MONAI
+bench-install: install
+	$(BIN)/pip install --quiet --no-deps landmarker==0.4.1
 
 test: install
 	$(BIN)/pytest -q

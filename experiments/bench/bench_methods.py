@@ -1,0 +1,194 @@
+"""Head to head on the same images and the same threads: this project's global-to-local pipeline, the
+heatmap baseline (``method=heatmap``) and the SpatialConfigurationNet (SCN) of the ``landmarker`` package.
+
+For every method, in its own process: inference time per image (median after warm-up; file reading
+included, and without it), peak memory, the floating-point operations of the networks in one prediction
+(``torch.utils.flop_counter``: convolutions and matrix products, 2 per multiply-add), and the fraction of
+this CPU's measured matrix-multiply rate the pipeline reaches (network FLOPs / time without reading /
+float32 GEMM rate on the same threads).
+
+    make bench-install   # landmarker without its dependencies (they would replace the CPU torch)
+    python experiments/bench/bench_methods.py --image CEPH.jpg --spacing 0.1 \
+        --method g2l=outputs/models/isbi2015.pt --method heatmap=outputs/models/isbi2015_heatmap.pt \
+        --method scn --json outputs/bench/methods_ceph.json
+
+``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap); ``--method scn``
+runs landmarker's SpatialConfigurationNet as its ISBI example configures it (2D: 512 x 512 input, 19
+outputs, default widths; 3D: OriginalSpatialConfigurationNet3d at ``--scn-size``^3), untrained (the time
+does not depend on the weights), with the image resampled to that input and the heatmaps decoded by
+argmax, as landmarker does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """Median float32 GEMM rate (GFLOP/s) of an n x n product on ``threads`` threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def _scn_pipeline(spatial_dims: int, num_landmarks: int, size: int):
+    """landmarker's SCN with its example settings; returns predict(image, affine) -> (K, D) voxels."""
+    import torch
+    import torch.nn.functional as F
+
+    try:
+        from landmarker.models import OriginalSpatialConfigurationNet3d, SpatialConfigurationNet
+    except ImportError as exc:  # pragma: no cover - bench only
+        raise SystemExit(f"landmarker is not installed ({exc}): run `make bench-install`") from None
+    if spatial_dims == 2:
+        net = SpatialConfigurationNet(spatial_dims=2, in_channels=1, out_channels=num_landmarks)
+    else:
+        net = OriginalSpatialConfigurationNet3d(in_channels=1, out_channels=num_landmarks)
+    net.eval()
+
+    def predict(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(image, dtype=torch.float32).mean(0, keepdim=True)[None]
+        shape = x.shape[2:]
+        x = F.interpolate(x, size=[size] * spatial_dims, mode="bilinear" if spatial_dims == 2 else "trilinear",
+                          align_corners=False, antialias=spatial_dims == 2)  # fmt: skip
+        x = (x - x.mean()) / x.std().clamp_min(1e-6)
+        with torch.inference_mode():
+            heat = net(x)[0]
+        flat = heat.flatten(1).argmax(1)
+        idx = torch.stack(torch.unravel_index(flat, heat.shape[1:]), 1).double().numpy()
+        scale = np.asarray(shape, dtype=np.float64) / size
+        return (idx + 0.5) * scale - 0.5
+
+    return predict, net
+
+
+def run_method(args: argparse.Namespace) -> dict:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.set_num_threads(args.threads)
+    from landmark_lit.data.io import load_image
+    from landmark_lit.inference import load_bundle, peak_memory_mb
+
+    name, _, model = args.run.partition("=")
+    image, affine = load_image(args.image)
+    if args.spacing:
+        affine = np.diag([*[args.spacing] * (image.ndim - 1), 1.0])
+    d = image.ndim - 1
+    if name == "scn":
+        predict, _ = _scn_pipeline(d, args.num_landmarks, args.scn_size if d == 3 else 512)
+        describe = f"landmarker SpatialConfigurationNet ({'512^2' if d == 2 else f'{args.scn_size}^3'} input)"
+    else:
+        predictor = load_bundle(model)
+
+        def predict(image, affine):
+            return predictor.predict_array(image, affine)["voxel"]
+
+        stages = [predictor.global_stage, *predictor.local_stages]
+        describe = " + ".join(
+            f"{s.meta.get('method', 'displacement')} {s.meta['stage']} {np.mean(s.meta['spacing']):g} mm"
+            for s in stages
+        ) + (f", local x{predictor.local_iterations}" if predictor.local_stages else "")
+
+    def read_and_predict():
+        img, aff = load_image(args.image)
+        if args.spacing:
+            aff = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
+        return predict(img, aff)
+
+    for _ in range(args.warmup):
+        read_and_predict()
+    with_io, without_io = [], []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        img, aff = load_image(args.image)
+        if args.spacing:
+            aff = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
+        t1 = time.perf_counter()
+        predict(img, aff)
+        t2 = time.perf_counter()
+        with_io.append(t2 - t0)
+        without_io.append(t2 - t1)
+    with FlopCounterMode(display=False) as counter:
+        predict(image, affine)
+    flops = float(counter.get_total_flops())
+    gemm = matmul_gflops(args.threads)
+    seconds = float(np.median(without_io))
+    return {
+        "method": name,
+        "description": describe,
+        "image": str(args.image),
+        "threads": args.threads,
+        "runs": args.runs,
+        "median_s": float(np.median(with_io)),
+        "median_s_without_reading": seconds,
+        "peak_memory_mb": peak_memory_mb(),
+        "gflop": flops / 1e9,
+        "gemm_gflops": gemm,
+        "fraction_of_gemm_rate": flops / seconds / (gemm * 1e9),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) of a 2D bitmap")
+    parser.add_argument("--method", action="append", default=[], help="NAME=BUNDLE, or scn")
+    parser.add_argument("--num-landmarks", type=int, default=19, help="SCN outputs")
+    parser.add_argument("--scn-size", type=int, default=128, help="SCN 3D input size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # one method, in this process
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.run:
+        print(json.dumps(run_method(args)))
+        return
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    results = []
+    for method in args.method:
+        cmd = [sys.executable, __file__, "--run", method, "--image", args.image, "--threads", str(args.threads),
+               "--runs", str(args.runs), "--warmup", str(args.warmup), "--num-landmarks", str(args.num_landmarks),
+               "--scn-size", str(args.scn_size)] + (["--spacing", str(args.spacing)] if args.spacing else [])  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"{method}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}"
+            )
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    base = results[0]["median_s"] if results else 1.0
+    print("| method | s per image | without reading | peak MB | GFLOP | % of GEMM rate | time vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(
+            f"| {r['method']}: {r['description']} | {r['median_s']:.3f} | {r['median_s_without_reading']:.3f} | "
+            f"{r['peak_memory_mb']:.0f} | {r['gflop']:.1f} | {100 * r['fraction_of_gemm_rate']:.0f} % | "
+            f"{r['median_s'] / base:.1f}x |"
+        )
+    if results:
+        print(f"\nfloat32 GEMM rate on {args.threads} threads: {results[0]['gemm_gflops']:.0f} GFLOP/s")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
