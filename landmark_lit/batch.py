@@ -235,6 +235,10 @@ def predict_files(
     """
     names = predictor.landmark_names
     field = _landmark_index(vector_field, names)
+    if field is not None and predictor.global_stage.method != "displacement":
+        raise ValueError(
+            f"vector_field: the global stage is a {predictor.global_stage.method} network, it has no votes"
+        )
     ref_table = read_landmark_table(references) if references else None
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
     items = [item for spec in specs for item in find_inputs(spec, root, split)]

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landmark_lit.data.io import atomic_path
-from landmark_lit.networks import LandmarkOutput
+from landmark_lit.networks import HeatmapUNet, LandmarkOutput
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +256,10 @@ def _export_info(net: nn.Module, example: Tensor, meta: dict | None) -> dict:
     if missing:
         raise ValueError(
             f"{type(net).__name__} is not a landmark network (no attribute {', '.join(missing)})"
+        )
+    if isinstance(net, HeatmapUNet):  # one output, padded to its own multiple: not handled here
+        raise ValueError(
+            f"{type(net).__name__}: TorchScript / ONNX export of heatmap networks is not supported"
         )
     d = int(net.spatial_dims)
     if not isinstance(example, Tensor) or not example.is_floating_point():

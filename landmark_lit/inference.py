@@ -40,14 +40,24 @@ from landmark_lit.data.transforms import (
     world_to_voxel,
 )
 from landmark_lit.decoding import REGRESSION_MODES, Decoder
-from landmark_lit.networks import GlobalNet, LocalNet, fold_batch_norm
+from landmark_lit.heatmaps import DECODER_MODES, REFINE_MODES, HeatmapDecoder
+from landmark_lit.networks import GlobalNet, HeatmapUNet, LocalNet, fold_batch_norm
+from landmark_lit.networks.heatmap_net import NORMS
 
 log = logging.getLogger(__name__)
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "landmark_lit.networks.GlobalNet": GlobalNet,
     "landmark_lit.networks.LocalNet": LocalNet,
+    "landmark_lit.networks.HeatmapUNet": HeatmapUNet,
 }
+# the networks each method's stages may use: method -> stage -> network
+METHOD_NETWORKS = {
+    "displacement": {"global": "landmark_lit.networks.GlobalNet", "local": "landmark_lit.networks.LocalNet"},
+    "heatmap": {"global": "landmark_lit.networks.HeatmapUNet"},
+}
+# network arguments that are strings, with their allowed values (all others are integers or booleans)
+STRING_NET_ARGUMENTS = {"landmark_lit.networks.HeatmapUNet": {"norm": NORMS}}
 BUNDLE_FORMAT = "landmark_lit.bundle"
 BUNDLE_VERSION = 1
 # a landmark whose confidence is below this is flagged as a likely failure: on the ISBI 2015 validation
@@ -87,7 +97,8 @@ def validate_meta(meta: Any, where: str) -> dict:
     Keys: ``stage`` ("global" / "local"), ``net`` (``_target_`` one of :data:`NETWORKS` and keyword
     arguments of its constructor with plain values), ``landmark_names`` (unique strings, as many as the
     network's landmarks), ``spatial_dims`` (2 or 3), ``spacing``, ``intensity``, ``decoder``, ``crop_size``
-    (local stage; optional for global), ``min_size`` (optional).
+    (local stage; optional for global), ``min_size`` (optional), ``method`` (optional: "displacement", the
+    default, or "heatmap", a global stage only, with a HeatmapUNet and a heatmap decoder).
     """
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: not a landmark_lit model (no 'landmark_lit' description)")
@@ -97,6 +108,11 @@ def validate_meta(meta: Any, where: str) -> dict:
         raise CheckpointError(f"{where}: model description lacks {missing}")
     if meta["stage"] not in ("global", "local"):
         raise CheckpointError(f"{where}: stage must be 'global' or 'local', got {meta['stage']!r}")
+    method = meta.get("method", "displacement")
+    if method not in METHOD_NETWORKS:
+        raise CheckpointError(f"{where}: method must be one of {list(METHOD_NETWORKS)}, got {method!r}")
+    if meta["stage"] not in METHOD_NETWORKS[method]:
+        raise CheckpointError(f"{where}: the {method} method has no {meta['stage']} stage")
     dims = meta["spatial_dims"]
     if dims not in (2, 3) or isinstance(dims, bool):
         raise CheckpointError(f"{where}: spatial_dims must be 2 or 3, got {dims!r}")
@@ -105,11 +121,18 @@ def validate_meta(meta: Any, where: str) -> dict:
         target = net.get("_target_") if isinstance(net, dict) else net
         raise CheckpointError(f"{where}: unknown network {target!r} (expected one of {list(NETWORKS)})")
     allowed = set(inspect.signature(NETWORKS[net["_target_"]].__init__).parameters) - {"self"}
+    strings = STRING_NET_ARGUMENTS.get(net["_target_"], {})
     for key, value in net.items():
         if key == "_target_":
             continue
         if key not in allowed:
             raise CheckpointError(f"{where}: network argument {key!r} is not one of {sorted(allowed)}")
+        if key in strings:
+            if value not in strings[key]:
+                raise CheckpointError(
+                    f"{where}: network argument {key!r} must be one of {list(strings[key])}, got {value!r}"
+                )
+            continue
         items = value if isinstance(value, list | tuple) else [value]
         if not all(isinstance(v, bool | int) for v in items):
             raise CheckpointError(
@@ -117,8 +140,10 @@ def validate_meta(meta: Any, where: str) -> dict:
             )
     if net.get("spatial_dims") != dims:
         raise CheckpointError(f"{where}: network is {net.get('spatial_dims')}D, description says {dims}D")
-    if (net["_target_"] == "landmark_lit.networks.GlobalNet") != (meta["stage"] == "global"):
-        raise CheckpointError(f"{where}: a {net['_target_']} cannot be a {meta['stage']} stage")
+    if net["_target_"] != METHOD_NETWORKS[method][meta["stage"]]:
+        raise CheckpointError(
+            f"{where}: a {net['_target_']} cannot be a {meta['stage']} stage of the {method} method"
+        )
     names = meta["landmark_names"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise CheckpointError(f"{where}: landmark_names must be a non-empty list of names")
@@ -136,7 +161,9 @@ def validate_meta(meta: Any, where: str) -> dict:
             f"{where}: intensity must be one of {INTENSITY_METHODS}, got {meta['intensity']!r}"
         )
     dec = meta["decoder"]
-    if (
+    if method == "heatmap":
+        _check_heatmap_decoder(dec, where)
+    elif (
         not isinstance(dec, dict)
         or set(dec) - {"regression", "classification", "log_base"}
         or dec.get("regression", "log") not in REGRESSION_MODES
@@ -146,6 +173,21 @@ def validate_meta(meta: Any, where: str) -> dict:
     ):
         raise CheckpointError(f"{where}: invalid decoder {dec!r}")
     return meta
+
+
+def _check_heatmap_decoder(dec: Any, where: str) -> None:
+    ok = (
+        isinstance(dec, dict)
+        and not set(dec) - {"mode", "beta", "window", "amplitude", "refine"}
+        and dec.get("mode", "argmax") in DECODER_MODES
+        and dec.get("refine", "parabola") in REFINE_MODES
+        and all(_number(dec.get(key, 1.0)) and dec.get(key, 1.0) > 0 for key in ("beta", "amplitude"))
+        and isinstance(dec.get("window", 3), int)
+        and not isinstance(dec.get("window", 3), bool)
+        and dec.get("window", 3) >= 1
+    )
+    if not ok:
+        raise CheckpointError(f"{where}: invalid heatmap decoder {dec!r}")
 
 
 @dataclass
@@ -166,7 +208,14 @@ class Stage:
         )
 
     @property
-    def decoder(self) -> Decoder:
+    def method(self) -> str:
+        """The stage's method: "displacement" (the proposed method) or "heatmap" (the baseline)."""
+        return self.meta.get("method", "displacement")
+
+    @property
+    def decoder(self) -> Decoder | HeatmapDecoder:
+        if self.method == "heatmap":
+            return HeatmapDecoder(**self.meta["decoder"])
         return Decoder(**self.meta["decoder"])
 
 

@@ -1,7 +1,9 @@
-"""``train(cfg)``: one stage (global or local) of the method, as a plain function of a Hydra config."""
+"""``train(cfg)``: one stage (global or local) of the method, or the heatmap baseline in place of the global
+stage (``method=heatmap``), as a plain function of a Hydra config."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,28 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.lit.modules import LandmarkModule
+from landmark_lit.lit.modules import HeatmapModule, LandmarkModule
 
 log = logging.getLogger(__name__)
 
-NETWORK_TARGETS = {"landmark_lit.networks.GlobalNet", "landmark_lit.networks.LocalNet"}
+DISPLACEMENT_TARGETS = {"landmark_lit.networks.GlobalNet", "landmark_lit.networks.LocalNet"}
+HEATMAP_TARGETS = {"landmark_lit.networks.HeatmapUNet"}
+NETWORK_TARGETS = DISPLACEMENT_TARGETS | HEATMAP_TARGETS
+
+
+def heatmap_decoder_meta(decoder_cfg: DictConfig) -> dict[str, Any]:
+    """The plain-data description of a configured :class:`~landmark_lit.heatmaps.HeatmapDecoder`."""
+    from landmark_lit.heatmaps import HeatmapDecoder
+
+    kwargs = {k: v for k, v in OmegaConf.to_container(decoder_cfg, resolve=True).items() if k != "_target_"}
+    dec = dataclasses.asdict(HeatmapDecoder(**kwargs))  # validates, fills the defaults
+    return {
+        "mode": str(dec["mode"]),
+        "beta": float(dec["beta"]),
+        "window": int(dec["window"]),
+        "amplitude": float(dec["amplitude"]),
+        "refine": str(dec["refine"]),
+    }
 
 
 def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any]:
@@ -26,8 +45,11 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
             f"stage.net._target_ must be one of {sorted(NETWORK_TARGETS)}, got {net_cfg.get('_target_')}"
         )
     net_cfg["num_landmarks"] = len(landmark_names)  # the data decides K (see train)
+    heatmap = net_cfg["_target_"] in HEATMAP_TARGETS
+    if heatmap and cfg.stage.name != "global":
+        raise ValueError(f"method=heatmap replaces the global stage; it has no {cfg.stage.name!r} stage")
     min_size = cfg.data.get("min_size")
-    return {
+    meta = {
         "format_version": 1,
         "net": net_cfg,
         "landmark_names": list(landmark_names),
@@ -48,6 +70,11 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
         "dataset": str(cfg.dataset.name),
         "ablation": str(cfg.ablation.name),
     }
+    if heatmap:  # displacement descriptions have no "method" key (and stay as they were)
+        meta["method"] = "heatmap"
+        meta["decoder"] = heatmap_decoder_meta(cfg.decoder)
+        del meta["ablation"]
+    return meta
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -72,6 +99,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module_cls = get_class(cfg.stage.module)
     if not issubclass(module_cls, LandmarkModule):
         raise ValueError(f"stage.module must name a LandmarkModule subclass, got {cfg.stage.module}")
+    if issubclass(module_cls, HeatmapModule) != (meta.get("method") == "heatmap"):
+        raise ValueError(
+            f"stage.module {cfg.stage.module} does not fit the network {cfg.stage.net._target_} "
+            "(method=heatmap sets both)"
+        )
     # objects are passed directly, not through instantiate(), which would turn dataclasses into configs
     module = module_cls(
         net=instantiate(cfg.stage.net, **net_overrides),
@@ -92,7 +124,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "training %s stage on %s (%s), output in %s",
         cfg.stage.name,
         cfg.dataset.name,
-        cfg.ablation.name,
+        cfg.get("method_name") or cfg.ablation.name,
         output_dir,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.evaluation.plots import plot_overlay, plot_sdr_curve, plot_vector_field
 from landmark_lit.lit.modules import LandmarkModule
+from landmark_lit.networks import LandmarkOutput
 from landmark_lit.targets import inverse_log_transform
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ class ValidationPictures(L.Callback):
     """After every validation: the SDR curve of all validation landmarks, an overlay of one landmark's
     prediction on the first validation image, and that landmark's vote field (the paper's Fig. 5 form:
     displacement vectors on the cell grid, cells with posterior > 0.5 marked; for 3D images the slice
-    of cells through the reference landmark).
+    of cells through the reference landmark; no vote field for heatmap networks).
 
     PNGs go to ``<dirpath>/step_<N>_{sdr,overlay,votes}.png``; with a :class:`WandbLogger` they are also
     logged as images ``val/sdr_curve``, ``val/overlay`` and ``val/votes``.
@@ -64,12 +65,17 @@ class ValidationPictures(L.Callback):
             k = min(self.landmark, world.shape[1] - 1)
             local = batch["image"].ndim == pl_module.net.spatial_dims + 3  # (B, K, C, *crop)
             image = batch["image"][0, k] if local else batch["image"][0]
-            disp = out.displacement[0, k].float()
-            if pl_module.decoder.regression == "log":
-                disp = inverse_log_transform(disp, pl_module.decoder.log_base)
-            logits = out.logits[0, k].float()
-            # without classification every cell's vote counts the same
-            posterior = torch.sigmoid(logits) if pl_module.decoder.classification else torch.ones_like(logits)
+            disp = posterior = None  # heatmap networks (a plain tensor output) have no vote field
+            if isinstance(out, LandmarkOutput):
+                disp = out.displacement[0, k].float()
+                if pl_module.decoder.regression == "log":
+                    disp = inverse_log_transform(disp, pl_module.decoder.log_base)
+                logits = out.logits[0, k].float()
+                # without classification every cell's vote counts the same
+                posterior = (
+                    torch.sigmoid(logits) if pl_module.decoder.classification else torch.ones_like(logits)
+                )
+                disp, posterior = disp.cpu().numpy(), posterior.cpu().numpy()
             self._first = {
                 "image": image.float().cpu().numpy(),
                 "affine": batch["affine"][0].double().cpu().numpy(),
@@ -77,8 +83,8 @@ class ValidationPictures(L.Callback):
                 "ref_world": ref[0, k].double().cpu().numpy(),
                 "pred_world": world[0, k].double().cpu().numpy(),
                 "voxel": batch["landmarks"][0, k].double().cpu().numpy(),
-                "disp": disp.cpu().numpy(),
-                "posterior": posterior.cpu().numpy(),
+                "disp": disp,
+                "posterior": posterior,
                 "stride": pl_module.net.stride,
                 "name": (pl_module.meta.get("landmark_names") or [str(k)] * (k + 1))[k],
                 "case": str(batch["case"][0]) if "case" in batch else "",
@@ -114,6 +120,8 @@ class ValidationPictures(L.Callback):
         err = float(np.linalg.norm(first["pred_world"] - first["ref_world"]))
         plot_overlay(first["image"], affine, first["ref_world"], first["pred_world"], paths["overlay"],
                      title=f"step {step}: {first['case']} {name}, error {err:.2f} mm")  # fmt: skip
+        if first["disp"] is None:  # no vote field (heatmap networks): SDR curve and overlay only
+            return paths
         image, disp, post = first["image"].mean(axis=0), first["disp"], first["posterior"]
         ref, stride = first["voxel"], first["stride"]
         pred = world_to_voxel(first["pred_world"][None], affine)[0]  # in the working image / sub-image

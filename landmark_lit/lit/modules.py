@@ -1,4 +1,4 @@
-"""Thin LightningModules for the global and the local stage.
+"""Thin LightningModules for the global and the local stage, and the heatmap-regression baseline.
 
 Network, loss, decoder and optimiser are injected (built by Hydra from ``conf/``). Validation decodes whole
 images (global) or sub-images (local), maps the landmarks to world millimetres and tracks radial errors
@@ -31,9 +31,12 @@ class LandmarkModule(L.LightningModule):
     """Shared training/validation logic; subclasses say how a batch becomes network input.
 
     Args:
-        net: a :class:`~landmark_lit.networks.GlobalNet` or :class:`~landmark_lit.networks.LocalNet`.
-        loss: the configured :class:`~landmark_lit.losses.LandmarkLoss`.
-        decoder: the configured :class:`~landmark_lit.decoding.Decoder`.
+        net: a :class:`~landmark_lit.networks.GlobalNet` or :class:`~landmark_lit.networks.LocalNet`
+            (:class:`HeatmapModule`: a :class:`~landmark_lit.networks.HeatmapUNet`).
+        loss: the configured :class:`~landmark_lit.losses.LandmarkLoss` (or
+            :class:`~landmark_lit.heatmaps.HeatmapLoss`).
+        decoder: the configured :class:`~landmark_lit.decoding.Decoder` (or
+            :class:`~landmark_lit.heatmaps.HeatmapDecoder`).
         optimizer: a partial optimiser taking the parameters.
         scheduler: optional partial LR scheduler taking the optimiser.
         meta: what prediction needs besides the weights (landmark names, spacing, crop size, net config);
@@ -129,3 +132,25 @@ class LocalStageModule(LandmarkModule):
     """Local stage: one sub-image per landmark (B, K, C, *crop) in, landmark k refined in sub-image k."""
 
     stage = "local"
+
+
+class HeatmapModule(LandmarkModule):
+    """Heatmap-regression baseline in place of the global stage (``method=heatmap``): crops (B, C, *crop)
+    in, K heatmaps at the input's resolution out (:class:`~landmark_lit.networks.HeatmapUNet`), trained with
+    :class:`~landmark_lit.heatmaps.HeatmapLoss` and decoded by :class:`~landmark_lit.heatmaps.HeatmapDecoder`.
+    Same data, training loop, logged names and metrics as :class:`GlobalStageModule`."""
+
+    stage = "global"
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        # the loss builds the Gaussian targets on the heatmaps' grid, which is the crop's (stride 1)
+        out = self.net(batch["image"])
+        return out, self.loss_fn(out, batch["landmarks"])
+
+    def predict_world(self, batch: dict, out: Tensor | None = None) -> Tensor:
+        out = self.net(batch["image"]) if out is None else out
+        voxels = self.decoder(out) + batch["origin"].to(torch.float32)
+        return voxels_to_world(voxels, batch["affine"])
