@@ -100,9 +100,9 @@ class HeatmapLoss(nn.Module):
 
     Args:
         sigma: Gaussian standard deviation in working voxels (one value or one per axis).
-        amplitude: peak height of the targets. Heatmaps are mostly background: with peak 1 a network
-            learns a flat zero output first and finds the peaks late; a large peak (100) puts most of the
-            error on the landmark's neighbourhood from the first step.
+        amplitude: peak height of the targets. Heatmaps are mostly background, and how fast the peaks are
+            learnt depends on this scale: on synthetic2d (model=small, 300 steps) peak 100 reached 1.2 mm
+            validation MRE, peak 1 35 mm (18.6 mm with foreground_weight 100), peak 1000 9.2 mm.
         foreground_weight: optional extra weight ``1 + foreground_weight * target / amplitude`` per voxel.
         truncated: targets are zero beyond ``truncated * sigma`` (MONAI's ``truncated``).
         subvoxel: exact sub-voxel Gaussian centres (see :func:`heatmap_targets`).
