@@ -105,6 +105,10 @@ def test_train_both_stages_then_predict_from_checkpoints(dataset, tmp_path):
         and len(meta["landmark_names"]) == 6
         and meta["decoder"]["regression"] == "log"
     )
+    # and the training time spent to reach it (TrainingClock): CPU seconds of the process, wall-clock, step
+    last = torch.load(results["global"]["last_checkpoint"], weights_only=True)
+    clock = last["training_clock"]
+    assert clock["step"] == last["global_step"] and 0 < clock["cpu_s"] and 0 < clock["wall_s"] < 600
 
     predictor = LandmarkPredictor.from_checkpoints(
         results["global"]["best_checkpoint"], results["local"]["best_checkpoint"]
@@ -140,6 +144,12 @@ def test_resume_from_last_checkpoint_continues_the_step_count(tmp_path):
     )
     second = train(cfg2)
     assert second["trainer"].global_step == 6
+    # the training clock continues from the checkpoint it resumed from
+    before = torch.load(first["last_checkpoint"], weights_only=True)["training_clock"]
+    last = torch.load(second["last_checkpoint"], weights_only=True)
+    after = last["training_clock"]
+    assert after["step"] == last["global_step"] > before["step"]
+    assert after["cpu_s"] > before["cpu_s"] and after["wall_s"] > before["wall_s"]
 
 
 def test_checkpoint_errors_name_the_file(tmp_path):

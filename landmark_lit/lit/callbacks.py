@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,41 @@ class ValidationPictures(L.Callback):
         plot_vector_field(image, disp, post, stride, paths["votes"], landmark=ref, prediction=pred,
                           title=f"step {step}: votes for {name}")  # fmt: skip
         return paths
+
+
+class TrainingClock(L.Callback):
+    """Training time spent so far, logged and stored in every checkpoint (``checkpoint["training_clock"]``).
+
+    ``wall_s``: seconds since training started; ``cpu_s``: CPU seconds of this process (all threads, user
+    + system), which counts only the time the process actually ran, so it measures a CPU budget even when
+    other jobs share the machine; ``step``: optimiser steps. Resuming from a checkpoint continues its clock.
+    Logged as ``time/wall_s`` and ``time/cpu_s`` with the training metrics.
+    """
+
+    def __init__(self) -> None:
+        self._start_wall = self._start_cpu = None
+        self._offset = {"wall_s": 0.0, "cpu_s": 0.0}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start_wall, self._start_cpu = time.perf_counter(), time.process_time()
+
+    def elapsed(self) -> dict[str, float]:
+        if self._start_wall is None:
+            return dict(self._offset)
+        return {
+            "wall_s": self._offset["wall_s"] + time.perf_counter() - self._start_wall,
+            "cpu_s": self._offset["cpu_s"] + time.process_time() - self._start_cpu,
+        }
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
+            pl_module.log_dict(
+                {f"time/{k}": v for k, v in self.elapsed().items()}, on_step=True, on_epoch=False
+            )
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        checkpoint["training_clock"] = {**self.elapsed(), "step": int(trainer.global_step)}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        clock = checkpoint.get("training_clock") or {}
+        self._offset = {k: float(clock.get(k, 0.0)) for k in ("wall_s", "cpu_s")}
