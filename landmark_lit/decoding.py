@@ -36,6 +36,19 @@ def vote_weights(logits: Tensor) -> Tensor:
     return torch.softmax(F.logsigmoid(logits.flatten(2).float()), dim=-1)
 
 
+def cell_votes(
+    output: LandmarkOutput, stride: int, regression: str = "log", log_base: float = 10.0
+) -> Tensor:
+    """Where every cell places every landmark: (B, K, D, N) input voxels (cell centres for "none")."""
+    disp = output[0]
+    b, k, d = disp.shape[:3]
+    centres = cell_centres(disp.shape[3:], stride, disp.device, torch.float32).flatten(1)  # (D, N)
+    if regression == "none":
+        return centres.expand(b, k, d, -1)
+    dv = disp.flatten(3).float()
+    return centres + (inverse_log_transform(dv, log_base) if regression == "log" else dv)
+
+
 def decode(
     output: LandmarkOutput,
     stride: int,
@@ -45,19 +58,9 @@ def decode(
 ) -> Tensor:
     """Landmark coordinates (B, K, D) in input voxels from a network output on the cell grid."""
     check_modes(regression, classification)
-    disp, logits = output
-    b, k, d = disp.shape[:3]
-    centres = cell_centres(disp.shape[3:], stride, disp.device, torch.float32).flatten(1)  # (D, N)
-    if regression == "none":
-        votes = centres.expand(b, k, d, -1)
-    else:
-        dv = disp.flatten(3).float()
-        if regression == "log":
-            dv = inverse_log_transform(dv, log_base)
-        votes = centres + dv  # (B, K, D, N)
+    votes = cell_votes(output, stride, regression, log_base)
     if classification:
-        w = vote_weights(logits)  # (B, K, N)
-        return (votes * w.unsqueeze(2)).sum(-1)
+        return (votes * vote_weights(output[1]).unsqueeze(2)).sum(-1)
     return votes.mean(-1)
 
 
@@ -101,14 +104,9 @@ def vote_statistics(
             sure it holds the landmark (1 everywhere for regression-only decoders, which have none).
     """
     check_modes(regression, classification)
-    disp, logits = output
-    b, k, d = disp.shape[:3]
-    centres = cell_centres(disp.shape[3:], stride, disp.device, torch.float32).flatten(1)
-    if regression == "none":
-        votes = centres.expand(b, k, d, -1)
-    else:
-        dv = disp.flatten(3).float()
-        votes = centres + (inverse_log_transform(dv, log_base) if regression == "log" else dv)
+    logits = output[1]
+    votes = cell_votes(output, stride, regression, log_base)
+    b, k, d = votes.shape[:3]
     if classification:
         w = vote_weights(logits)
         posterior = torch.sigmoid(logits.flatten(2).float()).amax(-1)

@@ -12,6 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from monai.transforms import GenerateHeatmap
+from test_integration import tiny_overrides as integration_overrides
 
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.heatmaps import HeatmapDecoder, HeatmapLoss, heatmap_targets
@@ -36,19 +37,8 @@ def compose_train(overrides: list[str]):
 
 
 def tiny_overrides(out: Path) -> list[str]:
-    """synthetic2d with tiny images, few cases, the small networks and a few CI steps (as test_integration)."""
-    return [
-        "dataset=synthetic2d",
-        "model=small",
-        "trainer=ci",
-        "dataset.train.num_cases=3",
-        "dataset.val.num_cases=2",
-        "dataset.test.num_cases=2",
-        *[f"dataset.{split}.size=40" for split in ("train", "val", "test")],
-        "stage.samples_per_epoch=8",
-        "stage.batch_size=2",
-        f"paths.output_dir={out}",
-    ]
+    """synthetic2d with tiny images, few cases, the small networks and a few CI steps."""
+    return integration_overrides("synthetic2d", out)
 
 
 def random_inside(b: int, k: int, shape: tuple[int, ...], margin: float = 4.0) -> torch.Tensor:

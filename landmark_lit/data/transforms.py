@@ -59,15 +59,12 @@ def resample_to_spacing(
 
     Returns the float32 tensor and its new affine.
     """
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
-    d = x.ndim - 1
-    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
-    current = spacing_of(affine)
-    if np.allclose(current, target, rtol=1e-6, atol=1e-9):
+    x, target, factor = _resampling(image, affine, spacing)
+    if np.allclose(factor, 1.0, rtol=1e-6, atol=1e-9):
         return x, np.asarray(affine, dtype=np.float64)
     if mode != "bilinear":
         return resample_to_spacing_monai(x, affine, spacing, mode, antialias)
-    factor = target / current
+    d = x.ndim - 1
     sigma = [float(max(0.0, (f - 1.0) / 2.0)) if antialias else 0.0 for f in factor]
     # shrink the most reduced axis first: the later products are smaller
     for axis in np.argsort(-factor, kind="stable"):
@@ -81,6 +78,15 @@ def resample_to_spacing(
     new_affine = np.asarray(affine, dtype=np.float64).copy()
     new_affine[:d, :d] = new_affine[:d, :d] * factor[None, :]
     return x.contiguous(), new_affine
+
+
+def _resampling(
+    image: np.ndarray | Tensor, affine: np.ndarray, spacing: float | Sequence[float]
+) -> tuple[Tensor, np.ndarray, np.ndarray]:
+    """The float32 tensor, the target spacing (D,) and the factor target / current spacing (D,)."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
+    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (x.ndim - 1,))
+    return x, target, target / spacing_of(affine)
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,10 +135,7 @@ def resample_to_spacing_monai(
     antialias: bool = True,
 ) -> tuple[Tensor, np.ndarray]:
     """:func:`resample_to_spacing` done with MONAI's ``GaussianSmooth`` and ``Spacing`` (any mode)."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
-    d = x.ndim - 1
-    target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
-    factor = target / spacing_of(affine)
+    x, target, factor = _resampling(image, affine, spacing)
     if antialias and np.any(factor > 1.0 + 1e-6):
         sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factor]
         x = GaussianSmooth(sigma=sigma)(x)
