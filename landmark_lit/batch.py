@@ -169,6 +169,7 @@ def draw_case_pictures(
     predictor: LandmarkPredictor,
 ) -> None:
     """Overlay pictures and the vote field of one landmark (see the module docstring)."""
+    from landmark_lit.data.transforms import world_to_voxel
     from landmark_lit.evaluation.plots import plot_landmarks, plot_vector_field
     from landmark_lit.targets import inverse_log_transform
 
@@ -193,8 +194,6 @@ def draw_case_pictures(
             disp = inverse_log_transform(disp, g.decoder.log_base)
         post = logits.sigmoid() if g.decoder.classification else logits.new_ones(logits.shape)
         image, stride = result["global_image"].mean(0).numpy(), g.net.stride
-        from landmark_lit.data.transforms import world_to_voxel
-
         pred = world_to_voxel(result["global_world"][k : k + 1], result["global_affine"])[0]
         disp, post = disp.numpy(), post.numpy()
         if image.ndim == 3:  # the slice of cells through the global estimate

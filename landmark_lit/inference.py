@@ -61,7 +61,8 @@ STRING_NET_ARGUMENTS = {"landmark_lit.networks.HeatmapUNet": {"norm": NORMS}}
 BUNDLE_FORMAT = "landmark_lit.bundle"
 BUNDLE_VERSION = 1
 # a landmark whose confidence is below this is flagged as a likely failure: on the ISBI 2015 validation
-# images, the highest threshold that flags every error above 4 mm (experiments/isbi2015/RESULTS.md)
+# images, the round value just above the highest confidence of an error above 4 mm (0.0089;
+# experiments/isbi2015/RESULTS.md)
 DEFAULT_CONFIDENCE_THRESHOLD = 0.01
 
 
@@ -326,12 +327,6 @@ def load_bundle(path: str | os.PathLike) -> LandmarkPredictor:
     if not _number(threshold):
         raise CheckpointError(f"{path}: confidence_threshold must be a number, got {threshold!r}")
     return LandmarkPredictor(built[0], built[1:], iterations, float(threshold))
-
-
-def is_bundle(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a model bundle (as opposed to a training checkpoint); reads it safely."""
-    data = _torch_load(str(path))
-    return isinstance(data, dict) and data.get("format") == BUNDLE_FORMAT
 
 
 class LandmarkPredictor:

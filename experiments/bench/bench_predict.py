@@ -35,6 +35,8 @@ def run_case(args: argparse.Namespace) -> dict:
     from landmark_lit.inference import load_bundle, peak_memory_mb
 
     predictor = load_bundle(args.model)
+    if args.local_iterations:
+        predictor.local_iterations = args.local_iterations
     image_path = Path(args.image)
     tmp = None
     if args.pad_to:
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--case", default="image")
     parser.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) of a 2D bitmap")
     parser.add_argument("--pad-to", type=int, default=None)
+    parser.add_argument("--local-iterations", type=int, default=None, help="override the bundle's passes")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)

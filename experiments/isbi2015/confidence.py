@@ -51,6 +51,17 @@ def auroc(score: np.ndarray, failed: np.ndarray) -> float:
     return float(binary_auroc(torch.as_tensor(score, dtype=torch.float64), torch.as_tensor(failed).long()))
 
 
+def read(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {
+        key: np.asarray(
+            [r[key] for r in rows] if key in ("case", "landmark") else [float(r[key]) for r in rows]
+        )
+        for key in rows[0]
+    }
+
+
 def write(path: Path, data: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -68,19 +79,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--failure-mm", type=float, default=4.0)
     parser.add_argument("--out", default="outputs/isbi2015_confidence")
+    parser.add_argument("--from-csv", action="store_true", help="reuse the landmarks_*.csv of --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    predictor = LandmarkPredictor.from_checkpoints(
-        args.global_checkpoint, args.local_checkpoint, args.iterations
-    )
     sets = {
-        "val": ISBI2015Cephalograms(args.data, split="train", subset="val", val_count=10, val_seed=0),
-        "test1": ISBI2015Cephalograms(args.data, split="test1", ground_truth="average"),
+        "val": lambda: ISBI2015Cephalograms(args.data, split="train", subset="val", val_count=10, val_seed=0),
+        "test1": lambda: ISBI2015Cephalograms(args.data, split="test1", ground_truth="average"),
     }
     data = {}
-    for name, source in sets.items():
-        data[name] = collect(predictor, source)
-        write(Path(args.out) / f"landmarks_{name}.csv", data[name])
+    if args.from_csv:
+        data = {name: read(Path(args.out) / f"landmarks_{name}.csv") for name in sets}
+    else:
+        predictor = LandmarkPredictor.from_checkpoints(
+            args.global_checkpoint, args.local_checkpoint, args.iterations
+        )
+        for name, source in sets.items():
+            data[name] = collect(predictor, source())
+            write(Path(args.out) / f"landmarks_{name}.csv", data[name])
     print(f"| signal | AUROC validation | AUROC Test1 | (failure: error > {args.failure_mm:g} mm) |")
     print("|---|---|---|---|")
     for key in SIGNALS:
@@ -91,6 +106,22 @@ def main(argv: list[str] | None = None) -> None:
                 f"{auroc(failure_score(data[name], key), failed):.3f} ({int(failed.sum())}/{failed.size})"
             )
         print(f"| {key} | {cells[0]} | {cells[1]} | |")
+    print()
+    # the combination's distance scale (landmark_confidence uses 3 x the working spacing, 0.9 mm here)
+    print("| scale of (spread + shift) | AUROC validation | AUROC Test1 |")
+    print("|---|---|---|")
+    for scale in (0.5, 0.9, 1.0, 2.0):
+        cells = []
+        for name in sets:
+            d, failed = data[name], data[name]["error_mm"] > args.failure_mm
+            score = d["posterior"] * np.exp(-(d["spread_mm"] + d["shift_mm"]) / scale)
+            cells.append(f"{auroc(-score, failed):.3f}")
+        print(f"| {scale:g} mm | {cells[0]} | {cells[1]} |")
+    val_failed = data["val"]["error_mm"] > args.failure_mm
+    if val_failed.any():
+        print(
+            f"\nhighest confidence of a validation failure: {data['val']['confidence'][val_failed].max():.4f}"
+        )
     print()
     print(
         "| set | threshold | flagged | failures flagged (sensitivity) | flagged that failed (precision) | MRE unflagged | MRE flagged |"
