@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     for method in methods:
         pts = [r for r in rows if r["method"] == method]
         ax.plot([r[axis] for r in pts], [r["test1_mre_mm"] for r in pts], "o-", label=method)
-    ax.set_xlabel("training CPU time (core-minutes, 2 cores)")
+    ax.set_xlabel("training CPU time (core-minutes)")
     ax.set_ylabel("Test1 mean radial error (mm)")
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
