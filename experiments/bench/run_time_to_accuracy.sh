@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Train the proposed method and the heatmap baseline on ISBI 2015 under the same CPU budget, with
-# periodic checkpoints, then evaluate every checkpoint on Test1 (time_to_accuracy.py).
+# periodic checkpoints, then evaluate every checkpoint on Test1 (time_to_accuracy.py), and the heatmap
+# U-Net followed by the local stages ("hybrid").
 #   bash experiments/bench/run_time_to_accuracy.sh [GLOBAL_STEPS] [LOCAL_STEPS] [HEATMAP_STEPS] [OUT]
 # The two methods train at the same time, each with one thread on its own core (taskset, where present),
 # so neither slows the other and each process's CPU time (TrainingClock, stored in every checkpoint) is
@@ -35,4 +36,5 @@ g2l >"$OUT/g2l.log" 2>&1 & G_PID=$!
 heatmap >"$OUT/heatmap.log" 2>&1 & H_PID=$!
 wait "$G_PID"; wait "$H_PID"
 "$BIN/python" experiments/bench/time_to_accuracy.py --run g2l:global="$OUT/g2l_global" \
-  --run g2l:local="$OUT/g2l_local" --run heatmap:global="$OUT/heatmap" --out "$OUT"
+  --run g2l:local="$OUT/g2l_local" --run heatmap:global="$OUT/heatmap" \
+  --run hybrid:global="$OUT/heatmap" --run hybrid:local="$OUT/g2l_local" --out "$OUT"

@@ -8,6 +8,10 @@ reach it:
   each local checkpoint (time = the whole global run + the local run so far);
 - heatmap: each checkpoint.
 
+A method may reuse another's global run (e.g. ``--run hybrid:global=outputs/tta/heatmap --run
+hybrid:local=outputs/tta/g2l_local``: the heatmap U-Net followed by the local stages); a checkpoint is
+predicted once however many methods list it.
+
 Time comes from the ``training_clock`` every checkpoint stores (the TrainingClock callback): the CPU
 time the training process used (core-minutes: what a CPU budget measures, unaffected by other jobs on the
 machine) and its wall-clock.
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         runs[key] = Path(folder)
     source = ISBI2015Cephalograms(args.data, split="test1", ground_truth="average", limit=args.limit)
     rows = []
+    cache: dict[tuple[str, str | None], tuple[float, float]] = {}  # (checkpoint, global) -> MRE, median
     methods = sorted({k.split(":")[0] for k in runs})
     for method in methods:
         g_points = checkpoints(runs[f"{method}:global"])
@@ -86,11 +91,14 @@ def main(argv: list[str] | None = None) -> None:
                 total = {k: g_clock[k] + c[k] for k in ("wall_s", "cpu_s")}
                 points.append(("local", step, path, total, g_final))
         for stage, step, path, c, global_path in points:
-            if stage == "global":
-                predictor = LandmarkPredictor.from_checkpoints(path)
-            else:
-                predictor = LandmarkPredictor.from_checkpoints(global_path, path, args.local_iterations)
-            mre, med = test1_mre(predictor, source)
+            key = (str(path), None if global_path is None else str(global_path))
+            if key not in cache:
+                if stage == "global":
+                    predictor = LandmarkPredictor.from_checkpoints(path)
+                else:
+                    predictor = LandmarkPredictor.from_checkpoints(global_path, path, args.local_iterations)
+                cache[key] = test1_mre(predictor, source)
+            mre, med = cache[key]
             rows.append({"method": method, "stage": stage, "step": step, "checkpoint": str(path),
                          "cpu_min": c["cpu_s"] / 60, "wall_min": c["wall_s"] / 60,
                          "test1_mre_mm": mre, "test1_median_mm": med})  # fmt: skip
