@@ -66,12 +66,20 @@ def test1_mre(predictor: LandmarkPredictor, source: ISBI2015Cephalograms) -> tup
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, help="METHOD:STAGE=RUN_DIR")
+    parser.add_argument("--run", action="append", default=[], help="METHOD:STAGE=RUN_DIR")
     parser.add_argument("--local-iterations", type=int, default=2)
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--limit", type=int, default=None, help="first N Test1 images only")
     parser.add_argument("--out", default="outputs/tta")
+    parser.add_argument(
+        "--replot", action="store_true", help="redraw OUT/time_to_accuracy.json, no prediction"
+    )
     args = parser.parse_args(argv)
+    out = Path(args.out)
+    if args.replot:
+        return report(json.loads((out / "time_to_accuracy.json").read_text()), out)
+    if not args.run:
+        parser.error("give --run METHOD:STAGE=RUN_DIR (or --replot)")
     torch.set_num_threads(2)
     runs = {}
     for spec in args.run:
@@ -103,18 +111,33 @@ def main(argv: list[str] | None = None) -> None:
                          "cpu_min": c["cpu_s"] / 60, "wall_min": c["wall_s"] / 60,
                          "test1_mre_mm": mre, "test1_median_mm": med})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "time_to_accuracy.json").write_text(json.dumps(rows, indent=1) + "\n")
+    report(rows, out)
+
+
+def report(rows: list[dict], out: Path) -> None:
+    """The plot (out/time_to_accuracy.png) and the Markdown table of ``rows``. A method that reuses another
+    method's global run is drawn from that run's last point on (dashed), not over it."""
+    from matplotlib.ticker import ScalarFormatter
+
     fig = _new_figure(6.5, 4.2)
     ax = fig.add_subplot()
-    axis = "cpu_min"
-    for method in methods:
+    drawn: set[str] = set()
+    for method in dict.fromkeys(r["method"] for r in rows):
         pts = [r for r in rows if r["method"] == method]
-        ax.plot([r[axis] for r in pts], [r["test1_mre_mm"] for r in pts], "o-", label=method)
+        shared = [r for r in pts if r["stage"] == "global" and r["checkpoint"] in drawn]
+        style = "o-"
+        if shared:  # global run already drawn: start at its final checkpoint
+            pts = [shared[-1]] + [r for r in pts if r["stage"] != "global"]
+            style = "o--"
+        drawn.update(r["checkpoint"] for r in pts)
+        ax.plot([r["cpu_min"] for r in pts], [r["test1_mre_mm"] for r in pts], style, label=method)
     ax.set_xlabel("training CPU time (core-minutes)")
     ax.set_ylabel("Test1 mean radial error (mm)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     _save(fig, out / "time_to_accuracy.png")
