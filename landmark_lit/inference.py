@@ -60,10 +60,14 @@ METHOD_NETWORKS = {
 STRING_NET_ARGUMENTS = {"landmark_lit.networks.HeatmapUNet": {"norm": NORMS}}
 BUNDLE_FORMAT = "landmark_lit.bundle"
 BUNDLE_VERSION = 1
-# a landmark whose confidence is below this is flagged as a likely failure: on the ISBI 2015 validation
-# images, the round value just above the highest confidence of an error above 4 mm (0.0089;
-# experiments/isbi2015/RESULTS.md)
+# a landmark whose confidence is below the threshold is flagged as a likely failure. The confidence's
+# posterior means different things per method (a classification probability; a heatmap peak over the
+# target's), so the default depends on the method of the last stage. Each is the round value just above
+# the highest confidence of an error above 4 mm on the ISBI 2015 validation images: global-to-local 0.0089
+# (7 failures of 190; experiments/isbi2015/RESULTS.md), heatmap U-Net 0.338 (2 failures of 190;
+# experiments/bench/RESULTS.md)
 DEFAULT_CONFIDENCE_THRESHOLD = 0.01
+HEATMAP_CONFIDENCE_THRESHOLD = 0.34
 
 
 class CheckpointError(ValueError):
@@ -263,24 +267,30 @@ def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> St
     return build_stage(meta, state, str(path), expected_stage)
 
 
+def default_confidence_threshold(stage: Stage) -> float:
+    """The flagging threshold for a pipeline whose last stage is ``stage``: it depends on the method."""
+    return HEATMAP_CONFIDENCE_THRESHOLD if stage.method == "heatmap" else DEFAULT_CONFIDENCE_THRESHOLD
+
+
 def save_bundle(
     path: str | os.PathLike,
     global_checkpoint: str | os.PathLike,
     local_checkpoints: Sequence[str | os.PathLike] = (),
     local_iterations: int = 1,
-    confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+    confidence_threshold: float | None = None,
 ) -> dict:
     """Write a model bundle: the stages of these checkpoints and what prediction needs, in one file.
 
     The checkpoints are validated (they must load and fit together) before anything is written; the file
-    is written atomically. Returns the bundle's summary (everything but the weights).
+    is written atomically. ``confidence_threshold`` None: the default of the last stage's method
+    (:func:`default_confidence_threshold`). Returns the bundle's summary (everything but the weights).
     """
     parts = [_checkpoint_parts(str(global_checkpoint))] + [
         _checkpoint_parts(str(p)) for p in local_checkpoints
     ]
     paths = [str(global_checkpoint), *map(str, local_checkpoints)]
     # building the predictor checks every description, the weights and that the stages fit together
-    LandmarkPredictor(
+    predictor = LandmarkPredictor(
         build_stage(*parts[0], paths[0], "global"),
         [build_stage(m, s, p, "local") for (m, s), p in zip(parts[1:], paths[1:], strict=True)],
         local_iterations,
@@ -293,7 +303,7 @@ def save_bundle(
         "landmark_names": list(parts[0][0]["landmark_names"]),
         "spatial_dims": int(parts[0][0]["spatial_dims"]),
         "local_iterations": int(local_iterations),
-        "confidence_threshold": float(confidence_threshold),
+        "confidence_threshold": predictor.confidence_threshold,
         "sources": [str(Path(p).resolve()) for p in paths],
     }
     stages = [{"meta": dict(meta), "state_dict": state} for meta, state in parts]
@@ -350,7 +360,7 @@ class LandmarkPredictor:
         global_stage: Stage,
         local_stages: Stage | Sequence[Stage] | None = None,
         local_iterations: int = 1,
-        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+        confidence_threshold: float | None = None,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
@@ -361,7 +371,12 @@ class LandmarkPredictor:
         self.global_stage, self.local_stages = global_stage, list(local_stages)
         # each local stage runs this many times, each time on a sub-image re-centred on its last answer
         self.local_iterations = int(local_iterations)
-        self.confidence_threshold = float(confidence_threshold)
+        last = self.local_stages[-1] if self.local_stages else global_stage
+        self.confidence_threshold = (
+            default_confidence_threshold(last)
+            if confidence_threshold is None
+            else float(confidence_threshold)
+        )
         g = global_stage.meta
         for loc in self.local_stages:
             if g["landmark_names"] != loc.meta["landmark_names"]:
@@ -387,7 +402,7 @@ class LandmarkPredictor:
         global_checkpoint: str | os.PathLike,
         local_checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         local_iterations: int = 1,
-        confidence_threshold: float = DEFAULT_CONFIDENCE_THRESHOLD,
+        confidence_threshold: float | None = None,
     ) -> LandmarkPredictor:
         """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
         g = load_stage(global_checkpoint, "global")

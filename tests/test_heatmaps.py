@@ -17,6 +17,7 @@ from test_integration import tiny_overrides as integration_overrides
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.heatmaps import HeatmapDecoder, HeatmapLoss, heatmap_targets
 from landmark_lit.inference import (
+    HEATMAP_CONFIDENCE_THRESHOLD,
     CheckpointError,
     LandmarkPredictor,
     Stage,
@@ -294,6 +295,8 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
     assert isinstance(load_stage(res["best_checkpoint"]).decoder, HeatmapDecoder)
 
     predictor = LandmarkPredictor.from_checkpoints(res["best_checkpoint"])
+    # a heatmap peak over the target's is not a classification probability: its own default threshold
+    assert predictor.confidence_threshold == HEATMAP_CONFIDENCE_THRESHOLD == 0.34
     case = instantiate(cfg.dataset.test)[0]
     pred = predictor.predict_array(case.image, case.affine)
     assert pred["world"].shape == case.landmarks_world.shape and np.isfinite(pred["world"]).all()
@@ -301,6 +304,7 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
 
     summary = save_bundle(tmp_path / "model.pt", res["best_checkpoint"])
     assert summary["landmark_names"] == meta["landmark_names"]
+    assert summary["confidence_threshold"] == HEATMAP_CONFIDENCE_THRESHOLD
     again = load_bundle(tmp_path / "model.pt").predict_array(case.image, case.affine)
     for key in ("world", "confidence", "spread_mm", "posterior"):
         np.testing.assert_allclose(again[key], pred[key], rtol=1e-6, atol=1e-6)

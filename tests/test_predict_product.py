@@ -22,6 +22,7 @@ from landmark_lit.cli.predict import predict as predict_cli
 from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
 from landmark_lit.decoding import vote_statistics
 from landmark_lit.inference import (
+    DEFAULT_CONFIDENCE_THRESHOLD,
     CheckpointError,
     LandmarkPredictor,
     landmark_confidence,
@@ -102,6 +103,10 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
     bundled = load_bundle(tmp_path / "model.pt")
     direct = LandmarkPredictor.from_checkpoints(g, loc, 2)
     assert bundled.local_iterations == 2 and bundled.confidence_threshold == 0.2
+    # without a threshold: the displacement method's default, in the bundle too
+    assert direct.confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD == 0.01
+    assert save_bundle(tmp_path / "default.pt", g, [loc])["confidence_threshold"] == 0.01
+    assert load_bundle(tmp_path / "default.pt").confidence_threshold == 0.01
     image = np.random.default_rng(1).normal(size=(1, *[24] * d)).astype(np.float32)
     affine = np.diag([1.2] * d + [1.0])
     a, b = bundled.predict_array(image, affine), direct.predict_array(image, affine)

@@ -6,6 +6,7 @@ from, and reports the area under the ROC curve of each signal for separating err
 rest (torchmetrics' binary AUROC), the threshold chosen on the validation images, and its effect on Test1.
 
     python experiments/isbi2015/confidence.py GLOBAL.ckpt LOCAL.ckpt [--iterations 2] [--out DIR]
+    python experiments/isbi2015/confidence.py HEATMAP.ckpt --out DIR   # a heatmap U-Net alone
 
 Writes DIR/landmarks_{val,test1}.csv (one row per landmark) and prints Markdown tables.
 """
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--failure-mm", type=float, default=4.0)
     parser.add_argument("--out", default="outputs/isbi2015_confidence")
     parser.add_argument("--from-csv", action="store_true", help="reuse the landmarks_*.csv of --out")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="flagging threshold (default: the pipeline's)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     sets = {
@@ -87,12 +91,14 @@ def main(argv: list[str] | None = None) -> None:
         "test1": lambda: ISBI2015Cephalograms(args.data, split="test1", ground_truth="average"),
     }
     data = {}
+    threshold = DEFAULT_CONFIDENCE_THRESHOLD if args.threshold is None else args.threshold
     if args.from_csv:
         data = {name: read(Path(args.out) / f"landmarks_{name}.csv") for name in sets}
     else:
         predictor = LandmarkPredictor.from_checkpoints(
-            args.global_checkpoint, args.local_checkpoint, args.iterations
+            args.global_checkpoint, args.local_checkpoint, args.iterations, args.threshold
         )
+        threshold = predictor.confidence_threshold
         for name, source in sets.items():
             data[name] = collect(predictor, source())
             write(Path(args.out) / f"landmarks_{name}.csv", data[name])
@@ -130,12 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     for name in sets:
         d = data[name]
         failed = d["error_mm"] > args.failure_mm
-        flagged = d["confidence"] < DEFAULT_CONFIDENCE_THRESHOLD
+        flagged = d["confidence"] < threshold
         sens = flagged[failed].mean() if failed.any() else float("nan")
         prec = failed[flagged].mean() if flagged.any() else float("nan")
         mre_f = d["error_mm"][flagged].mean() if flagged.any() else float("nan")
         print(
-            f"| {name} | {DEFAULT_CONFIDENCE_THRESHOLD:g} | {int(flagged.sum())}/{flagged.size} | "
+            f"| {name} | {threshold:g} | {int(flagged.sum())}/{flagged.size} | "
             f"{100 * sens:.1f} % | {100 * prec:.1f} % | {d['error_mm'][~flagged].mean():.2f} | {mre_f:.2f} |"
         )
 

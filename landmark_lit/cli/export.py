@@ -11,7 +11,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.inference import (
-    DEFAULT_CONFIDENCE_THRESHOLD,
     LandmarkPredictor,
     Stage,
     load_bundle,
@@ -53,7 +52,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         local = cfg.get("local_checkpoint")
         local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else ([local] if local else [])
         threshold = cfg.get("confidence_threshold")
-        threshold = DEFAULT_CONFIDENCE_THRESHOLD if threshold is None else float(threshold)
+        threshold = None if threshold is None else float(threshold)  # None: the method's default
         iterations = int(cfg.get("local_iterations") or 1)
         predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold)
         if "bundle" in formats:

@@ -10,7 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.batch import predict_files, summary_line
 from landmark_lit.cli import PREDICT_CONFIG_DIR
-from landmark_lit.inference import DEFAULT_CONFIDENCE_THRESHOLD, LandmarkPredictor, load_bundle
+from landmark_lit.inference import LandmarkPredictor, load_bundle
 
 
 def _plain(value):
@@ -39,7 +39,7 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
         global_ckpt,
         _plain(cfg.get("local_checkpoint")),
         int(iterations) if iterations is not None else 1,
-        float(threshold) if threshold is not None else DEFAULT_CONFIDENCE_THRESHOLD,
+        float(threshold) if threshold is not None else None,  # None: the method's default
     )
 
 
