@@ -371,9 +371,8 @@ class LandmarkPredictor:
         self.global_stage, self.local_stages = global_stage, list(local_stages)
         # each local stage runs this many times, each time on a sub-image re-centred on its last answer
         self.local_iterations = int(local_iterations)
-        last = self.local_stages[-1] if self.local_stages else global_stage
         self.confidence_threshold = (
-            default_confidence_threshold(last)
+            default_confidence_threshold(self.local_stage or global_stage)
             if confidence_threshold is None
             else float(confidence_threshold)
         )

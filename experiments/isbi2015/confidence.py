@@ -82,7 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/isbi2015_confidence")
     parser.add_argument("--from-csv", action="store_true", help="reuse the landmarks_*.csv of --out")
     parser.add_argument(
-        "--threshold", type=float, default=None, help="flagging threshold (default: the pipeline's)"
+        "--threshold",
+        type=float,
+        default=None,
+        help="flagging threshold (default: the pipeline's; with --from-csv, 0.01)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)

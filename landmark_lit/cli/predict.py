@@ -39,7 +39,7 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
         global_ckpt,
         _plain(cfg.get("local_checkpoint")),
         int(iterations) if iterations is not None else 1,
-        float(threshold) if threshold is not None else None,  # None: the method's default
+        None if threshold is None else float(threshold),  # None: the last stage's method's default
     )
 
 
