@@ -72,13 +72,20 @@ class _Exportable(nn.Module):
         super().__init__()
         self.net = net
         self.spatial_dims, self.stride = int(net.spatial_dims), int(net.stride)
+        # a feature-pyramid global network pads to its deepest stride, a multiple of its output stride
+        self.pad_multiple = int(getattr(net, "pad_multiple", net.stride))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pads: list[Any] = []
         for axis in range(x.ndim - 1, x.ndim - 1 - self.spatial_dims, -1):  # F.pad order: last axis first
-            pads += [0, (-x.shape[axis]) % self.stride]
+            pads += [0, (-x.shape[axis]) % self.pad_multiple]
         out = self.net(F.pad(x, pads))
-        return out[0], out[1]
+        if self.pad_multiple == self.stride:
+            return out[0], out[1]
+        # a feature-pyramid network's grid: ceil(size / stride) cells of the unpadded input
+        s, d = self.stride, self.spatial_dims
+        cells = [(x.shape[a] + s - 1) // s for a in range(x.ndim - d, x.ndim)]
+        return out[0][(..., *[slice(0, c) for c in cells])], out[1][(..., *[slice(0, c) for c in cells])]
 
 
 def export_torchscript(
@@ -93,7 +100,7 @@ def export_torchscript(
     :class:`ExportCheckError` if it differs from the network there.
     """
     info = _export_info(net, example, meta)
-    other = _other_example(example, info["stride"], info["spatial_dims"])
+    other = _other_example(example, int(getattr(net, "pad_multiple", net.stride)), info["spatial_dims"])
     with _eval_mode(net), torch.no_grad():
         wrapped = _Exportable(net).eval()
         example = example.to(_device_of(net))
@@ -162,7 +169,7 @@ def export_onnx(
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
         if verify:
-            _verify_onnx(net, tmp, path, _other_example(example, info["stride"], d))
+            _verify_onnx(net, tmp, path, _other_example(example, int(getattr(net, "pad_multiple", net.stride)), d))
     return Path(path)
 
 

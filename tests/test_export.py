@@ -39,6 +39,14 @@ CASES = {
         (1, 1, 16, 20, 12),
         [(2, 1, 21, 18, 23)],
     ),
+    # feature-pyramid head: output stride 4, inputs padded to the encoder's 16, output cropped to ceil(n / 4)
+    "pyramid2d": (
+        dict(_target_="landmark_lit.networks.GlobalNet", spatial_dims=2, in_channels=1, num_landmarks=2,
+             stem_channels=4, stage_channels=[4, 8, 8], stage_blocks=[1, 1, 1], pool_before=[True, True, True],
+             head_channels=4, pyramid_stride=4, pyramid_channels=4),
+        (1, 1, 48, 37),
+        [(2, 1, 61, 64), (1, 1, 5, 17)],
+    ),
     "local2d": (
         dict(_target_="landmark_lit.networks.LocalNet", spatial_dims=2, in_channels=1, num_landmarks=2,
              channels=[4, 4], head_channels=4),

@@ -162,3 +162,91 @@ def test_folding_batch_norm_keeps_outputs(d):
                 torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="eval"):
         fold_batch_norm(GlobalNet(d, 1, 3, 8, (8,), (1,), (True,), 16).train())
+
+
+def tiny_pyramid(d: int, pools, pyramid_stride: int, k: int = 3) -> GlobalNet:
+    return GlobalNet(d, 1, k, 4, (4, 6, 8, 8), (1, 1, 1, 1), pools, 8, pyramid_stride, 6)
+
+
+@pytest.mark.parametrize(
+    "d,size,pools,pyramid_stride,encoder_stride",
+    [
+        (2, (100, 70), (True, True, True, True), 4, 32),
+        (2, (243, 301), (True, True, True, True), 8, 32),
+        (2, (5, 9), (True, True, True, True), 2, 32),  # smaller than one encoder cell
+        (3, (37, 40, 33), (True, True, False, False), 4, 8),
+        (3, (17, 8, 31), (True, True, True, False), 2, 16),
+    ],
+)
+def test_pyramid_output_grid_is_ceil_of_size_over_its_stride(d, size, pools, pyramid_stride, encoder_stride):
+    net = tiny_pyramid(d, pools, pyramid_stride)
+    assert (net.stride, net.pad_multiple) == (pyramid_stride, encoder_stride)
+    out = net(torch.randn(2, 1, *size))
+    grid = tuple(math.ceil(n / pyramid_stride) for n in size)
+    assert out.displacement.shape == (2, 3, d, *grid)
+    assert out.logits.shape == (2, 3, *grid)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pyramid_cells_see_only_their_own_voxels_at_the_finest_level(d):
+    """Grid alignment: cell g of the stride-4 output covers input voxels [4g, 4g + 4). A change inside
+    one cell's voxels reaches that cell through the finest lateral path; a far-away cell is reached only
+    through the coarse levels, so with those switched off it stays exactly unchanged."""
+    torch.manual_seed(0)
+    pools = (True, True, True, True) if d == 2 else (True, True, True, False)
+    net = tiny_pyramid(d, pools, 4).eval()
+    with torch.no_grad():  # keep only the stride-4 lateral path: coarser levels contribute zeros
+        for lateral in net.pyramid["lateral"][1:]:
+            lateral[1].weight.zero_()
+            lateral[1].bias.zero_()
+    size = (80,) * d
+    x = torch.randn(1, 1, *size)
+    y = x.clone()
+    y[(0, 0, *[slice(40, 44)] * d)] += 5.0  # voxels 40..43 on every axis: cell 10
+    with torch.no_grad():
+        a, b = net(x).logits[0, 0], net(y).logits[0, 0]
+    changed = (a - b).abs() > 1e-6
+    assert changed[(10,) * d]
+    # the receptive field of the stem (7^D, stride 2), pool, first stage (two 3^D convs at stride 4) and
+    # smooth conv (3^D) spans 5 cells each way: cells further than that stay unchanged
+    far = torch.ones_like(changed)
+    far[(*[slice(5, 16)] * d,)] = False
+    assert not changed[far].any()
+
+
+def test_pyramid_stride_must_be_a_power_of_two_within_the_encoder():
+    pools = (True, True, False, False)
+    with pytest.raises(ValueError, match="pyramid_stride"):
+        tiny_pyramid(3, pools, 16)  # encoder stride 8
+    with pytest.raises(ValueError, match="pyramid_stride"):
+        tiny_pyramid(3, pools, 6)
+    assert tiny_pyramid(3, pools, 8).pyramid is None  # at the encoder stride: the paper's heads
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_pyramid_targets_round_trip_through_the_decoder_on_its_grid(d):
+    """Targets built for the network's output grid decode back to the landmarks (exact votes)."""
+    from landmark_lit.decoding import decode
+    from landmark_lit.networks import LandmarkOutput
+    from landmark_lit.targets import displacement_targets, log_transform, presence_targets
+
+    pools = (True, True, True, True) if d == 2 else (True, True, False, False)
+    net = tiny_pyramid(d, pools, 4, k=4)
+    size = (61, 45, 38)[:d]
+    grid = net(torch.zeros(1, 1, *size)).logits.shape[2:]
+    lm = (torch.rand(1, 4, d, generator=torch.Generator().manual_seed(d)) * (torch.tensor(size) - 1)).double()
+    disp = log_transform(displacement_targets(lm, grid, net.stride))
+    logits = presence_targets(lm, grid, net.stride, size, radius=1.5) * 80 - 40
+    got = decode(LandmarkOutput(disp, logits), net.stride, "log", True)
+    torch.testing.assert_close(got, lm.float(), atol=1e-3, rtol=0)
+    centres = decode(LandmarkOutput(disp, logits), net.stride, "none", True)  # C only: the cells' centres
+    assert ((centres - lm.float()).abs() <= 1.5 * net.stride + 1e-4).all()
+
+
+def test_pyramid_network_keeps_the_paper_networks_weights_names():
+    """Checkpoints of the paper's network load into it: the pyramid only adds modules."""
+    paper = GlobalNet(2, 1, 3, 4, (4, 6, 8, 8), (1, 1, 1, 1), (True,) * 4, 8)
+    pyramid = tiny_pyramid(2, (True,) * 4, 4)
+    extra = set(pyramid.state_dict()) - set(paper.state_dict())
+    assert set(paper.state_dict()) <= set(pyramid.state_dict()) | {k for k in paper.state_dict() if "head" in k}
+    assert extra and all(k.startswith(("pyramid.", "regression.", "classification.")) for k in extra)

@@ -191,3 +191,71 @@ def test_sparse_resampling_equals_monai_smoothing_and_spacing(shape, affine, spa
     assert fast.shape == ref.shape
     assert torch.allclose(fast, ref, atol=1e-5)
     np.testing.assert_allclose(fast_affine, ref_affine, atol=1e-9)
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_flipped_training_crops_carry_their_landmarks(d):
+    """With a flip on every draw, global crops and local sub-images hold the bright voxel at the
+    mirrored landmark, and the pair's sub-images trade places (landmark k's network sees landmark k)."""
+    from landmark_lit.data.augment import RandomFlip
+
+    size = (30, 26, 22)[:d]
+    a, b = (6, 19, 7)[:d], (21, 9, 12)[:d]
+    image = np.zeros((1, *size), dtype=np.float32)
+    image[(0, *a)], image[(0, *b)] = 1000.0, 500.0
+    affine = np.diag([*([0.5] * d), 1.0])
+    case = Case("c", image, affine, np.array([a, b], dtype=float) * 0.5)
+
+    class Two:
+        landmark_names, spatial_dims = ["left", "right"], d
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return case
+
+    cases = PreparedCases(Two(), Preprocessing(spacing=0.5, intensity="none"))
+    flip = RandomFlip(axes=(0,), pairs=((0, 1),), prob=1.0)
+    mirrored = {0: np.array([size[0] - 1 - b[0], *b[1:]]), 1: np.array([size[0] - 1 - a[0], *a[1:]])}
+    value = {0: 500.0, 1: 1000.0}  # landmark 0 now sits where landmark 1's (fainter) voxel was mirrored
+    for item in [GlobalTrainDataset(cases, (32,) * d, 4, flip=flip)[i] for i in range(4)]:
+        for k in (0, 1):
+            lm = item["landmarks"][k].numpy()
+            np.testing.assert_allclose(item["origin"][k].numpy() + lm, mirrored[k])
+            assert item["image"][(0, *np.round(lm).astype(int))] == value[k]
+            np.testing.assert_allclose(item["landmarks_world"][k].numpy(), mirrored[k] * 0.5)
+    for item in [LocalTrainDataset(cases, (8,) * d, 4, flip=flip)[i] for i in range(4)]:
+        for k in (0, 1):
+            lm = item["landmarks"][k].numpy()
+            np.testing.assert_allclose(item["origin"][k].numpy() + lm, mirrored[k])
+            assert item["image"][k][(0, *np.round(lm).astype(int))] == value[k]
+
+
+def test_local_offsets_follow_the_configured_normal_spread():
+    d, size = 2, (200, 200)
+    case = bright_voxel_case(size, (100, 90), np.diag([1.0, 1.0, 1.0]))
+
+    class One:
+        landmark_names, spatial_dims = ["p"], d
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return case
+
+    cases = PreparedCases(One(), Preprocessing(spacing=1.0, intensity="none"))
+    torch.manual_seed(0)
+    crop = (40, 40)
+    normal = LocalTrainDataset(cases, crop, 1, margin=1.0, offset_sd=3.0)
+    off = np.array([normal[0]["landmarks"][0].numpy() - 19.5 for _ in range(600)])
+    assert np.all(np.abs(off) <= 19.5 - 1.0 + 1e-6)  # always inside, margin kept
+    assert 2.6 < off.std() < 3.4 and abs(off.mean()) < 0.5  # rounding to whole voxels adds ~0.3
+    uniform = LocalTrainDataset(cases, crop, 1, margin=1.0)
+    off_u = np.array([uniform[0]["landmarks"][0].numpy() - 19.5 for _ in range(600)])
+    assert off_u.std() > 9.0  # the paper's draw: anywhere in the sub-image (sd of U(-18.5, 18.5) ~ 10.7)
+    # a spread far larger than the sub-image still keeps the landmark inside
+    wide = LocalTrainDataset(cases, crop, 1, margin=2.0, offset_sd=100.0)
+    lm = np.array([wide[0]["landmarks"][0].numpy() for _ in range(100)])
+    assert np.all((lm >= 2.0) & (lm <= 40 - 1 - 2.0))

@@ -93,6 +93,89 @@ class Augmentation:
         return image.contiguous(), landmarks
 
 
+@dataclass
+class RandomFlip:
+    """Mirror a whole working image along array axes, each with probability ``prob``; landmarks follow.
+
+    A flip of axis ``a`` maps voxel coordinate ``p_a`` to ``n_a - 1 - p_a``. A flip that mirrors left and
+    right anatomy must also swap the names of paired landmarks (SPEC section 3): ``pairs`` lists the
+    landmark index pairs ``[i, j]`` whose coordinates trade places when an odd number of the axes is
+    flipped. In a lateral projection (a cephalogram) every landmark lies on or is projected onto the
+    mid-sagittal plane, so ``pairs`` is empty and a flipped image is a patient facing the other way.
+
+    It runs on the whole working image before cropping (global and local training), so the sub-image of
+    a landmark is cut around the landmark's flipped position and a swapped pair keeps each network's
+    landmark.
+
+    Attributes:
+        axes: spatial array axes (0 = first spatial axis) that may be flipped.
+        pairs: landmark pairs swapped by a flip, as indices or as names (:meth:`for_landmarks` turns
+            names into indices).
+        prob: probability of flipping each axis.
+    """
+
+    axes: tuple[int, ...] = (0,)
+    pairs: tuple[tuple[int | str, int | str], ...] = ()
+    prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.axes = tuple(int(a) for a in self.axes)
+        self.pairs = tuple(tuple(pair) for pair in self.pairs)  # type: ignore[misc]
+        if any(len(pair) != 2 for pair in self.pairs):
+            raise ValueError(f"flip pairs must be pairs, got {[list(p) for p in self.pairs]}")
+        flat = [i for pair in self.pairs for i in pair]
+        if len(set(flat)) != len(flat):
+            raise ValueError(f"flip pairs must not share landmarks, got {list(self.pairs)}")
+        if not 0.0 <= self.prob <= 1.0:
+            raise ValueError(f"flip prob must be in [0, 1], got {self.prob}")
+
+    def for_landmarks(self, names: list[str]) -> RandomFlip:
+        """This flip with its pairs as indices into ``names`` (the landmarks of a run). A pair of which
+        only one landmark is in the run is refused: a mirror would give that landmark its partner's place."""
+        index = {n: i for i, n in enumerate(names)}
+        pairs = []
+        for pair in self.pairs:
+            present = [(p if isinstance(p, int) else index.get(p)) for p in pair]
+            named = [str(p) for p in pair]
+            if all(i is None for i in present):
+                continue
+            if any(i is None for i in present):
+                raise ValueError(
+                    f"flip pair {named}: only one of them is among the landmarks {names}; a left-right "
+                    "flip would put it at its partner's place (drop data.flip or select both)"
+                )
+            pairs.append((int(present[0]), int(present[1])))  # type: ignore[arg-type]
+        return RandomFlip(axes=self.axes, pairs=tuple(pairs), prob=self.prob)
+
+    def permutation(self, num_landmarks: int) -> list[int]:
+        """Landmark order after a left-right flip: row k of the flipped landmarks is row perm[k]."""
+        perm = list(range(num_landmarks))
+        for i, j in self.pairs:
+            if not isinstance(i, int) or not isinstance(j, int):
+                raise ValueError(f"flip pair {[i, j]} names landmarks: resolve it with for_landmarks(names)")
+            if max(i, j) >= num_landmarks:
+                raise ValueError(f"flip pair {[i, j]} out of range for {num_landmarks} landmarks")
+            perm[i], perm[j] = j, i
+        return perm
+
+    def __call__(self, image: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
+        """(C, *spatial) image and (K, D) voxel landmarks (NaN = missing) -> both, possibly mirrored."""
+        d = image.ndim - 1
+        bad = [a for a in self.axes if not 0 <= a < d]
+        if bad:
+            raise ValueError(f"flip axes {bad} out of range for a {d}D image")
+        flipped = [a for a in self.axes if self.prob > 0 and bool(torch.rand(()) < self.prob)]
+        if not flipped:
+            return image, landmarks
+        image = torch.flip(image, [a + 1 for a in flipped])
+        landmarks = landmarks.clone()
+        for a in flipped:
+            landmarks[:, a] = (image.shape[a + 1] - 1) - landmarks[:, a]
+        if len(flipped) % 2 == 1 and self.pairs:
+            landmarks = landmarks[self.permutation(landmarks.shape[0])]
+        return image.contiguous(), landmarks
+
+
 def _torch_seed() -> int:
     """A seed drawn from torch's generator, so MONAI's numpy-based randomness follows torch seeding
     (Lightning seeds every DataLoader worker differently)."""

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from landmark_lit.data.augment import Augmentation
+import numpy as np
+
+from landmark_lit.data.augment import Augmentation, RandomFlip
 from landmark_lit.data.cases import CaseSource
 from landmark_lit.data.datasets import (
     GlobalTrainDataset,
@@ -41,6 +43,10 @@ class LandmarkDataModule(L.LightningDataModule):
             voxels inside its sub-image.
         min_size: zero-pad working images at the far end of axes shorter than this (voxels; see
             :class:`~landmark_lit.data.transforms.Preprocessing`); None: no padding.
+        flip: random mirroring of whole training images (with the dataset's landmark pairs); None: none.
+        local_offset_sd_mm: local training sub-images are centred a normal offset of this many mm (per
+            axis; the previous stage's error on the training images) from the landmark; None: the
+            landmark anywhere in the sub-image (the paper).
     """
 
     def __init__(
@@ -61,6 +67,8 @@ class LandmarkDataModule(L.LightningDataModule):
         antialias: bool = True,
         augment: Augmentation | None = None,
         min_size: int | Sequence[int] | None = None,
+        flip: RandomFlip | None = None,
+        local_offset_sd_mm: float | Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -80,6 +88,14 @@ class LandmarkDataModule(L.LightningDataModule):
         if augment is not None and stage == "local" and augment.keep_inside is None:
             augment = dataclasses.replace(augment, keep_inside=local_margin)
         self.augment = augment
+        self.flip = flip.for_landmarks(self.landmark_names) if flip is not None else None
+        self.local_offset_sd: list[float] | None = None
+        if local_offset_sd_mm is not None:
+            sd = np.broadcast_to(np.asarray(local_offset_sd_mm, dtype=float), np.shape(spacing) or (1,))
+            sd = sd / np.asarray(spacing, dtype=float)
+            if not np.all(np.isfinite(sd)) or np.any(sd <= 0):
+                raise ValueError(f"local_offset_sd_mm must be positive, got {local_offset_sd_mm}")
+            self.local_offset_sd = [float(v) for v in np.ravel(sd)]
         self._prepared: dict[str, PreparedCases] = {}
 
     @property
@@ -110,10 +126,17 @@ class LandmarkDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         cases = self._cases("train")
         if self.stage == "global":
-            ds = GlobalTrainDataset(cases, self.crop_size, self.samples_per_epoch, self.augment)
+            ds = GlobalTrainDataset(cases, self.crop_size, self.samples_per_epoch, self.augment, self.flip)
         else:
+            sd = self.local_offset_sd
             ds = LocalTrainDataset(
-                cases, self.crop_size, self.samples_per_epoch, self.local_margin, self.augment
+                cases,
+                self.crop_size,
+                self.samples_per_epoch,
+                self.local_margin,
+                self.augment,
+                self.flip,
+                offset_sd=sd[0] if sd is not None and len(sd) == 1 else sd,
             )
         return self._loader(ds, shuffle=True, batch_size=self.batch_size)
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from landmark_lit.data.cases import Case, CaseSource
-from landmark_lit.data.transforms import Preprocessing, crop_or_pad, world_to_voxel
+from landmark_lit.data.transforms import Preprocessing, crop_or_pad, voxel_to_world, world_to_voxel
 
 
 class SelectLandmarks:
@@ -84,7 +84,9 @@ class GlobalTrainDataset(Dataset):
     """Random crops of ``crop_size`` anywhere in the working image (zero-padded where it is smaller).
 
     The epoch length is ``samples_per_epoch``; item i uses case ``i % num_cases``. An optional
-    ``augment(image, landmarks)`` (e.g. :class:`~landmark_lit.data.augment.Augmentation`) runs on each crop.
+    ``flip(image, landmarks)`` (:class:`~landmark_lit.data.augment.RandomFlip`) runs on the whole working
+    image before cropping, an optional ``augment(image, landmarks)`` (e.g.
+    :class:`~landmark_lit.data.augment.Augmentation`) on each crop.
     """
 
     def __init__(
@@ -93,15 +95,16 @@ class GlobalTrainDataset(Dataset):
         crop_size: Sequence[int],
         samples_per_epoch: int,
         augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        flip: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
     ) -> None:
         self.cases, self.crop_size, self.samples = cases, [int(c) for c in crop_size], samples_per_epoch
-        self.augment = augment
+        self.augment, self.flip = augment, flip
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, index: int) -> dict:
-        prep = self.cases[index % len(self.cases)]
+        prep = _flipped(self.cases[index % len(self.cases)], self.flip)
         shape = prep["image"].shape[1:]
         start = [
             int(torch.randint(min(0, n - c), max(0, n - c) + 1, ()))
@@ -113,6 +116,18 @@ class GlobalTrainDataset(Dataset):
         if self.augment is not None:
             image, landmarks = self.augment(image, landmarks)
         return _finalise(prep, image, landmarks, origin.expand(landmarks.shape[0], -1).clone())
+
+
+def _flipped(prep: dict, flip: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None) -> dict:
+    """A prepared case mirrored by ``flip``: image, voxel landmarks and their world positions under the
+    same affine (the cached original is untouched)."""
+    if flip is None:
+        return prep
+    image, voxels = flip(prep["image"], prep["voxels"])
+    if image is prep["image"]:
+        return prep
+    world = torch.as_tensor(voxel_to_world(voxels.double().numpy(), prep["affine"].numpy()))
+    return {**prep, "image": image, "voxels": voxels, "landmarks_world": world}
 
 
 class WholeImageDataset(Dataset):
@@ -147,8 +162,12 @@ def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -
 class LocalTrainDataset(Dataset):
     """For every landmark, a random sub-image that contains it at least ``margin`` voxels from its border.
 
+    Where the landmark sits in its sub-image: uniformly anywhere (``offset_sd=None``, the paper), or at the
+    sub-image's centre moved by a normal offset of ``offset_sd`` voxels per axis (the previous stage's
+    error, as measured on the training images), redrawn until it is ``margin`` voxels inside.
     Missing landmarks get a random sub-image and NaN coordinates (masked out of the loss). An optional
-    ``augment(image, landmarks)`` runs on each sub-image; it must keep the landmark inside (see
+    ``flip`` runs on the whole working image first; an optional ``augment(image, landmarks)`` runs on each
+    sub-image and must keep the landmark inside (see
     :attr:`~landmark_lit.data.augment.Augmentation.keep_inside`).
     """
 
@@ -159,22 +178,28 @@ class LocalTrainDataset(Dataset):
         samples_per_epoch: int,
         margin: float = 1.0,
         augment: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        flip: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
+        offset_sd: float | Sequence[float] | None = None,
     ) -> None:
         self.cases, self.crop_size, self.samples = cases, [int(c) for c in crop_size], samples_per_epoch
-        self.margin, self.augment = margin, augment
+        self.margin, self.augment, self.flip = margin, augment, flip
+        self.offset_sd = offset_sd
 
     def __len__(self) -> int:
         return self.samples
 
     def __getitem__(self, index: int) -> dict:
-        prep = self.cases[index % len(self.cases)]
+        prep = _flipped(self.cases[index % len(self.cases)], self.flip)
         vox = prep["voxels"]
         size = torch.tensor(self.crop_size, dtype=torch.float32)
         # start in [p - size + 1 + margin, p - margin] keeps p at least `margin` voxels inside the crop
         lo = torch.floor(vox - size + 1 + self.margin)
         hi = torch.ceil(vox - self.margin)
-        u = torch.rand(vox.shape)
-        starts = torch.floor(lo + u * (hi - lo + 1)).clamp(max=hi)
+        if self.offset_sd is None:
+            u = torch.rand(vox.shape)
+            starts = torch.floor(lo + u * (hi - lo + 1)).clamp(max=hi)
+        else:
+            starts = _normal_starts(vox, size, torch.as_tensor(self.offset_sd, dtype=torch.float32), lo, hi)
         missing = ~torch.isfinite(vox).all(-1)
         if missing.any():
             shape = torch.tensor(prep["image"].shape[1:], dtype=torch.float32)
@@ -188,6 +213,20 @@ class LocalTrainDataset(Dataset):
             image = torch.stack([p[0] for p in pairs])
             landmarks = torch.cat([p[1] for p in pairs])
         return _finalise(prep, image, landmarks, starts)
+
+
+def _normal_starts(vox: Tensor, size: Tensor, sd: Tensor, lo: Tensor, hi: Tensor, tries: int = 8) -> Tensor:
+    """Sub-image starts whose centre lies a normal offset (``sd`` voxels per axis) from the landmark,
+    redrawn where that puts the landmark outside ``[lo, hi]``; the last misses are clamped into it."""
+    centre_start = vox - (size - 1) / 2
+    starts = torch.full_like(vox, float("nan"))
+    for _ in range(tries):
+        draw = torch.round(centre_start + torch.randn(vox.shape) * sd)
+        ok = torch.isnan(starts) & (draw >= lo) & (draw <= hi)
+        starts = torch.where(ok, draw, starts)
+        if not torch.isnan(starts).any():
+            break
+    return torch.where(torch.isnan(starts), torch.round(centre_start).clamp(lo, hi), starts)
 
 
 class LocalEvalDataset(Dataset):

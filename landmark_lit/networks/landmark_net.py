@@ -1,19 +1,21 @@
 """Fully convolutional landmark networks: per output cell, a displacement to every landmark and a presence logit.
 
 Output grid (SPEC section 2): with output stride ``s``, cell ``g`` covers input voxels ``[g*s, (g+1)*s)``.
-The input is zero-padded at the far end of every axis to a multiple of ``s``, so an input of size ``n``
-gives ``ceil(n / s)`` cells and voxel coordinates are not shifted by the padding.
+The input is zero-padded at the far end of every axis to a multiple of the network's deepest stride
+(``pad_multiple``; ``s`` itself unless a feature pyramid brings the deepest features back up), so an input of
+size ``n`` gives ``ceil(n / s)`` cells and voxel coordinates are not shifted by the padding.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark_lit.networks.blocks import BasicBlock, ConvBNReLU, Head, avg_pool
+from landmark_lit.networks.blocks import BasicBlock, ConvBNReLU, Head, avg_pool, batch_norm, conv
 
 
 class LandmarkOutput(NamedTuple):
@@ -40,6 +42,11 @@ class _FCNBase(nn.Module):
     num_landmarks: int
     stride: int
 
+    @property
+    def pad_multiple(self) -> int:
+        """Inputs are zero-padded at the far end to a multiple of this (the deepest stride)."""
+        return self.stride
+
     def _split(self, reg: Tensor, cls: Tensor) -> LandmarkOutput:
         b, grid = reg.shape[0], reg.shape[2:]
         return LandmarkOutput(reg.view(b, self.num_landmarks, self.spatial_dims, *grid), cls)
@@ -53,10 +60,19 @@ class GlobalNet(_FCNBase):
     The paper's 3D network: blocks (3, 4, 6, 3), channels (32, 64, 128, 256), pools before stages 1 and 2
     (stride 8); the 2D cephalometric network also pools before stages 3 and 4 (stride 32).
 
+    With ``pyramid_stride`` set, a feature-pyramid head (Lin et al. 2017) brings the deepest features back
+    up to that stride before the heads: from the deepest level, a 1^D lateral conv to ``pyramid_channels``,
+    then per finer level a nearest up-sampling by 2 plus that level's own 1^D lateral conv of its last
+    feature map, and a 3^D conv after the last sum. The network stays patch-wise: every cell of the finer
+    grid regresses displacements and classifies presence, with the deep stages' receptive field.
+
     Args:
         spatial_dims: 2 or 3.
         in_channels: image channels.
         num_landmarks: K.
+        pyramid_stride: output stride of the feature-pyramid head (a power of 2 between 2 and the encoder's
+            stride); None: the paper's heads on the deepest features.
+        pyramid_channels: channels of the pyramid's levels.
     Input (B, C, *spatial) of any size; output :class:`LandmarkOutput` on the ``ceil(size / stride)`` grid.
     """
 
@@ -70,6 +86,8 @@ class GlobalNet(_FCNBase):
         stage_blocks: Sequence[int] = (3, 4, 6, 3),
         pool_before: Sequence[bool] = (True, True, False, False),
         head_channels: int = 256,
+        pyramid_stride: int | None = None,
+        pyramid_channels: int = 64,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -77,21 +95,75 @@ class GlobalNet(_FCNBase):
         if not len(stage_channels) == len(stage_blocks) == len(pool_before):
             raise ValueError("stage_channels, stage_blocks and pool_before must have the same length")
         self.spatial_dims, self.num_landmarks = spatial_dims, num_landmarks
-        self.stride = 2 * 2 ** sum(bool(p) for p in pool_before)
+        self.encoder_stride = 2 * 2 ** sum(bool(p) for p in pool_before)
+        if pyramid_stride is not None and (
+            pyramid_stride not in [2**i for i in range(1, 12)] or pyramid_stride > self.encoder_stride
+        ):
+            raise ValueError(
+                f"pyramid_stride must be a power of 2 from 2 to the encoder stride {self.encoder_stride}, "
+                f"got {pyramid_stride}"
+            )
+        self.stride = int(pyramid_stride) if pyramid_stride is not None else self.encoder_stride
         layers: list[nn.Module] = [ConvBNReLU(spatial_dims, in_channels, stem_channels, 7, stride=2)]
+        # the features at stride 2^(i+1) end after layers[level_ends[i]], with level_channels[i] channels
+        level_ends, level_channels = [], []
         cin = stem_channels
         for cout, n_blocks, pool in zip(stage_channels, stage_blocks, pool_before, strict=True):
             if pool:
+                level_ends.append(len(layers) - 1)
+                level_channels.append(cin)
                 layers.append(avg_pool(spatial_dims))
             for _ in range(n_blocks):
                 layers.append(BasicBlock(spatial_dims, cin, cout))
                 cin = cout
+        level_ends.append(len(layers) - 1)
+        level_channels.append(cin)
         self.features = nn.Sequential(*layers)
-        self.regression = Head(spatial_dims, cin, head_channels, spatial_dims * num_landmarks)
-        self.classification = Head(spatial_dims, cin, head_channels, num_landmarks)
+        head_in = cin
+        self.pyramid: nn.ModuleDict | None = None
+        self._taps: list[int] = []
+        if pyramid_stride is not None and self.stride < self.encoder_stride:
+            first = int(math.log2(self.stride)) - 1  # the finest level the pyramid reaches
+            self._taps = level_ends[first:]
+            self.pyramid = nn.ModuleDict(
+                {
+                    "lateral": nn.ModuleList(
+                        nn.Sequential(
+                            conv(spatial_dims, c, pyramid_channels, 1), batch_norm(spatial_dims, pyramid_channels)
+                        )
+                        for c in level_channels[first:]
+                    ),
+                    "smooth": ConvBNReLU(spatial_dims, pyramid_channels, pyramid_channels, 3),
+                }
+            )
+            head_in = pyramid_channels
+        self.regression = Head(spatial_dims, head_in, head_channels, spatial_dims * num_landmarks)
+        self.classification = Head(spatial_dims, head_in, head_channels, num_landmarks)
+
+    @property
+    def pad_multiple(self) -> int:
+        return self.encoder_stride
 
     def forward(self, x: Tensor) -> LandmarkOutput:
-        f = self.features(pad_to_multiple(x, self.stride))
+        x_pad = pad_to_multiple(x, self.encoder_stride)
+        if self.pyramid is None:
+            f = self.features(x_pad)
+            return self._split(self.regression(f), self.classification(f))
+        taps: list[Tensor] = []
+        f = x_pad
+        for i, layer in enumerate(self.features):
+            f = layer(f)
+            if i in self._taps:
+                taps.append(f)
+        lateral = self.pyramid["lateral"]
+        p = lateral[-1](taps[-1])
+        for j in range(len(taps) - 2, -1, -1):
+            q = lateral[j](taps[j])  # twice p's size: the input was padded to the deepest stride
+            p = F.interpolate(p, size=q.shape[2:], mode="nearest") + q
+        f = self.pyramid["smooth"](p)
+        # cells past ceil(size / stride) lie wholly in the padding: drop them
+        s = self.stride
+        f = f[(..., *[slice(0, (n + s - 1) // s) for n in x.shape[2:]])]
         return self._split(self.regression(f), self.classification(f))
 
 
