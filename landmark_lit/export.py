@@ -169,7 +169,9 @@ def export_onnx(
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
         if verify:
-            _verify_onnx(net, tmp, path, _other_example(example, int(getattr(net, "pad_multiple", net.stride)), d))
+            _verify_onnx(
+                net, tmp, path, _other_example(example, int(getattr(net, "pad_multiple", net.stride)), d)
+            )
     return Path(path)
 
 

@@ -248,5 +248,7 @@ def test_pyramid_network_keeps_the_paper_networks_weights_names():
     paper = GlobalNet(2, 1, 3, 4, (4, 6, 8, 8), (1, 1, 1, 1), (True,) * 4, 8)
     pyramid = tiny_pyramid(2, (True,) * 4, 4)
     extra = set(pyramid.state_dict()) - set(paper.state_dict())
-    assert set(paper.state_dict()) <= set(pyramid.state_dict()) | {k for k in paper.state_dict() if "head" in k}
+    assert set(paper.state_dict()) <= set(pyramid.state_dict()) | {
+        k for k in paper.state_dict() if "head" in k
+    }
     assert extra and all(k.startswith(("pyramid.", "regression.", "classification.")) for k in extra)

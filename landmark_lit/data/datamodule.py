@@ -6,9 +6,8 @@ import dataclasses
 from collections.abc import Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
-
 import numpy as np
+from torch.utils.data import DataLoader
 
 from landmark_lit.data.augment import Augmentation, RandomFlip
 from landmark_lit.data.cases import CaseSource

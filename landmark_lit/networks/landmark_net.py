@@ -129,7 +129,8 @@ class GlobalNet(_FCNBase):
                 {
                     "lateral": nn.ModuleList(
                         nn.Sequential(
-                            conv(spatial_dims, c, pyramid_channels, 1), batch_norm(spatial_dims, pyramid_channels)
+                            conv(spatial_dims, c, pyramid_channels, 1),
+                            batch_norm(spatial_dims, pyramid_channels),
                         )
                         for c in level_channels[first:]
                     ),
