@@ -77,3 +77,22 @@ def test_dataset_config_points_at_the_shared_data(tmp_path):
 def test_missing_data_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="ISBI 2015 data not found"):
         ISBI2015Cephalograms(tmp_path / "nowhere")
+
+
+def test_mirrored_images_carry_their_mirrored_references(tmp_path):
+    """A patient facing the other way: the mirrored PNG holds, at each mirrored reference, the grey value
+    the original holds at the reference; loading the PNG gives the mirrored array."""
+    from landmark_lit.data.io import load_image
+    from landmark_lit.data.isbi2015 import SPACING_MM, mirrored_table
+
+    src = ISBI2015Cephalograms(DATA, split="test1", limit=1, ground_truth="senior")
+    table = mirrored_table(src, tmp_path / "mirrored", "senior")
+    case = src[0]
+    mirrored, _ = load_image(table.images[case.case_id])
+    assert mirrored.shape[1:] == case.image.shape[1:]
+    np.testing.assert_allclose(mirrored[0], case.image[0, ::-1], atol=0.51)  # rounding to uint8
+    px = np.round(src.pixels(case.case_id, "senior")).astype(int)
+    mpx = np.round(table.coords[case.case_id] / SPACING_MM).astype(int)
+    assert np.array_equal(mpx[:, 1], px[:, 1]) and np.array_equal(mpx[:, 0], 1935 - 1 - px[:, 0])
+    for (x, y), (mx, my) in zip(px, mpx, strict=True):
+        assert mirrored[0, mx, my] == pytest.approx(case.image[0, x, y], abs=0.51)

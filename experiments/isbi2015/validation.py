@@ -2,9 +2,12 @@
 ISBI 2015 validation images (the 10 training images held out by the dataset config; average ground truth).
 
     python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
-        [--iterations 1 2] [--data ../shared/data/isbi2015-ceph]
+        [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train]
 
-Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline.
+Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline. ``--mirror`` runs on the
+images mirrored left-right (references with them: a patient facing the other way). ``--subset train``
+runs on the 140 training images instead and also prints the global stage's error per axis (SD, and the
+95th percentile of |error|), the spread a local stage meets (``data.local_offset_sd_mm``).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--val-count", type=int, default=10)
     parser.add_argument("--val-seed", type=int, default=0)
+    parser.add_argument("--mirror", action="store_true", help="mirror images and references left-right")
+    parser.add_argument("--subset", default="val", choices=["val", "train"])
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     source = ISBI2015Cephalograms(
-        args.data, split="train", subset="val", val_count=args.val_count, val_seed=args.val_seed
+        args.data, split="train", subset=args.subset, val_count=args.val_count, val_seed=args.val_seed
     )
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
     for spec in args.local:
@@ -53,15 +58,35 @@ def main(argv: list[str] | None = None) -> None:
             )
             pipelines[f"global -> {label}" + (f" (each {it} passes)" if it > 1 else "")] = predictor
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
+    global_offsets = []
     for i in range(len(source)):
         case = source[i]
+        image, reference = case.image, case.landmarks_world
+        if args.mirror:  # array axis 0 is x: pixel x -> (width - 1) - x, world = 0.1 mm x pixel
+            image = np.ascontiguousarray(image[:, ::-1])
+            reference = reference.copy()
+            reference[:, 0] = (image.shape[1] - 1) * case.affine[0, 0] - reference[:, 0]
         for name, predictor in pipelines.items():
-            world = predictor.predict_array(case.image, case.affine)["world"]
-            errors[name].append(np.linalg.norm(world - case.landmarks_world, axis=1))
-    print(f"{len(source)} validation images ({', '.join(source.ids)}), average ground truth, errors in mm\n")
+            world = predictor.predict_array(image, case.affine)["world"]
+            errors[name].append(np.linalg.norm(world - reference, axis=1))
+            if name == "global only":
+                global_offsets.append(world - reference)
+    subset = "validation" if args.subset == "val" else "training"
+    mirrored = ", mirrored left-right" if args.mirror else ""
+    print(
+        f"{len(source)} {subset} images{mirrored} ({', '.join(source.ids)}), average ground truth, errors in mm\n"
+    )
     print("| Pipeline | MRE ± SD | Median (IQR) | SDR 2 mm | SDR 4 mm |\n|:--|--:|--:|--:|--:|")
     for name, errs in errors.items():
         print(row(name, np.concatenate(errs)))
+    if args.subset == "train":
+        off = np.concatenate(global_offsets)
+        sd = off.std(axis=0)
+        p95 = np.percentile(np.abs(off), 95, axis=0)
+        print(
+            f"\nglobal stage error per axis (x, y): mean {np.round(off.mean(0), 2).tolist()} mm, "
+            f"SD {np.round(sd, 2).tolist()} mm, 95th percentile of |error| {np.round(p95, 2).tolist()} mm"
+        )
 
 
 if __name__ == "__main__":

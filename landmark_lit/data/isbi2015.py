@@ -146,9 +146,38 @@ def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = Non
     )
 
 
+def mirrored_table(source: ISBI2015Cephalograms, folder: str | os.PathLike, ground_truth: str | None = None):
+    """Write every image of ``source`` mirrored left-right as ``folder/<id>.png`` (lossless, the decoded
+    JPEG's grey values) and return the references mirrored with them: pixel x -> (width - 1) - x. A
+    patient facing the other way; the 19 landmarks keep their names (all on the mid-sagittal plane)."""
+    from PIL import Image
+
+    from landmark_lit.data.landmark_files import LandmarkTable
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    coords, images = {}, {}
+    for i in source.ids:
+        with Image.open(source.image_path(i)) as im:
+            # the loader's grey: the mean of the colour channels (equal ones: the channel itself)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.float32)
+            grey = Image.fromarray(np.round(rgb.mean(-1)).astype(np.uint8))
+            width = grey.width
+            path = out / f"{i}.png"
+            tmp = path.with_suffix(".tmp.png")
+            grey.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp)
+            os.replace(tmp, path)
+        px = source.pixels(i, ground_truth)
+        px[:, 0] = (width - 1) - px[:, 0]
+        coords[i], images[i] = px * SPACING_MM, str(path)
+    return LandmarkTable(names=list(source.landmark_names), coords=coords, images=images)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``python -m landmark_lit.data.isbi2015 DATA_DIR OUT.csv [--split test1] [--ground-truth average]``:
-    write a split's reference landmarks (world mm) as a landmark table for ``landmark-evaluate``."""
+    """``python -m landmark_lit.data.isbi2015 DATA_DIR OUT.csv [--split test1] [--ground-truth average]
+    [--mirror-images DIR]``: write a split's reference landmarks (world mm) as a landmark table for
+    ``landmark-evaluate``; with ``--mirror-images``, the images mirrored left-right as PNGs in DIR (and
+    ``DIR/list.txt``) and the references mirrored with them."""
     import argparse
 
     from landmark_lit.data.landmark_files import write_landmark_table
@@ -158,8 +187,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("output")
     parser.add_argument("--split", default="test1")
     parser.add_argument("--ground-truth", default="average", choices=GROUND_TRUTHS)
+    parser.add_argument("--mirror-images", default=None, metavar="DIR")
     args = parser.parse_args(argv)
     source = ISBI2015Cephalograms(args.data_dir, split=args.split, ground_truth=args.ground_truth)
+    if args.mirror_images:
+        table = mirrored_table(source, args.mirror_images, args.ground_truth)
+        listing = Path(args.mirror_images) / "list.txt"
+        listing.write_text("".join(f"{table.images[i]}\n" for i in source.ids))
+        write_landmark_table(args.output, table)
+        print(f"{len(source)} cases mirrored -> {args.mirror_images}, {args.ground_truth} ground truth -> {args.output}")
+        return
     write_landmark_table(args.output, reference_table(source))
     print(f"{len(source)} cases, {args.ground_truth} ground truth -> {args.output}")
 
