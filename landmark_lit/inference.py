@@ -170,11 +170,15 @@ def validate_meta(meta: Any, where: str) -> dict:
         _check_heatmap_decoder(dec, where)
     elif (
         not isinstance(dec, dict)
-        or set(dec) - {"regression", "classification", "log_base"}
+        or set(dec) - {"regression", "classification", "log_base", "top_k"}
         or dec.get("regression", "log") not in REGRESSION_MODES
         or not isinstance(dec.get("classification", True), bool)
         or not _number(dec.get("log_base", 10.0))
         or (dec.get("regression", "log") == "none" and not dec.get("classification", True))
+        or not (
+            dec.get("top_k") is None
+            or (type(dec["top_k"]) is int and dec["top_k"] >= 1 and dec.get("classification", True))
+        )
     ):
         raise CheckpointError(f"{where}: invalid decoder {dec!r}")
     return meta

@@ -70,6 +70,9 @@ def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any
         "dataset": str(cfg.dataset.name),
         "ablation": str(cfg.ablation.name),
     }
+    top_k = OmegaConf.select(cfg, "decoder.top_k", default=None)
+    if top_k is not None and not heatmap:  # written only when set: older descriptions stay as they were
+        meta["decoder"]["top_k"] = int(top_k)
     if heatmap:  # displacement descriptions have no "method" key (and stay as they were)
         meta["method"] = "heatmap"
         meta["decoder"] = heatmap_decoder_meta(cfg.decoder)

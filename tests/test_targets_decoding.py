@@ -126,3 +126,33 @@ def test_decoder_rejects_unknown_modes():
         Decoder(regression="squared")
     with pytest.raises(ValueError, match="needs regression, classification or both"):
         Decoder(regression="none", classification=False)
+
+
+def test_top_k_decoding_averages_only_the_most_confident_cells():
+    # 100 cells: one sure cell voting for 10, 99 unsure cells (posterior 0.02 each) voting for 50
+    disp = torch.zeros(1, 1, 2, 100, 1)
+    centres = cell_centres((100, 1), 1)[0, :, 0]  # cell centres along axis 0: 0 .. 99
+    disp[0, 0, 0, :, 0] = 50.0 - centres
+    disp[0, 0, 0, 7, 0] = 10.0 - centres[7]
+    logits = torch.full((1, 1, 100, 1), math.log(0.02 / 0.98))
+    logits[0, 0, 7, 0] = math.log(0.9 / 0.1)
+    out = LandmarkOutput(disp, logits)
+    plain = decode(out, 1, "linear", True)[0, 0, 0]
+    torch.testing.assert_close(plain, torch.tensor((0.9 * 10 + 99 * 0.02 * 50) / (0.9 + 99 * 0.02)))
+    assert plain > 30  # the many unsure cells outweigh the sure one
+    torch.testing.assert_close(decode(out, 1, "linear", True, top_k=1)[0, 0, 0], torch.tensor(10.0))
+    two = Decoder("linear", True, top_k=2)(out, 1)[0, 0, 0]  # the sure cell and one tied unsure cell
+    torch.testing.assert_close(two, torch.tensor((0.9 * 10 + 0.02 * 50) / 0.92), rtol=1e-4, atol=1e-4)
+    # k at least the number of cells: the plain average
+    torch.testing.assert_close(decode(out, 1, "linear", True, top_k=500)[0, 0, 0], plain)
+    coords, spread, post = Decoder("linear", True, top_k=1).statistics(out, 1)
+    assert coords[0, 0, 0] == pytest.approx(10.0) and spread[0, 0] == pytest.approx(0.0, abs=1e-4)
+    assert post[0, 0] == pytest.approx(0.9, abs=1e-5)
+
+
+def test_top_k_needs_classification_and_a_positive_count():
+    with pytest.raises(ValueError, match="needs classification"):
+        Decoder("log", False, top_k=4)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="top_k"):
+            Decoder("log", True, top_k=bad)

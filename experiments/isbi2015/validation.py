@@ -42,12 +42,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-seed", type=int, default=0)
     parser.add_argument("--mirror", action="store_true", help="mirror images and references left-right")
     parser.add_argument("--subset", default="val", choices=["val", "train"])
+    parser.add_argument(
+        "--top-k", type=int, nargs="*", default=[], help="also decode the global stage from its top k cells"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     source = ISBI2015Cephalograms(
         args.data, split="train", subset=args.subset, val_count=args.val_count, val_seed=args.val_seed
     )
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
+    for k in args.top_k:
+        predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint)
+        predictor.global_stage.meta["decoder"]["top_k"] = k
+        pipelines[f"global only, top {k} cells"] = predictor
     for spec in args.local:
         paths = spec.split(",")
         for it in args.iterations:

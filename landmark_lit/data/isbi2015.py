@@ -195,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         listing = Path(args.mirror_images) / "list.txt"
         listing.write_text("".join(f"{table.images[i]}\n" for i in source.ids))
         write_landmark_table(args.output, table)
-        print(f"{len(source)} cases mirrored -> {args.mirror_images}, {args.ground_truth} ground truth -> {args.output}")
+        print(
+            f"{len(source)} cases mirrored -> {args.mirror_images}, {args.ground_truth} ground truth -> {args.output}"
+        )
         return
     write_landmark_table(args.output, reference_table(source))
     print(f"{len(source)} cases, {args.ground_truth} ground truth -> {args.output}")
