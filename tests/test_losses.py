@@ -72,3 +72,28 @@ def test_missing_landmarks_are_masked_not_zeroed():
     )
     assert parts["loss"].item() == 0.0
     parts["loss"].backward()  # still a graph
+
+
+def test_foreground_weight_puts_the_regression_on_the_positive_cells():
+    """12 cells, 1 positive (the landmark's): an error of 1 there and 0 elsewhere costs 1/12 per axis
+    plainly, (1 + w) / (12 + w) with foreground weight w; a missing landmark stays out of both."""
+    lm = torch.tensor([[[5.0, 7.0], [float("nan"), float("nan")]]])
+    out = target_output(lm, "linear")
+    disp = out.displacement.detach().clone()
+    cell = presence_targets(lm, GRID, STRIDE, SHAPE)[0, 0].bool()
+    disp[0, 0, :, cell] += 1.0
+    disp[0, 1] = 50.0  # the missing landmark's outputs: ignored
+    out = LandmarkOutput(disp, out.logits.detach())
+    plain = LandmarkLoss("linear", False)(out, lm, STRIDE, SHAPE)["loss_reg"].item()
+    weighted = LandmarkLoss("linear", False, foreground_weight=9.0)(out, lm, STRIDE, SHAPE)["loss_reg"].item()
+    assert plain == pytest.approx(1 / 12)
+    assert weighted == pytest.approx(10 / 21)
+    # an error on a background cell weighs less than plainly
+    disp2 = target_output(lm, "linear").displacement.detach().clone()
+    disp2[0, 0, :, ~cell] += 1.0
+    out2 = LandmarkOutput(disp2, out.logits)
+    assert LandmarkLoss("linear", False, foreground_weight=9.0)(out2, lm, STRIDE, SHAPE)[
+        "loss_reg"
+    ].item() == pytest.approx(11 / 21)
+    with pytest.raises(ValueError, match="foreground_weight"):
+        LandmarkLoss(foreground_weight=-1.0)
