@@ -417,6 +417,21 @@ class LandmarkPredictor:
             paths = list(local_checkpoint)
         return cls(g, [load_stage(p, "local") for p in paths], local_iterations, confidence_threshold)
 
+    def set_vote_top_k(self, global_top_k: int | None = None, local_top_k: int | None = None) -> None:
+        """Decode the global stage (and every local stage) from its ``top_k`` most confident cells;
+        None leaves a stage as stored. Only displacement stages have cells."""
+        for stages, k in (([self.global_stage], global_top_k), (self.local_stages, local_top_k)):
+            if k is None:
+                continue
+            for stage in stages:
+                if stage.method != "displacement":
+                    raise ValueError(
+                        f"{stage.path}: top_k applies to displacement stages, not {stage.method}"
+                    )
+                decoder = {**stage.meta["decoder"], "top_k": int(k)}
+                Decoder(**decoder)  # checks it
+                stage.meta["decoder"] = decoder
+
     @classmethod
     def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
         """The predictor stored in a model bundle (see :func:`save_bundle`)."""

@@ -45,25 +45,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--top-k", type=int, nargs="*", default=[], help="also decode the global stage from its top k cells"
     )
+    parser.add_argument("--global-top-k", type=int, default=None, help="global top k for every pipeline")
+    parser.add_argument(
+        "--local-top-k", type=int, nargs="*", default=[None], help="local decoders' top k (each a row)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     source = ISBI2015Cephalograms(
         args.data, split="train", subset=args.subset, val_count=args.val_count, val_seed=args.val_seed
     )
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
+    pipelines["global only"].set_vote_top_k(args.global_top_k)
     for k in args.top_k:
         predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint)
-        predictor.global_stage.meta["decoder"]["top_k"] = k
+        predictor.set_vote_top_k(k)
         pipelines[f"global only, top {k} cells"] = predictor
     for spec in args.local:
         paths = spec.split(",")
         for it in args.iterations:
-            predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
-            label = " -> ".join(
-                f"local {s.meta['spacing']:g} mm, {'x'.join(map(str, s.meta['crop_size']))}"
-                for s in predictor.local_stages
-            )
-            pipelines[f"global -> {label}" + (f" (each {it} passes)" if it > 1 else "")] = predictor
+            for local_k in args.local_top_k:
+                predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
+                predictor.set_vote_top_k(args.global_top_k, local_k)
+                label = " -> ".join(
+                    f"local {s.meta['spacing']:g} mm, {'x'.join(map(str, s.meta['crop_size']))}"
+                    for s in predictor.local_stages
+                )
+                extra = (f" (each {it} passes)" if it > 1 else "") + (
+                    f", local top {local_k}" if local_k else ""
+                )
+                pipelines[f"global -> {label}{extra}"] = predictor
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     global_offsets = []
     for i in range(len(source)):

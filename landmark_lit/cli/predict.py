@@ -19,7 +19,8 @@ def _plain(value):
 
 def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
     """The predictor of ``cfg.model`` (a bundle) or ``cfg.global_checkpoint`` (+ ``local_checkpoint``);
-    ``local_iterations`` and ``confidence_threshold``, when set, override the bundle's."""
+    ``local_iterations``, ``confidence_threshold`` and the vote decoders' ``global_top_k`` /
+    ``local_top_k``, when set, override the stored ones."""
     model, global_ckpt = cfg.get("model"), cfg.get("global_checkpoint")
     if bool(model) == bool(global_ckpt):
         raise ValueError(
@@ -34,13 +35,15 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
             predictor.local_iterations = int(iterations)
         if threshold is not None:
             predictor.confidence_threshold = float(threshold)
-        return predictor
-    return LandmarkPredictor.from_checkpoints(
-        global_ckpt,
-        _plain(cfg.get("local_checkpoint")),
-        int(iterations) if iterations is not None else 1,
-        None if threshold is None else float(threshold),  # None: the last stage's method's default
-    )
+    else:
+        predictor = LandmarkPredictor.from_checkpoints(
+            global_ckpt,
+            _plain(cfg.get("local_checkpoint")),
+            int(iterations) if iterations is not None else 1,
+            None if threshold is None else float(threshold),  # None: the last stage's method's default
+        )
+    predictor.set_vote_top_k(cfg.get("global_top_k"), cfg.get("local_top_k"))
+    return predictor
 
 
 def predict(cfg: DictConfig) -> dict:
