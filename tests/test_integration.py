@@ -258,9 +258,11 @@ def test_local_stage_trains_with_augmentation(tmp_path):
     "experiment,stride,spacing",
     [
         ("demo3d", 8, 3.0),
-        ("isbi2015_global", 32, 0.8),
+        ("isbi2015_global", 4, 0.8),
+        ("isbi2015_global_stride32", 32, 0.8),
         ("isbi2015_local_coarse", 2, 0.6),
         ("isbi2015_local", 2, 0.3),
+        ("isbi2015_local_uniform", 2, 0.3),
         ("isbi2015_local_fine", 2, 0.25),
         ("mni_afids_global", 8, 3.0),
         ("mni_afids_global_crop40", 8, 3.0),
@@ -428,3 +430,34 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
     assert params["stage.presence_radius"] in (0.0, 1.0, 2.0)
     trials = list((tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
     assert len(trials) == 2
+
+
+def test_pyramid_global_stage_with_flips_trains_and_predicts_with_its_decoder(tmp_path):
+    """model=pyramid (stride-4 cells), random flips, foreground-weighted regression and top-k votes: the
+    checkpoint describes all of it and the predictor decodes with the stored top k."""
+    cfg = compose_train(
+        [
+            *tiny_overrides("synthetic2d", tmp_path),
+            "model=pyramid",
+            "model.global_net.pool_before=[true,true,true,true]",
+            "stage.foreground_weight=10",
+            "stage.presence_radius=2.5",
+            "stage.vote_top_k=9",
+            "data.flip={_target_: landmark_lit.data.augment.RandomFlip, axes: [0], pairs: [[0, 1]]}",
+            "run_test=false",
+        ]
+    )
+    datamodule = instantiate(cfg.data)
+    assert datamodule.flip.pairs == ((0, 1),) and instantiate(cfg.loss).foreground_weight == 10
+    res = train(cfg)
+    meta = torch.load(res["best_checkpoint"], weights_only=True)["landmark_lit"]
+    assert meta["net"]["pyramid_stride"] == 4 and meta["decoder"]["top_k"] == 9
+    predictor = LandmarkPredictor.from_checkpoints(res["best_checkpoint"])
+    assert predictor.global_stage.net.stride == 4 and predictor.global_stage.decoder.top_k == 9
+    case = instantiate(cfg.dataset.val)[0]
+    out = predictor.predict_array(case.image, case.affine)
+    assert np.isfinite(out["world"]).all() and out["world"].shape == case.landmarks_world.shape
+    predictor.set_vote_top_k(1)
+    assert predictor.global_stage.decoder.top_k == 1
+    with pytest.raises(ValueError, match="top_k"):
+        predictor.set_vote_top_k(0)

@@ -161,3 +161,31 @@ def test_olfactory_mr_end_to_end_with_padded_thin_axis(tmp_path):
         and predictor.global_stage.preprocessing.min_size == 32
     )
     check_prediction(predictor, tmp_path / "data" / "case4.nii.gz", OLFACTORY)
+
+
+def test_mni_afids_flip_swaps_every_left_right_pair_and_nothing_else(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["dataset=mni_afids", f"paths.output_dir={tmp_path}"])
+    names = list(cfg.dataset.landmark_names)
+    flip = instantiate(cfg.dataset.flip).for_landmarks(names)
+    perm = flip.permutation(len(names))
+    for k, j in enumerate(perm):
+        side = names[k].split(" ", 1)
+        if side[0] in ("R", "L") and len(side) == 2:  # "R MB" <-> "L MB"
+            assert names[j] == {"R": "L", "L": "R"}[side[0]] + " " + side[1]
+        else:  # midline fiducials (AC, PC, ...) keep their place
+            assert j == k
+    img = torch.zeros(1, 9, 5, 4)
+    lm = torch.arange(len(names) * 3, dtype=torch.float32).view(-1, 3) % 4
+    flip.prob = 1.0
+    _, moved = flip(img, lm)
+    np.testing.assert_allclose(moved[:, 0].numpy(), 8 - lm[perm, 0].numpy())
+
+
+def test_isbi2015_flip_keeps_the_landmark_names(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["experiment=isbi2015_global", f"paths.output_dir={tmp_path}"])
+    flip = instantiate(cfg.data.flip).for_landmarks([f"L{k}" for k in range(cfg.dataset.num_landmarks)])
+    assert flip.axes == (0,) and flip.permutation(19) == list(range(19))

@@ -8,7 +8,7 @@ OUT=${2:-outputs/ablation_isbi2015}
 DATA=${LANDMARK_LIT_DATA:-$(cd "$(dirname "$0")/../.." && pwd)/../shared/data}/isbi2015-ceph
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/landmark-train" -m experiment=isbi2015_global sweep=ablation task_name=isbi2015_ablation \
+"$BIN/landmark-train" -m experiment=isbi2015_global_stride32 sweep=ablation task_name=isbi2015_ablation \
   trainer.max_steps="$STEPS" trainer.val_check_interval=$((STEPS / 2)) run_test=false \
   hydra.sweep.dir="$OUT/runs"
 "$BIN/python" -m landmark_lit.data.isbi2015 "$DATA" "$OUT/references_average.csv" --split test1

@@ -7,6 +7,9 @@
 # so neither slows the other and each process's CPU time (TrainingClock, stored in every checkpoint) is
 # the budget it used. The budget is set in steps; the defaults, 2000 + 360 global-to-local steps against
 # 3000 heatmap steps, use about an hour of one core each here. Logs: OUT/*.log.
+# Between the two global-to-local stages, the final global checkpoint predicts the training images and
+# its per-axis error SD (OUT/g2l_offset_sd_mm.txt) becomes the local stage's data.local_offset_sd_mm
+# (its CPU time, OUT/g2l_offset_cpu_s.txt, counts towards the pipeline's budget).
 set -euo pipefail
 G=${1:-2000}; L=${2:-360}; H=${3:-3000}; OUT=${4:-outputs/tta}
 BIN=${BIN:-.venv/bin}
@@ -23,9 +26,15 @@ g2l() {
   on_core 0 "$BIN/landmark-train" experiment=isbi2015_global trainer.max_steps="$G" \
     trainer.val_check_interval=$((G / 4)) paths.output_dir="$OUT/g2l_global" \
     "$(periodic "$OUT/g2l_global" $((G / 4)))" run_test=false
+  local final sd TIMEFORMAT='%U %S'
+  final=$(ls "$OUT"/g2l_global/checkpoints/periodic/step_*.ckpt | sort -V | tail -n 1)
+  # bash's time: user and system CPU seconds of the measurement
+  { time on_core 0 "$BIN/python" experiments/isbi2015/validation.py "$final" --subset train --print-offset-sd \
+      > "$OUT/g2l_offset_sd_mm.txt" 2>> "$OUT/g2l_offset.log"; } 2> "$OUT/g2l_offset_cpu_s.txt"
+  sd=$(cat "$OUT/g2l_offset_sd_mm.txt")
   on_core 0 "$BIN/landmark-train" experiment=isbi2015_local trainer.max_steps="$L" \
     trainer.val_check_interval=$((L / 4)) paths.output_dir="$OUT/g2l_local" \
-    "$(periodic "$OUT/g2l_local" $((L / 4)))" run_test=false
+    "$(periodic "$OUT/g2l_local" $((L / 4)))" run_test=false data.local_offset_sd_mm="$sd"
 }
 heatmap() {
   on_core 1 "$BIN/landmark-train" experiment=isbi2015_heatmap trainer.max_steps="$H" \

@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mirror", action="store_true", help="mirror images and references left-right")
     parser.add_argument("--subset", default="val", choices=["val", "train"])
     parser.add_argument(
+        "--print-offset-sd",
+        action="store_true",
+        help="print only the global stage's mean per-axis error SD (mm)",
+    )
+    parser.add_argument(
         "--top-k", type=int, nargs="*", default=[], help="also decode the global stage from its top k cells"
     )
     parser.add_argument("--global-top-k", type=int, default=None, help="global top k for every pipeline")
@@ -56,11 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
     pipelines["global only"].set_vote_top_k(args.global_top_k)
-    for k in args.top_k:
+    for k in [] if args.print_offset_sd else args.top_k:
         predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint)
         predictor.set_vote_top_k(k)
         pipelines[f"global only, top {k} cells"] = predictor
-    for spec in args.local:
+    for spec in [] if args.print_offset_sd else args.local:
         paths = spec.split(",")
         for it in args.iterations:
             for local_k in args.local_top_k:
@@ -88,6 +93,10 @@ def main(argv: list[str] | None = None) -> None:
             errors[name].append(np.linalg.norm(world - reference, axis=1))
             if name == "global only":
                 global_offsets.append(world - reference)
+    off = np.concatenate(global_offsets)
+    if args.print_offset_sd:
+        print(f"{float(off.std(axis=0).mean()):.3f}")
+        return
     subset = "validation" if args.subset == "val" else "training"
     mirrored = ", mirrored left-right" if args.mirror else ""
     print(
@@ -97,7 +106,6 @@ def main(argv: list[str] | None = None) -> None:
     for name, errs in errors.items():
         print(row(name, np.concatenate(errs)))
     if args.subset == "train":
-        off = np.concatenate(global_offsets)
         sd = off.std(axis=0)
         p95 = np.percentile(np.abs(off), 95, axis=0)
         print(
