@@ -264,9 +264,11 @@ def test_local_stage_trains_with_augmentation(tmp_path):
         ("isbi2015_local", 2, 0.3),
         ("isbi2015_local_uniform", 2, 0.3),
         ("isbi2015_local_fine", 2, 0.25),
-        ("mni_afids_global", 8, 3.0),
+        ("mni_afids_global", 2, 3.0),
+        ("mni_afids_global_stride8", 8, 3.0),
         ("mni_afids_global_crop40", 8, 3.0),
         ("mni_afids_local", 2, 1.5),
+        ("mni_afids_local_uniform", 2, 1.5),
     ],
 )
 def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
