@@ -125,7 +125,9 @@ def validate_meta(meta: Any, where: str) -> dict:
     if not isinstance(net, dict) or net.get("_target_") not in NETWORKS:
         target = net.get("_target_") if isinstance(net, dict) else net
         raise CheckpointError(f"{where}: unknown network {target!r} (expected one of {list(NETWORKS)})")
-    allowed = set(inspect.signature(NETWORKS[net["_target_"]].__init__).parameters) - {"self"}
+    params = inspect.signature(NETWORKS[net["_target_"]].__init__).parameters
+    allowed = set(params) - {"self"}
+    optional = {k for k, p in params.items() if p.default is None}  # e.g. GlobalNet's pyramid_stride
     strings = STRING_NET_ARGUMENTS.get(net["_target_"], {})
     for key, value in net.items():
         if key == "_target_":
@@ -137,6 +139,8 @@ def validate_meta(meta: Any, where: str) -> dict:
                 raise CheckpointError(
                     f"{where}: network argument {key!r} must be one of {list(strings[key])}, got {value!r}"
                 )
+            continue
+        if value is None and key in optional:
             continue
         items = value if isinstance(value, list | tuple) else [value]
         if not all(isinstance(v, bool | int) for v in items):

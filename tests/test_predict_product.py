@@ -163,6 +163,9 @@ def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
         (lambda m: m.update(landmark_names=["a"]), "1 landmark names for a network of 2"),
         (lambda m: m.update(intensity="magic"), "intensity must be one of"),
         (lambda m: m.update(decoder={"regression": "cubic"}), "invalid decoder"),
+        (lambda m: m.update(decoder={"regression": "log", "top_k": 0}), "invalid decoder"),
+        (lambda m: m.update(decoder={"regression": "log", "top_k": "9"}), "invalid decoder"),
+        (lambda m: m.update(decoder={"regression": "log", "classification": False, "top_k": 9}), "invalid decoder"),
         (lambda m: m.pop("spacing"), "lacks \\['spacing'\\]"),
         (lambda m: m.update(stage="local"), "cannot be a local stage"),
     ],
@@ -172,6 +175,13 @@ def test_model_descriptions_are_validated(change, message):
     change(meta)
     with pytest.raises(CheckpointError, match=message):
         validate_meta(meta, "model.pt")
+
+
+def test_a_top_k_decoder_and_a_pyramid_network_are_valid_descriptions():
+    meta = _meta("global", 2, 1.0, 8)
+    meta["decoder"] = {"regression": "log", "classification": True, "log_base": 10.0, "top_k": 9}
+    meta["net"].update(pyramid_stride=None)
+    assert validate_meta(meta, "model.pt")["decoder"]["top_k"] == 9
 
 
 def test_bundle_refuses_stages_that_do_not_fit(tmp_path):
