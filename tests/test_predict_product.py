@@ -165,7 +165,10 @@ def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
         (lambda m: m.update(decoder={"regression": "cubic"}), "invalid decoder"),
         (lambda m: m.update(decoder={"regression": "log", "top_k": 0}), "invalid decoder"),
         (lambda m: m.update(decoder={"regression": "log", "top_k": "9"}), "invalid decoder"),
-        (lambda m: m.update(decoder={"regression": "log", "classification": False, "top_k": 9}), "invalid decoder"),
+        (
+            lambda m: m.update(decoder={"regression": "log", "classification": False, "top_k": 9}),
+            "invalid decoder",
+        ),
         (lambda m: m.pop("spacing"), "lacks \\['spacing'\\]"),
         (lambda m: m.update(stage="local"), "cannot be a local stage"),
     ],

@@ -31,6 +31,19 @@ def bright_voxel_case(shape, voxel, affine) -> Case:
     return Case("bright", img, np.asarray(affine, float), voxel_to_world(np.array([voxel], float), affine))
 
 
+class OneCase:
+    """A case source of one case."""
+
+    def __init__(self, case: Case, names: list[str], d: int) -> None:
+        self.case, self.landmark_names, self.spatial_dims = case, names, d
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, i: int) -> Case:
+        return self.case
+
+
 def argmax_voxel(image: torch.Tensor) -> np.ndarray:
     return np.array(np.unravel_index(int(image[0].argmax()), image.shape[1:]), float)
 
@@ -104,17 +117,7 @@ def test_training_crops_carry_their_landmarks(d):
     size = (30, 26, 22)[:d]
     voxel = (11, 19, 7)[:d]
     case = bright_voxel_case(size, voxel, np.diag([*([1.0] * d), 1.0]))
-
-    class One:
-        landmark_names, spatial_dims = ["p"], d
-
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            return case
-
-    cases = PreparedCases(One(), Preprocessing(spacing=1.0, intensity="none"))
+    cases = PreparedCases(OneCase(case, ["p"], d), Preprocessing(spacing=1.0, intensity="none"))
     for ds in (GlobalTrainDataset(cases, (16,) * d, 8), LocalTrainDataset(cases, (8,) * d, 8, margin=1.0)):
         for i in range(8):
             item = ds[i]
@@ -205,17 +208,7 @@ def test_flipped_training_crops_carry_their_landmarks(d):
     image[(0, *a)], image[(0, *b)] = 1000.0, 500.0
     affine = np.diag([*([0.5] * d), 1.0])
     case = Case("c", image, affine, np.array([a, b], dtype=float) * 0.5)
-
-    class Two:
-        landmark_names, spatial_dims = ["left", "right"], d
-
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            return case
-
-    cases = PreparedCases(Two(), Preprocessing(spacing=0.5, intensity="none"))
+    cases = PreparedCases(OneCase(case, ["left", "right"], d), Preprocessing(spacing=0.5, intensity="none"))
     flip = RandomFlip(axes=(0,), pairs=((0, 1),), prob=1.0)
     mirrored = {0: np.array([size[0] - 1 - b[0], *b[1:]]), 1: np.array([size[0] - 1 - a[0], *a[1:]])}
     value = {0: 500.0, 1: 1000.0}  # landmark 0 now sits where landmark 1's (fainter) voxel was mirrored
@@ -235,17 +228,7 @@ def test_flipped_training_crops_carry_their_landmarks(d):
 def test_local_offsets_follow_the_configured_normal_spread():
     d, size = 2, (200, 200)
     case = bright_voxel_case(size, (100, 90), np.diag([1.0, 1.0, 1.0]))
-
-    class One:
-        landmark_names, spatial_dims = ["p"], d
-
-        def __len__(self):
-            return 1
-
-        def __getitem__(self, i):
-            return case
-
-    cases = PreparedCases(One(), Preprocessing(spacing=1.0, intensity="none"))
+    cases = PreparedCases(OneCase(case, ["p"], d), Preprocessing(spacing=1.0, intensity="none"))
     torch.manual_seed(0)
     crop = (40, 40)
     normal = LocalTrainDataset(cases, crop, 1, margin=1.0, offset_sd=3.0)
