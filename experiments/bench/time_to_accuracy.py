@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--limit", type=int, default=None, help="first N Test1 images only")
     parser.add_argument("--out", default="outputs/tta")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--replot", action="store_true", help="redraw OUT/time_to_accuracy.json, no prediction"
     )
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         return report(json.loads((out / "time_to_accuracy.json").read_text()), out)
     if not args.run:
         parser.error("give --run METHOD:STAGE=RUN_DIR (or --replot)")
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     runs = {}
     for spec in args.run:
         key, _, folder = spec.partition("=")

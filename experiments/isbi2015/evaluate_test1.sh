@@ -20,8 +20,8 @@ for gt in average senior; do
   "$BIN/python" -m landmark_lit.data.isbi2015 "$DATA" "$OUT/references_$gt.csv" --split test1 --ground-truth $gt \
     "${mirror[@]}"
 done
-common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 threads=2)
-if [ "${MIRROR:-0}" = 1 ]; then common=(input="$OUT/mirrored_images/list.txt" spacing=0.1 threads=2); fi
+common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 threads=${THREADS:-2})
+if [ "${MIRROR:-0}" = 1 ]; then common=(input="$OUT/mirrored_images/list.txt" spacing=0.1 threads=${THREADS:-2}); fi
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" local_iterations="${LOCAL_ITERATIONS:-1}" \
   "${common[@]}" output_dir="$OUT/pred_global_to_local"

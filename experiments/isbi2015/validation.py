@@ -13,6 +13,7 @@ runs on the 140 training images instead and also prints the global stage's error
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         "--local-top-k", type=int, nargs="*", default=[None], help="local decoders' top k (each a row)"
     )
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ISBI2015Cephalograms(
         args.data, split="train", subset=args.subset, val_count=args.val_count, val_seed=args.val_seed
     )

@@ -13,6 +13,7 @@ the global stage's error per axis (SD, 95th percentile of |error|), the spread a
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local-top-k", type=int, default=None)
     parser.add_argument("--print-offset-sd", action="store_true")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ManifestCases(args.manifest, split=args.split)
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
     pipelines["global only"].set_vote_top_k(args.global_top_k)
