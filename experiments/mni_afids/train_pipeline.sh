@@ -2,8 +2,9 @@
 # Train the MNI152 + AFIDs global-to-local pipeline (issue 13): the global stage, then its error on the
 # training volumes (per-axis SD, OUT/offset_sd_mm.txt; CPU seconds in OUT/offset_cpu_s.txt), then the
 # local stage trained with sub-images centred that far off (data.local_offset_sd_mm).
-#   bash experiments/mni_afids/train_pipeline.sh MANIFEST OUT [GLOBAL_OVERRIDES...]
-# 2 threads; the budget of each stage (CPU seconds) is in its checkpoints (TrainingClock).
+#   LOCAL_OVERRIDES="trainer.max_steps=1000" bash experiments/mni_afids/train_pipeline.sh MANIFEST OUT \
+#       [GLOBAL_OVERRIDES...]
+# The budget of each stage (CPU seconds) is in its checkpoints (TrainingClock).
 set -euo pipefail
 MANIFEST=$1
 OUT=$2
@@ -16,5 +17,5 @@ TIMEFORMAT='%U %S'
 { time "$BIN/python" experiments/mni_afids/validation.py "$MANIFEST" "$OUT/global/checkpoints/best.ckpt" \
     --split train --print-offset-sd > "$OUT/offset_sd_mm.txt" 2>> "$OUT/offset.log"; } 2> "$OUT/offset_cpu_s.txt"
 "$BIN/landmark-train" experiment=mni_afids_local dataset.manifest="$MANIFEST" paths.output_dir="$OUT/local" \
-  run_test=false data.local_offset_sd_mm="$(cat "$OUT/offset_sd_mm.txt")" > "$OUT/local.log" 2>&1
+  run_test=false data.local_offset_sd_mm="$(cat "$OUT/offset_sd_mm.txt")" ${LOCAL_OVERRIDES:-} > "$OUT/local.log" 2>&1
 echo "global: $OUT/global/checkpoints/best.ckpt  local: $OUT/local/checkpoints/best.ckpt"
