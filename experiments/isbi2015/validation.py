@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--global-top-k", type=int, default=None, help="global top k for every pipeline")
     parser.add_argument(
-        "--local-top-k", type=int, nargs="*", default=[None], help="local decoders' top k (each a row)"
+        "--local-top-k", type=int, nargs="*", default=[0], help="local decoders' top k, each a row (0: as stored)"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
         for it in args.iterations:
             for local_k in args.local_top_k:
                 predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
-                predictor.set_vote_top_k(args.global_top_k, local_k)
+                predictor.set_vote_top_k(args.global_top_k, local_k or None)
                 label = " -> ".join(
                     f"local {s.meta['spacing']:g} mm, {'x'.join(map(str, s.meta['crop_size']))}"
                     for s in predictor.local_stages
