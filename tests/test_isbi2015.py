@@ -96,3 +96,14 @@ def test_mirrored_images_carry_their_mirrored_references(tmp_path):
     assert np.array_equal(mpx[:, 1], px[:, 1]) and np.array_equal(mpx[:, 0], 1935 - 1 - px[:, 0])
     for (x, y), (mx, my) in zip(px, mpx, strict=True):
         assert mirrored[0, mx, my] == pytest.approx(case.image[0, x, y], abs=0.51)
+
+
+def test_mirror_command_writes_a_list_that_landmark_predict_reads(tmp_path):
+    from landmark_lit.batch import find_inputs
+    from landmark_lit.data.isbi2015 import mirrored_table
+
+    src = ISBI2015Cephalograms(DATA, split="test1", limit=2)
+    out = tmp_path / "m"
+    mirrored_table(src, out)
+    found = find_inputs(out / "list.txt")
+    assert [case for case, _ in found] == ["151", "152"] and all(p.is_file() for _, p in found)

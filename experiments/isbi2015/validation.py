@@ -53,7 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--global-top-k", type=int, default=None, help="global top k for every pipeline")
     parser.add_argument(
-        "--local-top-k", type=int, nargs="*", default=[0], help="local decoders' top k, each a row (0: as stored)"
+        "--local-top-k",
+        type=int,
+        nargs="*",
+        default=[0],
+        help="local decoders' top k, each a row (0: as stored)",
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))

@@ -148,7 +148,8 @@ def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = Non
 
 def mirrored_table(source: ISBI2015Cephalograms, folder: str | os.PathLike, ground_truth: str | None = None):
     """Write every image of ``source`` mirrored left-right as ``folder/<id>.png`` (lossless, the decoded
-    JPEG's grey values) and return the references mirrored with them: pixel x -> (width - 1) - x. A
+    JPEG's grey values) with ``folder/list.txt`` naming them, and return the references mirrored with
+    them: pixel x -> (width - 1) - x. A
     patient facing the other way; the 19 landmarks keep their names (all on the mid-sagittal plane)."""
     from PIL import Image
 
@@ -170,6 +171,8 @@ def mirrored_table(source: ISBI2015Cephalograms, folder: str | os.PathLike, grou
         px = source.pixels(i, ground_truth)
         px[:, 0] = (width - 1) - px[:, 0]
         coords[i], images[i] = px * SPACING_MM, str(path)
+    # folder/list.txt for landmark-predict: entries relative to the list's own folder
+    (out / "list.txt").write_text("".join(f"{i}.png\n" for i in source.ids))
     return LandmarkTable(names=list(source.landmark_names), coords=coords, images=images)
 
 
@@ -192,8 +195,6 @@ def main(argv: list[str] | None = None) -> None:
     source = ISBI2015Cephalograms(args.data_dir, split=args.split, ground_truth=args.ground_truth)
     if args.mirror_images:
         table = mirrored_table(source, args.mirror_images, args.ground_truth)
-        listing = Path(args.mirror_images) / "list.txt"
-        listing.write_text("".join(f"{table.images[i]}\n" for i in source.ids))
         write_landmark_table(args.output, table)
         print(
             f"{len(source)} cases mirrored -> {args.mirror_images}, {args.ground_truth} ground truth -> {args.output}"
