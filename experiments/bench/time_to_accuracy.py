@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="outputs/tta")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
+        "--reuse",
+        default=None,
+        help="a file of rows this script printed before (JSON lines): not predicted again",
+    )
+    parser.add_argument(
         "--replot", action="store_true", help="redraw OUT/time_to_accuracy.json, no prediction"
     )
     args = parser.parse_args(argv)
@@ -89,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
     source = ISBI2015Cephalograms(args.data, split="test1", ground_truth="average", limit=args.limit)
     rows = []
     cache: dict[tuple[str, str | None], tuple[float, float]] = {}  # (checkpoint, global) -> MRE, median
+    if args.reuse:  # rows of an earlier run: (checkpoint, its global stage) -> MRE, median
+        for line in Path(args.reuse).read_text().splitlines():
+            r = json.loads(line)
+            key = (r["checkpoint"], r.get("global_checkpoint"))
+            cache[key] = (r["test1_mre_mm"], r["test1_median_mm"])
     methods = sorted({k.split(":")[0] for k in runs})
     for method in methods:
         g_points = checkpoints(runs[f"{method}:global"])
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> None:
                 cache[key] = test1_mre(predictor, source)
             mre, med = cache[key]
             rows.append({"method": method, "stage": stage, "step": step, "checkpoint": str(path),
+                         "global_checkpoint": None if global_path is None else str(global_path),
                          "cpu_min": c["cpu_s"] / 60, "wall_min": c["wall_s"] / 60,
                          "test1_mre_mm": mre, "test1_median_mm": med})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
