@@ -15,7 +15,7 @@ BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
 "$BIN/python" -m landmark_lit.data.manifest "$MANIFEST" --split test --references "$OUT/references.csv" \
   --images "$OUT/test_images.txt"
-common=(input="$OUT/test_images.txt" threads=2)
+common=(input="$OUT/test_images.txt" threads=${THREADS:-2})
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
   local_iterations="${LOCAL_ITERATIONS:-1}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
