@@ -39,7 +39,7 @@ from landmark_lit.data.transforms import (
     voxel_to_world,
     world_to_voxel,
 )
-from landmark_lit.decoding import REGRESSION_MODES, Decoder
+from landmark_lit.decoding import REGRESSION_MODES, Decoder, check_modes
 from landmark_lit.heatmaps import DECODER_MODES, REFINE_MODES, HeatmapDecoder
 from landmark_lit.networks import GlobalNet, HeatmapUNet, LocalNet, fold_batch_norm
 from landmark_lit.networks.heatmap_net import NORMS
@@ -179,13 +179,19 @@ def validate_meta(meta: Any, where: str) -> dict:
         or not isinstance(dec.get("classification", True), bool)
         or not _number(dec.get("log_base", 10.0))
         or (dec.get("regression", "log") == "none" and not dec.get("classification", True))
-        or not (
-            dec.get("top_k") is None
-            or (type(dec["top_k"]) is int and dec["top_k"] >= 1 and dec.get("classification", True))
-        )
+        or not _valid_top_k(dec)
     ):
         raise CheckpointError(f"{where}: invalid decoder {dec!r}")
     return meta
+
+
+def _valid_top_k(dec: dict) -> bool:
+    """The decoder's own check of ``top_k`` (a positive int, with classification), as a yes / no."""
+    try:
+        check_modes(dec.get("regression", "log"), dec.get("classification", True), dec.get("top_k"))
+    except ValueError:
+        return False
+    return True
 
 
 def _check_heatmap_decoder(dec: Any, where: str) -> None:
