@@ -37,9 +37,17 @@ class Augmentation:
         scale: maximum relative scaling per axis (0.1 = +-10 %).
         translate: maximum shift in voxels per axis.
         intensity_prob: probability of each intensity transform (contrast gamma, scale, shift, noise).
+        contrast_gamma: range of the contrast gamma (intensities rescaled to [0, 1], raised to gamma,
+            rescaled back).
+        intensity_scale: intensities multiplied by ``1 + u``, ``u`` uniform in +-this.
+        intensity_shift: intensities shifted by ``u``, ``u`` uniform in +-this.
+        noise_std: additive Gaussian noise, its standard deviation drawn uniformly from [0, this].
         keep_inside: for sub-images that must keep their landmark (local stage): retry a spatial draw
             that would move a landmark closer than this many voxels to the border, else leave the
             sample unchanged. None: no check (global stage).
+        retries: spatial draws tried per sample before leaving it unchanged (with ``keep_inside``).
+
+    The defaults are those of ``conf/augmentation/default.yaml``, which lists every one of them.
     """
 
     prob: float = 0.5
@@ -47,16 +55,22 @@ class Augmentation:
     scale: float = 0.1
     translate: float = 0.0
     intensity_prob: float = 0.5
+    contrast_gamma: tuple[float, float] = (0.7, 1.5)
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    noise_std: float = 0.05
     keep_inside: float | None = None
     retries: int = 3
 
     def __post_init__(self) -> None:
+        gamma = self.contrast_gamma
+        self.contrast_gamma = (float(gamma[0]), float(gamma[1]))  # a YAML list -> a plain tuple
         self._intensity = Compose(
             [
-                RandAdjustContrast(prob=self.intensity_prob, gamma=(0.7, 1.5)),
-                RandScaleIntensity(factors=0.1, prob=self.intensity_prob),
-                RandShiftIntensity(offsets=0.1, prob=self.intensity_prob),
-                RandGaussianNoise(prob=self.intensity_prob, std=0.05),
+                RandAdjustContrast(prob=self.intensity_prob, gamma=self.contrast_gamma),
+                RandScaleIntensity(factors=self.intensity_scale, prob=self.intensity_prob),
+                RandShiftIntensity(offsets=self.intensity_shift, prob=self.intensity_prob),
+                RandGaussianNoise(prob=self.intensity_prob, std=self.noise_std),
             ]
         )
 
