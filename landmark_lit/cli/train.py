@@ -12,9 +12,11 @@ from landmark_lit.training import train
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     result = train(cfg)
-    # returned for sweepers (e.g. Optuna) that minimise the validation error: the best checkpoint's
+    # returned for sweepers (e.g. Optuna) that minimise `optimized_metric` (conf/train.yaml): the best
+    # checkpoint's value when the checkpoint callback monitors it, else the last validation's
     metrics = result["metrics"]
-    return metrics.get("best_val/mre_mm", metrics.get("val/mre_mm"))
+    name = cfg.optimized_metric
+    return metrics.get(f"best_{name}", metrics.get(name))
 
 
 if __name__ == "__main__":

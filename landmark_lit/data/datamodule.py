@@ -38,6 +38,7 @@ class LandmarkDataModule(L.LightningDataModule):
         landmark_indices: restrict to these landmarks (single-landmark runs); None = all.
         local_margin: local training crops keep the landmark this many voxels inside.
         local_eval_jitter: local evaluation crops are centred this far (voxels, per axis) off the landmark.
+        local_eval_seed: seed of those fixed offsets (the same for every run with this seed).
         augment: training augmentation; in the local stage it keeps each landmark ``local_margin``
             voxels inside its sub-image.
         min_size: zero-pad working images at the far end of axes shorter than this (voxels; see
@@ -63,6 +64,7 @@ class LandmarkDataModule(L.LightningDataModule):
         landmark_indices: Sequence[int] | None = None,
         local_margin: float = 1.0,
         local_eval_jitter: float = 2.0,
+        local_eval_seed: int = 0,
         antialias: bool = True,
         augment: Augmentation | None = None,
         min_size: int | Sequence[int] | None = None,
@@ -84,6 +86,7 @@ class LandmarkDataModule(L.LightningDataModule):
         )
         self.batch_size, self.samples_per_epoch, self.num_workers = batch_size, samples_per_epoch, num_workers
         self.local_margin, self.local_eval_jitter = local_margin, local_eval_jitter
+        self.local_eval_seed = int(local_eval_seed)
         if augment is not None and stage == "local" and augment.keep_inside is None:
             augment = dataclasses.replace(augment, keep_inside=local_margin)
         self.augment = augment
@@ -143,7 +146,7 @@ class LandmarkDataModule(L.LightningDataModule):
         cases = self._cases(split)
         if self.stage == "global":
             return self._loader(WholeImageDataset(cases), shuffle=False, batch_size=1)
-        ds = LocalEvalDataset(cases, self.crop_size, self.local_eval_jitter)
+        ds = LocalEvalDataset(cases, self.crop_size, self.local_eval_jitter, seed=self.local_eval_seed)
         return self._loader(ds, shuffle=False, batch_size=self.batch_size)
 
     def val_dataloader(self) -> DataLoader:
