@@ -1,8 +1,10 @@
-"""The paper's 3D protocols (ccta, olfactory_mr) and the manifest / MNI-AFIDs dataset configs: their values,
-and an end-to-end smoke run on tiny synthetic stand-in volumes with the same geometry and landmark names."""
+"""The composed configs: the paper's 3D protocols (ccta, olfactory_mr), the manifest / MNI-AFIDs datasets, the
+experiments with their scheduler and augmentation groups, and the optimised metric; and an end-to-end smoke
+run on tiny synthetic stand-in volumes with the protocols' geometry and landmark names."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,8 +12,11 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.landmark_files import write_slicer_markups
 from landmark_lit.data.transforms import voxel_to_world, world_to_voxel
@@ -21,6 +26,7 @@ from landmark_lit.training import train
 CCTA = ["NCRC", "NCLC", "LRC", "LH", "NCH", "RH", "RO", "LO"]
 OLFACTORY = ["right_olfactory_bulb", "left_olfactory_bulb"]
 LPS = np.array([-1.0, -1.0, 1.0])
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
 def compose_train(overrides: list[str]):
@@ -28,38 +34,126 @@ def compose_train(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-@pytest.mark.parametrize(
-    "dataset,names,spacing,crop,local_crop,min_size",
-    [
-        ("ccta", CCTA, 1.5, [72, 72, 72], [16, 16, 16], None),
-        ("olfactory_mr", OLFACTORY, 0.47, [72, 72, 72], [16, 16, 16], 72),
-    ],
-)
-def test_protocol_values(dataset, names, spacing, crop, local_crop, min_size, tmp_path):
-    cfg = compose_train(
-        [f"dataset={dataset}", "dataset.manifest=/data/m.json", f"paths.output_dir={tmp_path}"]
-    )
-    d = cfg.dataset
-    assert list(d.landmark_names) == names and d.num_landmarks == len(names)
-    assert d.global_spacing == d.local_spacing == spacing
-    assert list(d.global_crop_size) == crop and list(d.local_crop_size) == local_crop
-    assert cfg.data.min_size == min_size and cfg.data.spacing == spacing
-    assert (
-        d.train.manifest == "/data/m.json" and d.train._target_ == "landmark_lit.data.manifest.ManifestCases"
-    )
-    assert (d.train.split, d.val.split, d.test.split) == ("train", "val", "test")
-    local = compose_train(
-        [f"dataset={dataset}", "stage=local", "dataset.manifest=m", f"paths.output_dir={tmp_path}"]
-    )
-    assert list(local.data.crop_size) == local_crop and local.data.min_size is None
+@pytest.mark.parametrize("dataset,names", [("ccta", CCTA), ("olfactory_mr", OLFACTORY)])
+def test_protocol_data_follows_the_stage_and_the_manifest(dataset, names, tmp_path):
+    """data.* take the chosen stage's spacing, crop and padding from the dataset; one manifest feeds all splits
+    (the names are those the stand-in studies below are written with)."""
+    for stage in ("global", "local"):
+        cfg = compose_train(
+            [f"dataset={dataset}", f"stage={stage}", "dataset.manifest=/data/m.json", f"paths.output_dir={tmp_path}"]
+        )
+        d = cfg.dataset
+        assert list(d.landmark_names) == names and d.num_landmarks == len(names)
+        assert cfg.data.spacing == d[f"{stage}_spacing"]
+        assert list(cfg.data.crop_size) == list(d[f"{stage}_crop_size"])
+        assert cfg.data.min_size == d.get(f"{stage}_min_size")
+        for split in ("train", "val", "test"):
+            assert cfg.data[split].manifest == "/data/m.json" and cfg.data[split].split == split
+            assert cfg.data[split]._target_ == "landmark_lit.data.manifest.ManifestCases"
 
 
-def test_manifest_and_mni_configs_compose(tmp_path):
-    cfg = compose_train(["dataset=mni_afids", f"paths.output_dir={tmp_path}"])
-    assert len(cfg.dataset.landmark_names) == 32 and cfg.dataset.landmark_names[:2] == ["AC", "PC"]
-    assert cfg.dataset.manifest.endswith("outputs/mni_afids/manifest.json")
-    cfg = compose_train(["dataset=manifest", f"paths.output_dir={tmp_path}"])
-    assert cfg.dataset.landmark_names is None and cfg.dataset.coordinate_system == "RAS"
+def test_mni_manifest_lives_below_the_log_dir_and_names_every_fiducial(tmp_path):
+    cfg = compose_train(["dataset=mni_afids", f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
+    assert cfg.data.train.manifest == cfg.data.test.manifest == f"{tmp_path}/mni_afids/manifest.json"
+    assert len(cfg.dataset.landmark_names) == cfg.dataset.num_landmarks
+    # the manifest dataset takes its names (and their order) from the manifest itself
+    cfg = compose_train(["dataset=manifest", "dataset.manifest=m.json", f"paths.output_dir={tmp_path}"])
+    assert cfg.dataset.landmark_names is None and cfg.data.val.manifest == "m.json"
+
+
+class _Step(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_builds_its_scheduler_and_augmentation(experiment, tmp_path):
+    cfg = compose_train([f"experiment={experiment}", "trainer.max_steps=40", f"paths.output_dir={tmp_path}"])
+    assert instantiate(cfg.stage.net).spatial_dims == cfg.dataset.spatial_dims
+    opt = instantiate(cfg.optimizer)(_Step().parameters())
+    if cfg.scheduler is not None:
+        sched = instantiate(cfg.scheduler)(opt)
+        assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR) and sched.T_max == 40
+    if cfg.data.augment is not None:
+        assert isinstance(instantiate(cfg.data.augment), Augmentation)
+
+
+def test_isbi2015_global_anneals_over_the_overridden_max_steps(tmp_path):
+    cfg = compose_train(["experiment=isbi2015_global", "trainer.max_steps=10", f"paths.output_dir={tmp_path}"])
+    opt = instantiate(cfg.optimizer)(_Step().parameters())
+    sched = instantiate(cfg.scheduler)(opt)
+    assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
+    lrs = []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    # from optimizer.lr down to eta_min after exactly trainer.max_steps steps
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert opt.param_groups[0]["lr"] == pytest.approx(cfg.scheduler.eta_min)
+    assert compose_train([f"paths.output_dir={tmp_path}"]).scheduler is None
+    plain = compose_train(["experiment=isbi2015_global", "scheduler=none", f"paths.output_dir={tmp_path}"])
+    assert plain.scheduler is None
+
+
+def test_augmentation_group_selects_and_overrides_the_training_augmentation(tmp_path):
+    assert compose_train([f"paths.output_dir={tmp_path}"]).data.augment is None
+    cfg = compose_train(["experiment=isbi2015_global", "augmentation=none", f"paths.output_dir={tmp_path}"])
+    assert cfg.data.augment is None and cfg.data.flip is not None  # the flips are not the group's
+    cfg = compose_train(["augmentation=default", "data.augment.rotate_deg=15", f"paths.output_dir={tmp_path}"])
+    aug = instantiate(cfg.data.augment)
+    assert isinstance(aug, Augmentation) and aug.rotate_deg == 15
+
+
+def test_augmentation_group_lists_every_argument_with_the_python_defaults():
+    """conf/augmentation/default.yaml and the class's defaults are the same augmentation, argument for argument."""
+    listed = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "augmentation" / "default.yaml"))
+    listed = listed["data"]["augment"]
+    assert listed.pop("_target_") == "landmark_lit.data.augment.Augmentation"
+    fields = [f.name for f in dataclasses.fields(Augmentation)]
+    assert list(listed) == fields
+    assert instantiate({"_target_": "landmark_lit.data.augment.Augmentation", **listed}) == Augmentation()
+
+
+def test_the_local_stage_keeps_landmarks_inside_its_augmented_sub_images(tmp_path):
+    overrides = ["dataset=synthetic2d", "augmentation=default", "dataset.train.num_cases=2",
+                 "dataset.val.num_cases=1", "dataset.test.num_cases=1", f"paths.output_dir={tmp_path}"]  # fmt: skip
+    cfg = compose_train([*overrides, "stage=local", "data.local_margin=1.5"])
+    local = instantiate(cfg.data)
+    assert isinstance(local.augment, Augmentation) and local.augment.keep_inside == 1.5
+    assert instantiate(compose_train(overrides).data).augment.keep_inside is None
+
+
+def test_local_eval_seed_moves_the_validation_sub_images(tmp_path):
+    def starts(*extra):
+        cfg = compose_train(
+            ["dataset=synthetic2d", "stage=local", "dataset.train.num_cases=1", "dataset.val.num_cases=2",
+             "dataset.test.num_cases=1", "dataset.val.size=40", f"paths.output_dir={tmp_path}", *extra]
+        )  # fmt: skip
+        dm = instantiate(cfg.data)
+        ds = dm.val_dataloader().dataset
+        return ds.seed, torch.stack([ds[i]["origin"] for i in range(len(ds))])
+
+    seed, default = starts()
+    assert seed == 0 and torch.equal(default, starts()[1])  # fixed: every validation sees the same sub-images
+    seed, other = starts("data.local_eval_seed=5")
+    assert seed == 5 and not torch.equal(default, other)
+
+
+def test_optimized_metric_is_monitored_and_returned(tmp_path, monkeypatch):
+    import landmark_lit.cli.train as cli_train
+
+    cfg = compose_train(["optimized_metric=val/median_mm", f"paths.output_dir={tmp_path}"])
+    assert instantiate(cfg.callbacks.model_checkpoint).monitor == "val/median_mm"
+    default = compose_train([f"paths.output_dir={tmp_path}"])
+    assert instantiate(default.callbacks.model_checkpoint).monitor == default.optimized_metric == "val/mre_mm"
+    metrics = {"best_val/median_mm": 1.5, "val/median_mm": 2.0, "best_val/mre_mm": 9.0, "val/mre_mm": 9.5}
+    monkeypatch.setattr(cli_train, "train", lambda c: {"metrics": dict(metrics)})
+    assert cli_train.main.__wrapped__(cfg) == 1.5  # the best checkpoint's value
+    del metrics["best_val/median_mm"]
+    assert cli_train.main.__wrapped__(cfg) == 2.0  # no checkpoint monitored it: the last validation's
+    assert cli_train.main.__wrapped__(default) == 9.0
 
 
 def stand_in_study(
