@@ -7,14 +7,14 @@ axes dynamic. Each export is checked at a second input size before it is written
 and a different remainder modulo the stride), and files are written atomically.
 
 :class:`TorchScriptNet` and :class:`OnnxNet` load an export and behave like the PyTorch network for
-:class:`~landmark_lit.inference.LandmarkPredictor`: called on a torch tensor they return a
-:class:`~landmark_lit.networks.LandmarkOutput`, and they carry ``stride``, ``spatial_dims`` and
+:class:`~landmark_lit.predictor.LandmarkPredictor`: called on a torch tensor they return a
+:class:`~landmark_lit.networks.DisplacementOutput`, and they carry ``stride``, ``spatial_dims`` and
 ``num_landmarks`` (stored in the file: a JSON entry ``landmark_lit.json`` of the TorchScript archive, the
 ``landmark_lit`` entry of the ONNX model's ``metadata_props``). Example::
 
-    export_onnx(stage.net, "global.onnx", torch.zeros(1, 1, 256, 256), meta=stage.meta)
+    export_onnx(stage.net, "global.onnx", torch.zeros(1, 1, 256, 256), meta=stage.meta.to_dict())
     net = OnnxNet("global.onnx")
-    predictor = LandmarkPredictor(Stage(net, net.meta, "global.onnx"))
+    predictor = LandmarkPredictor(Stage(net, StageMeta.from_dict(net.meta, "global.onnx"), "global.onnx"))
 
 ONNX needs the optional extra ``landmark_lit[export]`` (onnx and onnxscript to export, onnxruntime to run);
 TorchScript needs nothing beyond torch. A TorchScript file holds code that is run when it is loaded: load
@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from landmark_lit.data.io import atomic_path
-from landmark_lit.networks import HeatmapUNet, LandmarkOutput
+from landmark_lit.methods import method_of_network
+from landmark_lit.networks import DisplacementOutput
+from landmark_lit.utils import first_line
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def export_torchscript(
     ``example``: an input of the network, (B, C, *spatial) for a global network or (B, K, C, *crop) for a
     local one; the file accepts any batch and spatial size. ``meta``: JSON-serialisable data stored in the
     file and returned as ``.meta`` by :class:`TorchScriptNet` (e.g. the checkpoint's ``landmark_lit`` entry,
-    which :class:`~landmark_lit.inference.Stage` needs). The trace is checked at a second input size;
+    which :class:`~landmark_lit.stages.Stage` needs). The trace is checked at a second input size;
     :class:`ExportCheckError` if it differs from the network there.
     """
     info = _export_info(net, example, meta)
@@ -115,7 +117,7 @@ def export_torchscript(
             except torch.jit.TracingCheckError as exc:
                 raise ExportCheckError(
                     f"{path}: the traced network differs from the PyTorch network at input size "
-                    f"{tuple(other.shape)}: {_first_line(exc)}"
+                    f"{tuple(other.shape)}: {first_line(exc)}"
                 ) from exc
         with atomic_path(path) as tmp:
             torch.jit.save(traced, tmp, _extra_files={EXTRA_FILE: json.dumps(info)})
@@ -179,7 +181,7 @@ class TorchScriptNet(nn.Module):
     """A TorchScript file written by :func:`export_torchscript`, used like the network it came from.
 
     ``net(x)`` takes (B, C, *spatial) or (B, K, C, *crop) as the network did and returns a
-    :class:`~landmark_lit.networks.LandmarkOutput`. Attributes: ``stride``, ``spatial_dims``,
+    :class:`~landmark_lit.networks.DisplacementOutput`. Attributes: ``stride``, ``spatial_dims``,
     ``num_landmarks``, ``input_shape`` (None for dynamic axes), ``meta`` (what was given at export, or {}),
     ``info`` (all stored metadata), ``path``. Loaded on the CPU (``.to(device)`` moves it).
     """
@@ -193,16 +195,16 @@ class TorchScriptNet(nn.Module):
             module = torch.jit.load(self.path, map_location="cpu", _extra_files=files)
         except Exception as exc:
             raise ExportFileError(
-                f"{self.path}: not a TorchScript file ({_first_line(exc)}); "
+                f"{self.path}: not a TorchScript file ({first_line(exc)}); "
                 "expected a landmark_lit export (landmark_lit.export.export_torchscript)"
             ) from exc
         _set_info(self, _parse_info(files[EXTRA_FILE], self.path, f"no {EXTRA_FILE} entry"))
         self.module = module.eval()
 
-    def forward(self, x: Tensor) -> LandmarkOutput:
+    def forward(self, x: Tensor) -> DisplacementOutput:
         _check_input(x, self.input_shape, self.path)
         disp, logits = self.module(x)
-        return LandmarkOutput(disp, logits)
+        return DisplacementOutput(disp, logits)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_repr_info(self)})"
@@ -212,7 +214,7 @@ class OnnxNet(nn.Module):
     """An ONNX file written by :func:`export_onnx`, run with onnxruntime (CPU) like the network.
 
     ``net(x)`` takes a torch tensor as the network did and returns a
-    :class:`~landmark_lit.networks.LandmarkOutput` on ``x``'s device. Attributes as :class:`TorchScriptNet`.
+    :class:`~landmark_lit.networks.DisplacementOutput` on ``x``'s device. Attributes as :class:`TorchScriptNet`.
     ``num_threads``: onnxruntime's intra-op threads (default: ``torch.get_num_threads()`` at load time).
     """
 
@@ -233,7 +235,7 @@ class OnnxNet(nn.Module):
             session = ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ExportFileError(
-                f"{self.path}: not a readable ONNX model ({_first_line(exc)}); "
+                f"{self.path}: not a readable ONNX model ({first_line(exc)}); "
                 "expected a landmark_lit export (landmark_lit.export.export_onnx)"
             ) from exc
         props = session.get_modelmeta().custom_metadata_map
@@ -241,11 +243,11 @@ class OnnxNet(nn.Module):
         self.session = session
         self.input_name = session.get_inputs()[0].name
 
-    def forward(self, x: Tensor) -> LandmarkOutput:
+    def forward(self, x: Tensor) -> DisplacementOutput:
         _check_input(x, self.input_shape, self.path)
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         disp, logits = self.session.run(list(OUTPUT_NAMES), {self.input_name: array})
-        return LandmarkOutput(torch.from_numpy(disp).to(x.device), torch.from_numpy(logits).to(x.device))
+        return DisplacementOutput(torch.from_numpy(disp).to(x.device), torch.from_numpy(logits).to(x.device))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({_repr_info(self)})"
@@ -266,9 +268,13 @@ def _export_info(net: nn.Module, example: Tensor, meta: dict | None) -> dict:
         raise ValueError(
             f"{type(net).__name__} is not a landmark network (no attribute {', '.join(missing)})"
         )
-    if isinstance(net, HeatmapUNet):  # one output, padded to its own multiple: not handled here
+    try:
+        method = method_of_network(net)
+    except ValueError:  # not a registered method's network class (e.g. a wrapper): exported as it is
+        method = None
+    if method is not None and not method.has_votes:  # one output, padded to its own multiple
         raise ValueError(
-            f"{type(net).__name__}: TorchScript / ONNX export of heatmap networks is not supported"
+            f"{type(net).__name__}: TorchScript / ONNX export of {method.name} networks is not supported"
         )
     d = int(net.spatial_dims)
     if not isinstance(example, Tensor) or not example.is_floating_point():
@@ -320,7 +326,7 @@ def _verify_onnx(net: nn.Module, file: str, path: str | os.PathLike, x: Tensor) 
         got = session.run(list(OUTPUT_NAMES), {session.get_inputs()[0].name: x.float().numpy()})
     except Exception as exc:  # e.g. an axis the exporter fixed to the example's size
         raise ExportCheckError(
-            f"{path}: the ONNX model does not run at input size {tuple(x.shape)}: {_first_line(exc)}"
+            f"{path}: the ONNX model does not run at input size {tuple(x.shape)}: {first_line(exc)}"
         ) from exc
     with _eval_mode(net), torch.no_grad():
         ref = net(x.to(_device_of(net)))
@@ -379,11 +385,6 @@ def _check_input(x: Tensor, input_shape: Sequence[int | None], path: str) -> Non
 def _require_file(path: str) -> None:
     if not os.path.isfile(path):
         raise ExportFileError(f"{path}: file not found")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _device_of(net: nn.Module) -> torch.device:

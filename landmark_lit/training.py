@@ -1,83 +1,22 @@
-"""``train(cfg)``: one stage (global or local) of the method, or the heatmap baseline in place of the global
-stage (``method=heatmap``), as a plain function of a Hydra config."""
+"""``train(cfg)``: one stage (global or local) of a method (``method=displacement``, the proposed method, or
+``method=heatmap``, the baseline in place of the global stage), as a plain function of a Hydra config."""
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.lit.modules import HeatmapModule, LandmarkModule
+from landmark_lit.lit.modules import LandmarkModule
+from landmark_lit.methods import get_method
+from landmark_lit.stages import StageMeta
 
 log = logging.getLogger(__name__)
-
-DISPLACEMENT_TARGETS = {"landmark_lit.networks.GlobalNet", "landmark_lit.networks.LocalNet"}
-HEATMAP_TARGETS = {"landmark_lit.networks.HeatmapUNet"}
-NETWORK_TARGETS = DISPLACEMENT_TARGETS | HEATMAP_TARGETS
-
-
-def heatmap_decoder_meta(decoder_cfg: DictConfig) -> dict[str, Any]:
-    """The plain-data description of a configured :class:`~landmark_lit.heatmaps.HeatmapDecoder`."""
-    from landmark_lit.heatmaps import HeatmapDecoder
-
-    kwargs = {k: v for k, v in OmegaConf.to_container(decoder_cfg, resolve=True).items() if k != "_target_"}
-    dec = dataclasses.asdict(HeatmapDecoder(**kwargs))  # validates, fills the defaults
-    return {
-        "mode": str(dec["mode"]),
-        "beta": float(dec["beta"]),
-        "window": int(dec["window"]),
-        "amplitude": float(dec["amplitude"]),
-        "refine": str(dec["refine"]),
-    }
-
-
-def checkpoint_meta(cfg: DictConfig, landmark_names: list[str]) -> dict[str, Any]:
-    """What prediction needs besides the weights; plain types only, so checkpoints load with weights_only."""
-    net_cfg = OmegaConf.to_container(cfg.stage.net, resolve=True)
-    if net_cfg.get("_target_") not in NETWORK_TARGETS:
-        raise ValueError(
-            f"stage.net._target_ must be one of {sorted(NETWORK_TARGETS)}, got {net_cfg.get('_target_')}"
-        )
-    net_cfg["num_landmarks"] = len(landmark_names)  # the data decides K (see train)
-    heatmap = net_cfg["_target_"] in HEATMAP_TARGETS
-    if heatmap and cfg.stage.name != "global":
-        raise ValueError(f"method=heatmap replaces the global stage; it has no {cfg.stage.name!r} stage")
-    min_size = cfg.data.get("min_size")
-    meta = {
-        "format_version": 1,
-        "net": net_cfg,
-        "landmark_names": list(landmark_names),
-        "spatial_dims": int(cfg.dataset.spatial_dims),
-        "spacing": OmegaConf.to_container(cfg.stage.spacing, resolve=True)
-        if OmegaConf.is_config(cfg.stage.spacing)
-        else float(cfg.stage.spacing),
-        "crop_size": [int(c) for c in cfg.stage.crop_size],
-        "min_size": OmegaConf.to_container(min_size, resolve=True)
-        if OmegaConf.is_config(min_size)
-        else (None if min_size is None else int(min_size)),
-        "intensity": str(cfg.dataset.intensity),
-        "decoder": {
-            "regression": str(cfg.ablation.regression),
-            "classification": bool(cfg.ablation.classification),
-            "log_base": float(cfg.ablation.log_base),
-        },
-        "dataset": str(cfg.dataset.name),
-        "ablation": str(cfg.ablation.name),
-    }
-    top_k = OmegaConf.select(cfg, "decoder.top_k", default=None)
-    if top_k is not None and not heatmap:  # written only when set: older descriptions stay as they were
-        meta["decoder"]["top_k"] = int(top_k)
-    if heatmap:  # displacement descriptions have no "method" key (and stay as they were)
-        meta["method"] = "heatmap"
-        meta["decoder"] = heatmap_decoder_meta(cfg.decoder)
-        del meta["ablation"]
-    return meta
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -98,20 +37,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError(
             f"dataset.spatial_dims={cfg.dataset.spatial_dims} but the data is {datamodule.spatial_dims}D"
         )
-    meta = checkpoint_meta(cfg, datamodule.landmark_names)
-    module_cls = get_class(cfg.stage.module)
-    if not issubclass(module_cls, LandmarkModule):
-        raise ValueError(f"stage.module must name a LandmarkModule subclass, got {cfg.stage.module}")
-    if issubclass(module_cls, HeatmapModule) != (meta.get("method") == "heatmap"):
-        raise ValueError(
-            f"stage.module {cfg.stage.module} does not fit the network {cfg.stage.net._target_} "
-            "(method=heatmap sets both)"
-        )
+    method = get_method(str(cfg.method.name))
+    method.network_class(str(cfg.stage.name))  # a clear error for a stage the method does not have
     # objects are passed directly, not through instantiate(), which would turn dataclasses into configs
-    module = module_cls(
+    loss, decoder = instantiate(cfg.loss), instantiate(cfg.decoder)
+    if not isinstance(loss, method.loss_class):
+        raise ValueError(
+            f"the {method.name} method trains with {method.loss_class.__name__}, loss builds {type(loss).__name__}"
+        )
+    meta = StageMeta.from_config(cfg, datamodule.landmark_names, decoder)
+    module = LandmarkModule(
         net=instantiate(cfg.stage.net, **net_overrides),
-        loss=instantiate(cfg.loss),
-        decoder=instantiate(cfg.decoder),
+        loss=loss,
+        decoder=decoder,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         meta=meta,
@@ -127,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "training %s stage on %s (%s), output in %s",
         cfg.stage.name,
         cfg.dataset.name,
-        cfg.get("method_name") or cfg.ablation.name,
+        cfg.method_name,
         output_dir,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

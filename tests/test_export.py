@@ -15,8 +15,9 @@ from landmark_lit.export import (
     export_torchscript,
     load_exported,
 )
-from landmark_lit.inference import LandmarkPredictor, Stage
 from landmark_lit.networks import GlobalNet, LocalNet
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import Stage, StageMeta
 
 NAMES = ["a", "b"]
 DECODER = {"regression": "log", "classification": True, "log_base": 10.0}
@@ -115,7 +116,7 @@ def test_exports_reproduce_the_network_at_other_input_sizes(exported, nets, name
         x = torch.randn(shape)
         with torch.no_grad():
             ref, out = net(x), ex(x)
-        assert type(out).__name__ == "LandmarkOutput"
+        assert type(out).__name__ == "DisplacementOutput"
         for got, want in zip(out, ref, strict=True):
             assert got.shape == want.shape and got.dtype == torch.float32
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -134,7 +135,7 @@ def stage(net: nn.Module, name: str, kind: str, spacing: float, crop: list[int])
         "decoder": DECODER,
         "stage": kind,
     }
-    return Stage(net, meta, f"{name}.{kind}")
+    return Stage(net, StageMeta.from_dict(meta, name), f"{name}.{kind}")
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -153,12 +154,14 @@ def test_the_predictor_finds_the_same_landmarks_with_exported_networks(exported,
             ],
         )
 
-    want = predictor(nets).predict_array(image, affine)
-    got = predictor(exported).predict_array(image, affine)
-    assert np.abs(got["voxel"] - want["voxel"]).max() < 1e-3
-    assert np.abs(got["world"] - want["world"]).max() < 1e-3
-    assert np.abs(got["global_world"] - want["global_world"]).max() < 1e-3
-    assert np.abs(want["world"] - want["global_world"]).max() > 0.01  # the local stages moved the landmarks
+    want = predictor(nets).predict(image, affine)
+    got = predictor(exported).predict(image, affine)
+    assert np.abs(got.voxel - want.voxel).max() < 1e-3
+    assert np.abs(got.world - want.world).max() < 1e-3
+    assert np.abs(got.global_estimate.world - want.global_estimate.world).max() < 1e-3
+    assert (
+        np.abs(want.world - want.global_estimate.world).max() > 0.01
+    )  # the local stages moved the landmarks
 
 
 def test_export_uses_running_statistics_and_keeps_the_training_mode(tmp_path):

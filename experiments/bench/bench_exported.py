@@ -16,15 +16,16 @@ import torch
 
 from landmark_lit.data.io import load_image
 from landmark_lit.export import load_exported
-from landmark_lit.inference import LandmarkPredictor, Stage, load_bundle
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import Stage
 
 
 def median_seconds(predictor: LandmarkPredictor, image, affine, runs: int) -> float:
-    predictor.predict_array(image, affine)
+    predictor.predict(image, affine)
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        predictor.predict_array(image, affine)
+        predictor.predict(image, affine)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 
@@ -37,11 +38,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    reference = load_bundle(args.bundle)
+    reference = LandmarkPredictor.from_bundle(args.bundle)
     image, affine = load_image(args.image)
     if args.spacing:
         affine = np.diag([*[args.spacing] * (image.ndim - 1), 1.0])
-    ref = reference.predict_array(image, affine)["world"]
+    ref = reference.predict(image, affine).world
     print(f"pytorch: {median_seconds(reference, image, affine, args.runs):.3f} s")
     stem = Path(args.bundle).with_suffix("")
     for suffix in ("ts", "onnx"):
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         nets += [load_exported(f"{stem}.local{n}.{suffix}") for n in range(len(reference.local_stages))]
         stages = [Stage(net, net.meta, str(net.path)) for net in nets]
         predictor = LandmarkPredictor(stages[0], stages[1:], reference.local_iterations)
-        diff = np.abs(predictor.predict_array(image, affine)["world"] - ref).max()
+        diff = np.abs(predictor.predict(image, affine).world - ref).max()
         seconds = median_seconds(predictor, image, affine, args.runs)
         print(f"{suffix}: {seconds:.3f} s, largest landmark difference from PyTorch {diff:.2e} mm")
 

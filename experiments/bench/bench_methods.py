@@ -85,7 +85,8 @@ def run_method(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from landmark_lit.data.io import load_image
-    from landmark_lit.inference import load_bundle, peak_memory_mb
+    from landmark_lit.predictor import LandmarkPredictor
+    from landmark_lit.utils import peak_memory_mb
 
     name, _, model = args.run.partition("=")
     image, affine = load_image(args.image)
@@ -96,14 +97,14 @@ def run_method(args: argparse.Namespace) -> dict:
         predict, _ = _scn_pipeline(d, args.num_landmarks, args.scn_size if d == 3 else 512)
         describe = f"landmarker SpatialConfigurationNet ({'512^2' if d == 2 else f'{args.scn_size}^3'} input)"
     else:
-        predictor = load_bundle(model)
+        predictor = LandmarkPredictor.from_bundle(model)
 
         def predict(image, affine):
-            return predictor.predict_array(image, affine)["voxel"]
+            return predictor.predict(image, affine).voxel
 
         stages = [predictor.global_stage, *predictor.local_stages]
         describe = " + ".join(
-            f"{s.meta.get('method', 'displacement')} {s.meta['stage']} {np.mean(s.meta['spacing']):g} mm"
+            f"{s.meta.get('method', 'displacement')} {s.meta.stage} {np.mean(s.meta.spacing):g} mm"
             for s in stages
         ) + (f", local x{predictor.local_iterations}" if predictor.local_stages else "")
 

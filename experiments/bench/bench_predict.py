@@ -32,9 +32,11 @@ def run_case(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from landmark_lit.data.io import load_image, save_nifti
     from landmark_lit.data.transforms import resample_to_spacing, spacing_of
-    from landmark_lit.inference import load_bundle, peak_memory_mb
+    from landmark_lit.predict_files import predict_file
+    from landmark_lit.predictor import LandmarkPredictor
+    from landmark_lit.utils import peak_memory_mb
 
-    predictor = load_bundle(args.model)
+    predictor = LandmarkPredictor.from_bundle(args.model)
     if args.local_iterations:
         predictor.local_iterations = args.local_iterations
     image_path = Path(args.image)
@@ -42,7 +44,7 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.pad_to:
         # an N^3 working volume: resample to the finest stage's spacing, embed in an N^3 grid
         spacing = min(
-            float(np.mean(s.meta["spacing"])) for s in [predictor.global_stage, *predictor.local_stages]
+            float(np.mean(s.meta.spacing)) for s in [predictor.global_stage, *predictor.local_stages]
         )
         image, affine = load_image(image_path)
         x, aff = resample_to_spacing(image, affine, spacing)
@@ -56,12 +58,12 @@ def run_case(args: argparse.Namespace) -> dict:
     if args.spacing:
         affine = np.diag([*[args.spacing] * (image.ndim - 1), 1.0])
     for _ in range(args.warmup):
-        predictor.predict(image_path, args.spacing)
+        predict_file(predictor, image_path, args.spacing)
     with_io, without_io = [], []
     for _ in range(args.runs):
-        r = predictor.predict(image_path, args.spacing)
-        with_io.append(r["seconds"])
-        without_io.append(r["seconds_without_io"])
+        r, _, _ = predict_file(predictor, image_path, args.spacing)
+        with_io.append(r.seconds)
+        without_io.append(r.seconds_without_io)
     working = [
         s.preprocessing(image, affine)[0].shape[1:] for s in [predictor.global_stage, *predictor.local_stages]
     ]
@@ -107,7 +109,7 @@ def breakdown(predictor, image_path: Path, spacing: float | None, runs: int) -> 
         if spacing:
             affine = np.diag([*[spacing] * (image.ndim - 1), 1.0])
         with torch.inference_mode():
-            x0 = match_channels(torch.as_tensor(image), g.meta["net"]["in_channels"])
+            x0 = match_channels(torch.as_tensor(image), g.meta.net["in_channels"])
             x, aff = clock("global preprocessing", g.preprocessing, x0, affine)
             out = clock("global network", g.net, x[None])
             world = voxel_to_world(g.decoder(out, g.net.stride)[0].double().numpy(), aff)
@@ -115,8 +117,8 @@ def breakdown(predictor, image_path: Path, spacing: float | None, runs: int) -> 
                 xl, aff_l = clock(f"local {n} preprocessing", loc.preprocessing, x0, affine)
                 centres = torch.as_tensor(world_to_voxel(world, aff_l))
                 for _ in range(predictor.local_iterations):
-                    starts = local_crop_starts(centres.float(), loc.meta["crop_size"])
-                    crops = stack_local_crops(xl, starts, loc.meta["crop_size"])
+                    starts = local_crop_starts(centres.float(), loc.meta.crop_size)
+                    crops = stack_local_crops(xl, starts, loc.meta.crop_size)
                     clock(
                         f"local {n} network (x{predictor.local_iterations})",
                         lambda loc=loc, c=crops: loc.net(c[None]),

@@ -33,7 +33,7 @@ import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
 from landmark_lit.evaluation.plots import _new_figure, _save
-from landmark_lit.inference import LandmarkPredictor
+from landmark_lit.predictor import LandmarkPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 
@@ -58,7 +58,7 @@ def test1_mre(predictor: LandmarkPredictor, source: ISBI2015Cephalograms) -> tup
     errors = []
     for i in range(len(source)):
         case = source[i]
-        world = predictor.predict_array(case.image, case.affine)["world"]
+        world = predictor.predict(case.image, case.affine).world
         errors.append(np.linalg.norm(world - case.landmarks_world, axis=1))
     e = np.concatenate(errors)
     return float(e.mean()), float(np.median(e))

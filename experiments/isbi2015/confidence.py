@@ -22,7 +22,8 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.inference import DEFAULT_CONFIDENCE_THRESHOLD, LandmarkPredictor
+from landmark_lit.methods.displacement import DISPLACEMENT
+from landmark_lit.predictor import LandmarkPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 SIGNALS = ("confidence", "posterior", "spread_mm", "global_posterior", "global_spread_mm", "shift_mm")
@@ -34,8 +35,8 @@ def collect(predictor: LandmarkPredictor, source: ISBI2015Cephalograms) -> dict[
     rows: dict[str, list] = {key: [] for key in ("case", "landmark", "error_mm", *SIGNALS)}
     for i in range(len(source)):
         case = source[i]
-        result = predictor.predict_array(case.image, case.affine)
-        err = np.linalg.norm(result["world"] - case.landmarks_world, axis=1)
+        result = predictor.predict(case.image, case.affine)
+        err = np.linalg.norm(result.world - case.landmarks_world, axis=1)
         rows["case"] += [case.case_id] * len(err)
         rows["landmark"] += predictor.landmark_names
         rows["error_mm"] += err.tolist()
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         "test1": lambda: ISBI2015Cephalograms(args.data, split="test1", ground_truth="average"),
     }
     data = {}
-    threshold = DEFAULT_CONFIDENCE_THRESHOLD if args.threshold is None else args.threshold
+    threshold = DISPLACEMENT.confidence_threshold if args.threshold is None else args.threshold
     if args.from_csv:
         data = {name: read(Path(args.out) / f"landmarks_{name}.csv") for name in sets}
     else:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for name in sets:
             d, failed = data[name], data[name]["error_mm"] > args.failure_mm
-            score = d["posterior"] * np.exp(-(d["spread_mm"] + d["shift_mm"]) / scale)
+            score = d.posterior * np.exp(-(d.spread_mm + d.shift_mm) / scale)
             cells.append(f"{auroc(-score, failed):.3f}")
         print(f"| {scale:g} mm | {cells[0]} | {cells[1]} |")
     val_failed = data["val"]["error_mm"] > args.failure_mm
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in sets:
         d = data[name]
         failed = d["error_mm"] > args.failure_mm
-        flagged = d["confidence"] < threshold
+        flagged = d.confidence < threshold
         sens = flagged[failed].mean() if failed.any() else float("nan")
         prec = failed[flagged].mean() if flagged.any() else float("nan")
         mre_f = d["error_mm"][flagged].mean() if flagged.any() else float("nan")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.inference import LandmarkPredictor
+from landmark_lit.predictor import LandmarkPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
                 predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
                 predictor.set_vote_top_k(args.global_top_k, local_k or None)
                 label = " -> ".join(
-                    f"local {s.meta['spacing']:g} mm, {'x'.join(map(str, s.meta['crop_size']))}"
+                    f"local {s.meta.spacing:g} mm, {'x'.join(map(str, s.meta.crop_size))}"
                     for s in predictor.local_stages
                 )
                 extra = (f" (each {it} passes)" if it > 1 else "") + (
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
             reference = reference.copy()
             reference[:, 0] = (image.shape[1] - 1) * case.affine[0, 0] - reference[:, 0]
         for name, predictor in pipelines.items():
-            world = predictor.predict_array(image, case.affine)["world"]
+            world = predictor.predict(image, case.affine).world
             errors[name].append(np.linalg.norm(world - reference, axis=1))
             if name == "global only":
                 global_offsets.append(world - reference)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.manifest import ManifestCases
-from landmark_lit.inference import LandmarkPredictor
+from landmark_lit.predictor import LandmarkPredictor
 
 
 def row(name: str, errors: np.ndarray) -> str:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     for i in range(len(source)):
         case = source[i]
         for name, predictor in pipelines.items():
-            world = predictor.predict_array(case.image, case.affine)["world"]
+            world = predictor.predict(case.image, case.affine).world
             errors[name].append(np.linalg.norm(world - case.landmarks_world, axis=1))
             if name == "global only":
                 offsets.append(world - case.landmarks_world)

@@ -10,24 +10,21 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
-from landmark_lit.inference import (
-    LandmarkPredictor,
-    Stage,
-    load_bundle,
-    save_bundle,
-)
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, Stage, save_bundle
+from landmark_lit.utils import first_line
 
 FORMATS = ("bundle", "torchscript", "onnx")
 
 
 def example_input(stage: Stage) -> torch.Tensor:
     """A zero input of the stage's training crop size (any size works; this one is typical)."""
-    meta, c = stage.meta, stage.meta["net"]["in_channels"]
-    d = int(meta["spatial_dims"])
-    crop = meta.get("crop_size") or [64] * d
+    meta, c = stage.meta, stage.meta.net["in_channels"]
+    d = int(meta.spatial_dims)
+    crop = meta.crop_size or [64] * d
     crop = [int(n) for n in (crop if isinstance(crop, list | tuple) else [crop] * d)]
-    if meta["stage"] == "local":
-        return torch.zeros(1, len(meta["landmark_names"]), c, *crop)
+    if meta.stage == "local":
+        return torch.zeros(1, len(meta.landmark_names), c, *crop)
     return torch.zeros(1, c, *crop)
 
 
@@ -47,16 +44,18 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     if model:
         if "bundle" in formats:
             raise ValueError("model=BUNDLE is already a bundle: export its networks with formats=[onnx] etc.")
-        predictor = load_bundle(model)
+        predictor = LandmarkPredictor.from_bundle(model)
     else:
         local = cfg.get("local_checkpoint")
         local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else ([local] if local else [])
         threshold = cfg.get("confidence_threshold")
         threshold = None if threshold is None else float(threshold)  # None: the method's default
         iterations = int(cfg.get("local_iterations") or 1)
-        predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold)
+        scale = cfg.get("confidence_scale")
+        scale = DEFAULT_CONFIDENCE_SCALE if scale is None else float(scale)
+        predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold, scale)
         if "bundle" in formats:
-            save_bundle(out, global_ckpt, local, iterations, threshold)
+            save_bundle(out, global_ckpt, local, iterations, threshold, scale)
             written["bundle"] = out
     stages = {"global": predictor.global_stage} | {
         f"local{n}": s for n, s in enumerate(predictor.local_stages)
@@ -68,11 +67,11 @@ def export(cfg: DictConfig) -> dict[str, Path]:
             stem = out.with_suffix("").name
             if "torchscript" in formats:
                 path = out.with_name(f"{stem}.{name}.ts")
-                export_torchscript(stage.net, path, example_input(stage), meta=stage.meta)
+                export_torchscript(stage.net, path, example_input(stage), meta=stage.meta.to_dict())
                 written[f"torchscript/{name}"] = path
             if "onnx" in formats:
                 path = out.with_name(f"{stem}.{name}.onnx")
-                export_onnx(stage.net, path, example_input(stage), meta=stage.meta)
+                export_onnx(stage.net, path, example_input(stage), meta=stage.meta.to_dict())
                 written[f"onnx/{name}"] = path
     return written
 
@@ -82,7 +81,7 @@ def main(cfg: DictConfig) -> None:
     try:
         written = export(cfg)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         sys.exit(2)
     for key, path in written.items():
         print(f"{key}: {path}")

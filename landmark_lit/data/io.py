@@ -40,6 +40,8 @@ from monai.data.utils import is_supported_format, orientation_ras_lps
 from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 
+from landmark_lit.utils import first_line
+
 
 class ImageReadError(ValueError):
     """An image file could not be read or does not hold a usable image."""
@@ -167,8 +169,7 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             warnings.filterwarnings("error", message=".*ImageOrientationPatient.*")
             img = _loader(kind)(str(path))
     except Exception as exc:  # MONAI raises many types for unreadable files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {first_line(exc)})") from exc
     array = np.asarray(img.array if isinstance(img, MetaTensor) else img, dtype=np.float32)
     spatial = array.ndim - 1
     affine = np.asarray(img.affine, dtype=np.float64) if isinstance(img, MetaTensor) else np.eye(spatial + 1)
@@ -193,7 +194,10 @@ def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndar
     return array, affine
 
 
-_PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# formats without geometry (1 mm pixels; prediction takes their spacing from its ``spacing`` option), read
+# with Pillow (multi-page TIFF stacks are left to MONAI)
+NO_GEOMETRY_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_PIL_SUFFIXES = NO_GEOMETRY_SUFFIXES
 _PIL_MODES = ("L", "RGB", "RGBA", "I", "I;16", "F")
 
 
@@ -203,12 +207,11 @@ def _read_pil(path: Path) -> np.ndarray | None:
 
     try:
         with Image.open(path) as img:
-            if img.mode not in _PIL_MODES:
+            if img.mode not in _PIL_MODES or getattr(img, "n_frames", 1) > 1:
                 return None
             data = np.asarray(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {reason})") from exc
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {first_line(exc)})") from exc
     if data.ndim == 3 and data.shape[2] in (3, 4):
         rgb = data[..., :3]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):

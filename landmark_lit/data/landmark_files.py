@@ -336,7 +336,7 @@ def _read_json(text: str) -> LandmarkTable:
     )
 
 
-def _number(value: float) -> str:
+def _format_number(value: float) -> str:
     """Shortest text that reads back to the same float; ``nan`` for missing."""
     return "nan" if math.isnan(value) else repr(float(value))
 
@@ -344,7 +344,7 @@ def _number(value: float) -> str:
 def _extra_value(value: Any) -> str:
     if isinstance(value, bool | np.bool_):
         return "1" if value else "0"
-    return _number(float(value))
+    return _format_number(float(value))
 
 
 def _format_csv(
@@ -361,9 +361,9 @@ def _format_csv(
     for case in table.cases:
         vox = _voxel_for(voxel, case, table) if voxel is not None else None
         for k, name in enumerate(table.names):
-            row = [case, name, *(_number(v) for v in table.coords[case][k])]
+            row = [case, name, *(_format_number(v) for v in table.coords[case][k])]
             if vox is not None:
-                row += [_number(v) for v in vox[k]]
+                row += [_format_number(v) for v in vox[k]]
             row += [_extra_value(values[case][k]) for values in extra.values()]
             writer.writerow(row)
     return out.getvalue()

@@ -73,6 +73,117 @@ class ManifestRow:
     where: str
 
 
+@dataclass
+class _Entry:
+    """One row of a manifest as written: its cells (CSV) or keys (JSON), and where it is."""
+
+    values: dict[str, Any]
+    location: str  # "line 3" (CSV) or "case #2" (JSON)
+
+    @property
+    def case(self) -> str:
+        return str(self.values.get("case") or "").strip()
+
+    @property
+    def split(self) -> str | None:
+        value = self.values.get("split")
+        text = str(value).strip() if value is not None else ""
+        return text or None
+
+    @property
+    def where(self) -> str:
+        # "line 3 (case 'p001')" / "case #2 ('p001')"
+        label = repr(self.case) if self.location.startswith("case") else f"case {self.case!r}"
+        return f"{self.location} ({label})"
+
+
+@dataclass
+class _ManifestFile:
+    """A manifest's rows, read and checked the same way for training (:class:`ManifestCases`) and for
+    prediction (:func:`manifest_images`): the file, its form (CSV header / JSON structure and keys), one
+    image per row, unique case ids and the split selection."""
+
+    path: Path
+    entries: list[_Entry]
+    header: list[str] | None  # CSV columns
+    top: dict[str, Any]  # JSON top level (without "cases")
+
+    @classmethod
+    def read(cls, manifest: str | os.PathLike) -> _ManifestFile:
+        path = Path(manifest).expanduser()
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest not found")
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".json"):
+            raise ManifestError(f"{path}: unknown manifest type {path.suffix!r} (expected .csv or .json)")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ManifestError(f"{path}: cannot read ({exc})") from None
+        if suffix == ".csv":
+            reader = csv.DictReader(io.StringIO(text))
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            reader.fieldnames = header
+            if "image" not in header:
+                raise ManifestError(f"{path}: missing columns ['image'] (header is {header})")
+            entries = []
+            for line, cells in enumerate(reader, start=2):
+                if None in cells:
+                    raise ManifestError(f"{path}: line {line}: more values than columns")
+                entries.append(_Entry(dict(cells), f"line {line}"))
+            top: dict[str, Any] = {}
+        else:
+            header = None
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ManifestError(f"{path}: invalid JSON ({exc})") from None
+            if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
+                raise ManifestError(f"{path}: expected an object with a 'cases' list")
+            unknown = sorted(set(data) - _JSON_KEYS)
+            if unknown:
+                raise ManifestError(f"{path}: unknown keys {unknown} (expected {sorted(_JSON_KEYS)})")
+            entries = []
+            for n, entry in enumerate(data["cases"], start=1):
+                if not isinstance(entry, dict):
+                    raise ManifestError(f"{path}: case #{n}: expected an object")
+                row = _Entry(entry, f"case #{n}")
+                unknown = sorted(set(entry) - _CASE_KEYS)
+                if unknown:
+                    raise ManifestError(
+                        f"{path}: {row.where}: unknown keys {unknown} (expected {sorted(_CASE_KEYS)})"
+                    )
+                entries.append(row)
+            top = {k: v for k, v in data.items() if k != "cases"}
+        if not entries:
+            raise ManifestError(f"{path}: no cases")
+        seen: dict[str, str] = {}
+        for row in entries:
+            if not str(row.values.get("image") or "").strip():
+                raise ManifestError(f"{path}: {row.where}: no image")
+            if row.case and row.case in seen:
+                raise ManifestError(f"{path}: {row.where}: duplicate case id (first at {seen[row.case]})")
+            seen[row.case] = row.where
+        return cls(path, entries, header, top)
+
+    def image_path(self, row: _Entry) -> Path:
+        """The row's image, relative paths resolved against the manifest's folder (not checked)."""
+        path = Path(str(row.values.get("image")).strip()).expanduser()
+        return path if path.is_absolute() else self.path.parent / path
+
+    def select(self, rows: list[Any], split: str | None, split_of: Any) -> list[Any]:
+        """The rows of ``split`` (all for None); a ManifestError if the manifest has no splits or none
+        of its rows is in it."""
+        if split is None:
+            return rows
+        if all(split_of(row) is None for row in rows):
+            raise ManifestError(f"{self.path}: no split column or key, cannot select split {split!r}")
+        rows = [row for row in rows if split_of(row) == str(split)]
+        if not rows:
+            raise ManifestError(f"{self.path}: no cases in split {split!r}")
+        return rows
+
+
 class ManifestCases:
     """A :class:`~landmark_lit.data.cases.CaseSource` over the images and landmarks of a manifest.
 
@@ -96,40 +207,16 @@ class ManifestCases:
         landmark_names: list[str] | None = None,
         coordinate_system: str = "RAS",
     ) -> None:
-        self.path = Path(manifest).expanduser()
-        if not self.path.is_file():
-            raise ManifestError(f"{self.path}: manifest not found")
-        suffix = self.path.suffix.lower()
-        if suffix not in (".csv", ".json"):
-            raise ManifestError(
-                f"{self.path}: unknown manifest type {self.path.suffix!r} (expected .csv or .json)"
-            )
-        try:
-            text = self.path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{self.path}: cannot read ({exc})") from None
+        file = _ManifestFile.read(manifest)
+        self.path = file.path
         default_system = self._system(coordinate_system, "coordinate_system argument")
-        parse = self._parse_csv if suffix == ".csv" else self._parse_json
-        rows, declared = parse(text, default_system)
-        if not rows:
-            raise ManifestError(f"{self.path}: no cases")
-        seen: dict[str, str] = {}
-        for row in rows:
-            if row.case in seen:
-                raise ManifestError(
-                    f"{self.path}: {row.where}: duplicate case id (first at {seen[row.case]})"
-                )
-            seen[row.case] = row.where
+        parse = self._parse_csv if file.header is not None else self._parse_json
+        rows, declared = parse(file, default_system)
         dims = {row.points.points.shape[1] for row in rows}
         if len(dims) > 1:
             raise ManifestError(f"{self.path}: cases mix 2D and 3D landmarks")
         self.spatial_dims = dims.pop()
-        if split is not None:
-            if all(row.split is None for row in rows):
-                raise ManifestError(f"{self.path}: no split column or key, cannot select split {split!r}")
-            rows = [row for row in rows if row.split == str(split)]
-            if not rows:
-                raise ManifestError(f"{self.path}: no cases in split {split!r}")
+        rows = file.select(rows, split, lambda row: row.split)
         self.rows = rows
         self.landmark_names = self._names(rows, declared, landmark_names)
 
@@ -196,13 +283,17 @@ class ManifestCases:
                 raise ManifestError(f"{self.path}: {where}, landmark {name!r}: {exc}") from None
         return PointList(list(names), np.asarray(points, dtype=np.float64).reshape(len(names), dims), system)
 
-    def _parse_csv(self, text: str, default_system: str) -> tuple[list[ManifestRow], list[str] | None]:
-        reader = csv.DictReader(io.StringIO(text))
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        reader.fieldnames = header
-        missing = [c for c in ("case", "image") if c not in header]
-        if missing:
-            raise ManifestError(f"{self.path}: missing columns {missing} (header is {header})")
+    def _case(self, row: _Entry) -> str:
+        if not row.case:
+            raise ManifestError(f"{self.path}: {row.location}: no case id")
+        return row.case
+
+    def _parse_csv(
+        self, file: _ManifestFile, default_system: str
+    ) -> tuple[list[ManifestRow], list[str] | None]:
+        header = file.header
+        if "case" not in header:
+            raise ManifestError(f"{self.path}: missing columns ['case'] (header is {header})")
         inline = [h[:-2] for h in header if h.endswith("_x")]
         if ("landmarks" in header) == bool(inline):
             raise ManifestError(
@@ -217,13 +308,8 @@ class ManifestCases:
                     f"{self.path}: landmark {name!r} lacks columns {absent} ({dims}D manifest)"
                 )
         rows = []
-        for line, cells in enumerate(reader, start=2):
-            if None in cells:
-                raise ManifestError(f"{self.path}: line {line}: more values than columns")
-            case = (cells.get("case") or "").strip()
-            where = f"line {line} (case {case!r})"
-            if not case:
-                raise ManifestError(f"{self.path}: line {line}: empty case id")
+        for entry in file.entries:
+            cells, case, where = entry.values, self._case(entry), entry.where
             system = default_system
             if (cells.get("coordinate_system") or "").strip():
                 system = self._system(cells["coordinate_system"], where)
@@ -233,24 +319,17 @@ class ManifestCases:
                 points = self._inline(inline, values, dims, system, where)
             else:
                 points = self._point_file(cells.get("landmarks"), case, system, where)
-            split = (cells.get("split") or "").strip() or None
-            rows.append(ManifestRow(case, image, points, split, where))
+            rows.append(ManifestRow(case, image, points, entry.split, where))
         return rows, (inline or None)
 
-    def _parse_json(self, text: str, default_system: str) -> tuple[list[ManifestRow], list[str] | None]:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{self.path}: invalid JSON ({exc})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-            raise ManifestError(f"{self.path}: expected an object with a 'cases' list")
-        unknown = sorted(set(data) - _JSON_KEYS)
-        if unknown:
-            raise ManifestError(f"{self.path}: unknown keys {unknown} (expected {sorted(_JSON_KEYS)})")
+    def _parse_json(
+        self, file: _ManifestFile, default_system: str
+    ) -> tuple[list[ManifestRow], list[str] | None]:
+        top = file.top
         system_all = (
-            self._system(data["coordinate_system"], "top level") if "coordinate_system" in data else None
+            self._system(top["coordinate_system"], "top level") if "coordinate_system" in top else None
         )
-        declared = data.get("landmarks")
+        declared = top.get("landmarks")
         if declared is not None and (
             not isinstance(declared, list) or not all(isinstance(n, str) and n for n in declared)
         ):
@@ -258,25 +337,14 @@ class ManifestCases:
         if declared is not None and len(set(declared)) != len(declared):
             raise ManifestError(f"{self.path}: duplicate landmark names in 'landmarks'")
         rows = []
-        for n, entry in enumerate(data["cases"], start=1):
-            if not isinstance(entry, dict):
-                raise ManifestError(f"{self.path}: case #{n}: expected an object")
-            case = str(entry.get("case") or "").strip()
-            where = f"case #{n} ({case!r})"
-            if not case:
-                raise ManifestError(f"{self.path}: case #{n}: no 'case' id")
-            unknown = sorted(set(entry) - _CASE_KEYS)
-            if unknown:
-                raise ManifestError(
-                    f"{self.path}: {where}: unknown keys {unknown} (expected {sorted(_CASE_KEYS)})"
-                )
+        for entry in file.entries:
+            values, case, where = entry.values, self._case(entry), entry.where
             system = system_all or default_system
-            if entry.get("coordinate_system") is not None:
-                system = self._system(entry["coordinate_system"], where)
-            image = self._file(entry.get("image"), where, "image")
-            points = self._json_points(entry.get("landmarks"), declared, case, system, where)
-            split = str(entry["split"]) if entry.get("split") is not None else None
-            rows.append(ManifestRow(case, image, points, split, where))
+            if values.get("coordinate_system") is not None:
+                system = self._system(values["coordinate_system"], where)
+            image = self._file(values.get("image"), where, "image")
+            points = self._json_points(values.get("landmarks"), declared, case, system, where)
+            rows.append(ManifestRow(case, image, points, entry.split, where))
         return rows, declared
 
     def _json_points(
@@ -327,46 +395,17 @@ class ManifestCases:
         return requested
 
 
-def manifest_images(manifest: str | os.PathLike, split: str | None = None) -> list[tuple[str, Path]]:
+def manifest_images(manifest: str | os.PathLike, split: str | None = None) -> list[tuple[str | None, Path]]:
     """(case, image path) of every row of a manifest, for prediction: landmarks are not needed or read.
 
-    Same CSV / JSON forms as :class:`ManifestCases` (a ``case`` column or key is optional: the image's
-    file name then names the case); relative paths are resolved against the manifest's folder.
+    The manifest is read and checked as by :class:`ManifestCases` (the same forms, keys, duplicate-case
+    and split rules), except that a ``case`` column or key is optional (None: the image's file name then
+    names the case) and images are not checked here (prediction reports a missing image and goes on);
+    relative paths are resolved against the manifest's folder.
     """
-    path = Path(manifest).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: cannot read ({exc})") from None
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        if "image" not in [f.strip() for f in reader.fieldnames or []]:
-            raise ManifestError(f"{path}: no 'image' column (header is {reader.fieldnames})")
-        entries = [{k.strip(): v for k, v in row.items() if k is not None} for row in reader]
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}: invalid JSON ({exc})") from None
-        entries = data.get("cases") if isinstance(data, dict) else None
-        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise ManifestError(f"{path}: expected an object with a 'cases' list of objects")
-    out, seen = [], set()
-    for n, entry in enumerate(entries, start=1):
-        if split is not None and str(entry.get("split") or "") != str(split):
-            continue
-        image = str(entry.get("image") or "").strip()
-        if not image:
-            raise ManifestError(f"{path}: case #{n}: no image")
-        image_path = Path(image) if Path(image).is_absolute() else path.parent / image
-        case = str(entry.get("case") or "").strip() or None
-        out.append((case, image_path))
-        if case is not None and case in seen:
-            raise ManifestError(f"{path}: case #{n}: duplicate case id {case!r}")
-        seen.add(case)
-    if not out:
-        raise ManifestError(f"{path}: no images" + (f" in split {split!r}" if split is not None else ""))
-    return out
+    file = _ManifestFile.read(manifest)
+    rows = file.select(file.entries, split, lambda row: row.split)
+    return [(row.case or None, file.image_path(row)) for row in rows]
 
 
 def write_manifest(

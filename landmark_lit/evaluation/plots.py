@@ -161,22 +161,28 @@ def plot_vector_field(
     prediction: np.ndarray | None = None,
     threshold: float = 0.5,
     title: str = "",
+    slice_at: np.ndarray | None = None,
 ) -> int:
-    """One landmark's displacement votes on the cell grid of a 2D image (the paper's Fig. 5 form).
+    """One landmark's displacement votes on the cell grid of a 2D image (the paper's Fig. 5 form), or of
+    the slice of cells of a 3D image through a point (axes 0 and 1 in the plane).
 
     An arrow from every cell centre to where the cell places the landmark; cells whose posterior exceeds
     ``threshold`` are drawn in colour (the votes that count), the others in grey.
 
     Args:
-        image: (H, W) working image (array axis 0 horizontal, axis 1 downward, as in :func:`plot_overlay`).
-        displacement: (2, gh, gw) displacement in working voxels (after the inverse log transform).
-        posterior: (gh, gw) posterior probabilities in [0, 1].
+        image: (H, W) working image (array axis 0 horizontal, axis 1 downward, as in :func:`plot_overlay`),
+            or (H, W, Z) for a 3D image.
+        displacement: (2, gh, gw) displacement in working voxels (after the inverse log transform), or
+            (3, gh, gw, gz).
+        posterior: (gh, gw) posterior probabilities in [0, 1], or (gh, gw, gz).
         stride: the network's stride (cell g covers voxels g*stride .. (g+1)*stride - 1).
         path: output PNG.
         landmark: optional (2,) reference position in working voxels (blue +).
         prediction: optional (2,) decoded position in working voxels (magenta x).
         threshold: posterior above which a cell is marked.
         title: figure title.
+        slice_at: 3D only: the point (voxels) whose slice of cells is drawn; default ``landmark``, else
+            ``prediction``.
 
     Returns:
         The number of marked cells.
@@ -184,6 +190,15 @@ def plot_vector_field(
     image = np.asarray(image, dtype=np.float64)
     disp = np.asarray(displacement, dtype=np.float64)
     post = np.asarray(posterior, dtype=np.float64)
+    if image.ndim == 3:
+        point = next((p for p in (slice_at, landmark, prediction) if p is not None), None)
+        if point is None:
+            raise ValueError(
+                "a 3D vote field needs a point to slice through (slice_at, landmark or prediction)"
+            )
+        cell = int(np.clip(np.floor(point[2] / stride), 0, post.shape[2] - 1))
+        z = int(np.clip(round(cell * stride + (stride - 1) / 2), 0, image.shape[2] - 1))
+        image, disp, post = image[:, :, z], disp[:2, :, :, cell], post[:, :, cell]
     if image.ndim != 2 or disp.shape[0] != 2 or disp.shape[1:] != post.shape:
         raise ValueError(
             f"expected a (H, W) image, (2, gh, gw) displacement and (gh, gw) posterior, got "

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_table
 from landmark_lit.evaluation.plots import plot_error_boxplot, plot_overlay, plot_sdr_curve
 from landmark_lit.evaluation.stats import summarize_by_landmark
 from landmark_lit.metrics import ISBI_THRESHOLDS_MM, PAPER_THRESHOLDS_MM, radial_errors, sdr_key
+from landmark_lit.utils import safe_file_name
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +244,6 @@ def _write_errors_csv(path: Path, cases: Sequence[str], names: Sequence[str], er
     atomic_write_text(path, out.getvalue())
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
-
-
 def _resolve_image(path: str, table_file: Path) -> Path | None:
     for candidate in (Path(path), table_file.parent / path):
         if candidate.is_file():
@@ -293,7 +289,7 @@ def _plot_worst(
             affine,
             ref.coords[case][k],
             pred.coords[case][pred.names.index(name)],
-            output_dir / f"worst_{rank:02d}_{_safe_name(case)}_{_safe_name(name)}.png",
+            output_dir / f"worst_{rank:02d}_{safe_file_name(case)}_{safe_file_name(name)}.png",
             title=f"{case} / {name}: {errors[n, k]:.2f} mm",
         )
     if skipped:

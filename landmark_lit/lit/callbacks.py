@@ -15,8 +15,6 @@ from lightning.pytorch.loggers import WandbLogger
 from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.evaluation.plots import plot_overlay, plot_sdr_curve, plot_vector_field
 from landmark_lit.lit.modules import LandmarkModule
-from landmark_lit.networks import LandmarkOutput
-from landmark_lit.targets import inverse_log_transform
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +64,9 @@ class ValidationPictures(L.Callback):
             k = min(self.landmark, world.shape[1] - 1)
             local = batch["image"].ndim == pl_module.net.spatial_dims + 3  # (B, K, C, *crop)
             image = batch["image"][0, k] if local else batch["image"][0]
-            disp = posterior = None  # heatmap networks (a plain tensor output) have no vote field
-            if isinstance(out, LandmarkOutput):
-                disp = out.displacement[0, k].float()
-                if pl_module.decoder.regression == "log":
-                    disp = inverse_log_transform(disp, pl_module.decoder.log_base)
-                logits = out.logits[0, k].float()
-                # without classification every cell's vote counts the same
-                posterior = (
-                    torch.sigmoid(logits) if pl_module.decoder.classification else torch.ones_like(logits)
-                )
-                disp, posterior = disp.cpu().numpy(), posterior.cpu().numpy()
+            # the method's vote field of this landmark (None for methods without votes, e.g. heatmaps)
+            votes = pl_module.meta.method_object.vote_field(out, pl_module.decoder, k)
+            disp, posterior = votes if votes is not None else (None, None)
             self._first = {
                 "image": image.float().cpu().numpy(),
                 "affine": batch["affine"][0].double().cpu().numpy(),
@@ -87,7 +77,7 @@ class ValidationPictures(L.Callback):
                 "disp": disp,
                 "posterior": posterior,
                 "stride": pl_module.net.stride,
-                "name": (pl_module.meta.get("landmark_names") or [str(k)] * (k + 1))[k],
+                "name": pl_module.meta.landmark_names[k],
                 "case": str(batch["case"][0]) if "case" in batch else "",
             }
 
@@ -126,11 +116,6 @@ class ValidationPictures(L.Callback):
         image, disp, post = first["image"].mean(axis=0), first["disp"], first["posterior"]
         ref, stride = first["voxel"], first["stride"]
         pred = world_to_voxel(first["pred_world"][None], affine)[0]  # in the working image / sub-image
-        if d == 3:  # the slice of cells through the reference landmark, in-plane axes 0 and 1
-            cell = int(np.clip(np.floor(ref[2] / stride), 0, post.shape[2] - 1))
-            z = int(np.clip(round(cell * stride + (stride - 1) / 2), 0, image.shape[2] - 1))
-            image, disp, post = image[:, :, z], disp[:2, :, :, cell], post[:, :, cell]
-            ref, pred = ref[:2], pred[:2]
         paths["votes"] = self.dirpath / f"step_{step:06d}_votes.png"
         # the network pads its input to a multiple of the stride: the grid may reach past the image
         plot_vector_field(image, disp, post, stride, paths["votes"], landmark=ref, prediction=pred,

@@ -1,8 +1,9 @@
-"""Thin LightningModules for the global and the local stage, and the heatmap-regression baseline.
+"""The thin LightningModule of every stage of every method.
 
-Network, loss, decoder and optimiser are injected (built by Hydra from ``conf/``). Validation decodes whole
-images (global) or sub-images (local), maps the landmarks to world millimetres and tracks radial errors
-with a torchmetrics metric, logged as ``val/mre_mm``, ``val/median_mm``, ``val/sdr_2mm``, ...
+Network, loss, decoder and optimiser are injected (built by Hydra from ``conf/``; the method,
+:mod:`landmark_lit.methods`, says which). Validation decodes whole images (global stage) or sub-images
+(local stage), maps the landmarks to world millimetres and tracks radial errors with a torchmetrics metric,
+logged as ``val/mre_mm``, ``val/median_mm``, ``val/sdr_2mm``, ...
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from landmark_lit.decoding import Decoder
-from landmark_lit.losses import LandmarkLoss
 from landmark_lit.metrics import RadialErrorMetric
-from landmark_lit.networks import LandmarkOutput
+from landmark_lit.stages import StageMeta
 
 
 def voxels_to_world(points: Tensor, affine: Tensor) -> Tensor:
@@ -28,40 +27,43 @@ def voxels_to_world(points: Tensor, affine: Tensor) -> Tensor:
 
 
 class LandmarkModule(L.LightningModule):
-    """Shared training/validation logic; subclasses say how a batch becomes network input.
+    """One stage: a batch's image in, the network's output, its loss, and decoded landmarks out.
+
+    The batch's ``image`` is what the network takes: crops (B, C, *crop) for a global stage, one sub-image
+    per landmark (B, K, C, *crop) for a local stage. The loss is called as ``loss(output, landmarks,
+    stride, input_shape)`` and the decoder as ``decoder(output, stride)``, whatever the method.
 
     Args:
-        net: a :class:`~landmark_lit.networks.GlobalNet` or :class:`~landmark_lit.networks.LocalNet`
-            (:class:`HeatmapModule`: a :class:`~landmark_lit.networks.HeatmapUNet`).
-        loss: the configured :class:`~landmark_lit.losses.LandmarkLoss` (or
-            :class:`~landmark_lit.heatmaps.HeatmapLoss`).
-        decoder: the configured :class:`~landmark_lit.decoding.Decoder` (or
-            :class:`~landmark_lit.heatmaps.HeatmapDecoder`).
+        net: the stage's network (:class:`~landmark_lit.networks.GlobalNet`, ``LocalNet``, ``HeatmapUNet``).
+        loss: the method's configured loss (e.g. :class:`~landmark_lit.methods.displacement.DisplacementLoss`).
+        decoder: the method's configured decoder (e.g. :class:`~landmark_lit.methods.displacement.VoteDecoder`).
         optimizer: a partial optimiser taking the parameters.
         scheduler: optional partial LR scheduler taking the optimiser.
-        meta: what prediction needs besides the weights (landmark names, spacing, crop size, net config);
-            stored in every checkpoint under ``"landmark_lit"``.
+        meta: the stage's description (:class:`~landmark_lit.stages.StageMeta`), stored in every checkpoint
+            under ``"landmark_lit"``.
     """
-
-    stage = "base"
 
     def __init__(
         self,
         net: nn.Module,
-        loss: LandmarkLoss,
-        decoder: Decoder,
+        loss: nn.Module,
+        decoder: Callable[..., Tensor],
         optimizer: Callable[..., torch.optim.Optimizer],
-        scheduler: Callable[..., Any] | None = None,
-        meta: dict | None = None,
+        scheduler: Callable[..., Any] | None,
+        meta: StageMeta,
     ) -> None:
         super().__init__()
         self.net, self.loss_fn, self.decoder = net, loss, decoder
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.meta = dict(meta or {})
+        self.meta = meta
         self.val_errors = RadialErrorMetric()
         self.test_errors = RadialErrorMetric()
 
-    def forward(self, x: Tensor) -> LandmarkOutput:
+    @property
+    def stage(self) -> str:
+        return self.meta.stage
+
+    def forward(self, x: Tensor) -> Any:
         return self.net(x)
 
     def configure_optimizers(self):
@@ -74,9 +76,9 @@ class LandmarkModule(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["landmark_lit"] = {**self.meta, "stage": self.stage}
+        checkpoint["landmark_lit"] = self.meta.to_dict()
 
-    def _step(self, batch: dict) -> tuple[LandmarkOutput, dict[str, Tensor]]:
+    def _step(self, batch: dict) -> tuple[Any, dict[str, Tensor]]:
         image = batch["image"]
         out = self.net(image)
         losses = self.loss_fn(out, batch["landmarks"], self.net.stride, image.shape[-self.net.spatial_dims :])
@@ -88,7 +90,7 @@ class LandmarkModule(L.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=False, batch_size=bs)
         return losses["loss"]
 
-    def predict_world(self, batch: dict, out: LandmarkOutput | None = None) -> Tensor:
+    def predict_world(self, batch: dict, out: Any = None) -> Tensor:
         """Decoded landmarks in world mm (B, K, D) for a batch."""
         out = self.net(batch["image"]) if out is None else out
         voxels = self.decoder(out, self.net.stride) + batch["origin"].to(torch.float32)
@@ -120,37 +122,3 @@ class LandmarkModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metric(self.test_errors, "test")
-
-
-class GlobalStageModule(LandmarkModule):
-    """Global stage: image crops (B, C, *crop) in, all K landmarks out; validated on whole images."""
-
-    stage = "global"
-
-
-class LocalStageModule(LandmarkModule):
-    """Local stage: one sub-image per landmark (B, K, C, *crop) in, landmark k refined in sub-image k."""
-
-    stage = "local"
-
-
-class HeatmapModule(LandmarkModule):
-    """Heatmap-regression baseline in place of the global stage (``method=heatmap``): crops (B, C, *crop)
-    in, K heatmaps at the input's resolution out (:class:`~landmark_lit.networks.HeatmapUNet`), trained with
-    :class:`~landmark_lit.heatmaps.HeatmapLoss` and decoded by :class:`~landmark_lit.heatmaps.HeatmapDecoder`.
-    Same data, training loop, logged names and metrics as :class:`GlobalStageModule`."""
-
-    stage = "global"
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
-
-    def _step(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
-        # the loss builds the Gaussian targets on the heatmaps' grid, which is the crop's (stride 1)
-        out = self.net(batch["image"])
-        return out, self.loss_fn(out, batch["landmarks"])
-
-    def predict_world(self, batch: dict, out: Tensor | None = None) -> Tensor:
-        out = self.net(batch["image"]) if out is None else out
-        voxels = self.decoder(out) + batch["origin"].to(torch.float32)
-        return voxels_to_world(voxels, batch["affine"])

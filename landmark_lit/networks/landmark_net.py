@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from landmark_lit.networks.blocks import BasicBlock, ConvBNReLU, Head, avg_pool, batch_norm, conv
 
 
-class LandmarkOutput(NamedTuple):
+class DisplacementOutput(NamedTuple):
     """Network output on the cell grid.
 
     displacement: (B, K, D, *grid) predicted displacement (or its log transform) in input voxels.
@@ -47,9 +47,9 @@ class _FCNBase(nn.Module):
         """Inputs are zero-padded at the far end to a multiple of this (the deepest stride)."""
         return self.stride
 
-    def _split(self, reg: Tensor, cls: Tensor) -> LandmarkOutput:
+    def _split(self, reg: Tensor, cls: Tensor) -> DisplacementOutput:
         b, grid = reg.shape[0], reg.shape[2:]
-        return LandmarkOutput(reg.view(b, self.num_landmarks, self.spatial_dims, *grid), cls)
+        return DisplacementOutput(reg.view(b, self.num_landmarks, self.spatial_dims, *grid), cls)
 
 
 class GlobalNet(_FCNBase):
@@ -73,7 +73,7 @@ class GlobalNet(_FCNBase):
         pyramid_stride: output stride of the feature-pyramid head (a power of 2 between 2 and the encoder's
             stride); None: the paper's heads on the deepest features.
         pyramid_channels: channels of the pyramid's levels.
-    Input (B, C, *spatial) of any size; output :class:`LandmarkOutput` on the ``ceil(size / stride)`` grid.
+    Input (B, C, *spatial) of any size; output :class:`DisplacementOutput` on the ``ceil(size / stride)`` grid.
     """
 
     def __init__(
@@ -145,7 +145,7 @@ class GlobalNet(_FCNBase):
     def pad_multiple(self) -> int:
         return self.encoder_stride
 
-    def forward(self, x: Tensor) -> LandmarkOutput:
+    def forward(self, x: Tensor) -> DisplacementOutput:
         x_pad = pad_to_multiple(x, self.encoder_stride)
         if self.pyramid is None:
             f = self.features(x_pad)
@@ -178,7 +178,7 @@ class LocalNet(_FCNBase):
     network k sees only sub-image k. With ``specialised=False`` a single shared network predicts all K
     landmarks from every sub-image and output k is read from sub-image k.
 
-    Input (B, K, C, *crop); output :class:`LandmarkOutput` where landmark k refers to sub-image k.
+    Input (B, K, C, *crop); output :class:`DisplacementOutput` where landmark k refers to sub-image k.
     """
 
     def __init__(
@@ -206,7 +206,7 @@ class LocalNet(_FCNBase):
         self.regression = Head(spatial_dims, c2, head_channels, spatial_dims * k_out, groups=g)
         self.classification = Head(spatial_dims, c2, head_channels, k_out, groups=g)
 
-    def forward(self, x: Tensor) -> LandmarkOutput:
+    def forward(self, x: Tensor) -> DisplacementOutput:
         if x.ndim != self.spatial_dims + 3 or x.shape[1] != self.num_landmarks:
             raise ValueError(
                 f"LocalNet expects (B, K={self.num_landmarks}, C, *crop) with {self.spatial_dims} spatial "
@@ -225,5 +225,5 @@ class LocalNet(_FCNBase):
             d = self.spatial_dims
             reg = reg.view(b, k, k, d, *grid).diagonal(dim1=1, dim2=2).movedim(-1, 1)
             cls = cls.view(b, k, k, *grid).diagonal(dim1=1, dim2=2).movedim(-1, 1)
-            return LandmarkOutput(reg.contiguous(), cls.contiguous())
+            return DisplacementOutput(reg.contiguous(), cls.contiguous())
         return self._split(reg, cls)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import nibabel as nib
@@ -11,9 +12,13 @@ import pytest
 from landmark_lit.data.io import ImageReadError, load_image, save_nifti
 from landmark_lit.data.transforms import voxel_to_world
 
-nrrd = pytest.importorskip("nrrd")
-sitk = pytest.importorskip("SimpleITK")
-pydicom = pytest.importorskip("pydicom")
+
+def _reader(package: str) -> pytest.MarkDecorator:
+    """Skip only the tests of a format whose optional reader package (``landmark_lit[io]``) is absent."""
+    return pytest.mark.skipif(importlib.util.find_spec(package) is None, reason=f"{package} not installed")
+
+
+needs_nrrd, needs_sitk, needs_pydicom = _reader("nrrd"), _reader("SimpleITK"), _reader("pydicom")
 
 VOXEL = (1, 2, 3)  # (i, j, k) of the bright voxel in a (4, 5, 6) volume
 SHAPE = (4, 5, 6)
@@ -55,7 +60,10 @@ def test_nifti_oblique_affine_is_returned_as_stored(tmp_path):
         ("left-anterior-superior", (-1, 1, 1)),
     ],
 )
+@needs_nrrd
 def test_nrrd_geometry_becomes_ras(tmp_path, space, flip):
+    import nrrd
+
     directions = (rotation_z(-15.0) @ np.diag([0.5, 0.7, 2.0])).T  # NRRD: one row per axis
     origin = np.array([10.0, -20.0, 30.0])
     nrrd.write(
@@ -67,7 +75,10 @@ def test_nrrd_geometry_becomes_ras(tmp_path, space, flip):
     check(tmp_path / "a.nrrd", stated * flip)
 
 
+@needs_nrrd
 def test_nrrd_unknown_space_is_refused(tmp_path):
+    import nrrd
+
     header = {"space": "right-posterior-superior", "space directions": np.eye(3), "space origin": np.zeros(3)}
     nrrd.write(str(tmp_path / "a.nrrd"), volume(), header)
     with pytest.raises(ImageReadError, match=r"a\.nrrd: unsupported NRRD space 'right-posterior-superior'"):
@@ -75,7 +86,10 @@ def test_nrrd_unknown_space_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", ["mha", "mhd"])
+@needs_sitk
 def test_mha_mhd_through_simpleitk_lps_to_ras(tmp_path, suffix):
+    import SimpleITK as sitk
+
     img = sitk.GetImageFromArray(volume().T.copy())  # SimpleITK arrays are (k, j, i)
     img.SetSpacing((0.5, 0.7, 2.0))
     img.SetOrigin((10.0, 20.0, 30.0))
@@ -111,6 +125,7 @@ def write_dicom_series(folder: Path, vol: np.ndarray, origin, row_dir, col_dir, 
         ds.save_as(folder / f"slice{k:03d}.dcm", enforce_file_format=True)
 
 
+@needs_pydicom
 def test_dicom_series_folder_through_pydicom(tmp_path):
     rows_cols_slices = np.zeros((SHAPE[1], SHAPE[0], SHAPE[2]), np.int16)
     rows_cols_slices[VOXEL[1], VOXEL[0], VOXEL[2]] = 700  # array axes come back as (column, row, slice)
@@ -122,7 +137,10 @@ def test_dicom_series_folder_through_pydicom(tmp_path):
     check(tmp_path / "series", lps * (-1, -1, 1))
 
 
+@needs_pydicom
 def test_dicom_without_usable_geometry_is_refused(tmp_path):
+    import pydicom
+
     vol = np.zeros((5, 4, 2), np.int16)
     write_dicom_series(tmp_path / "s", vol, (0, 0, 0), (1, 0, 0), (0, 1, 0), (1.0, 1.0), (0, 0, 1))
     for f in (tmp_path / "s").iterdir():  # drop the orientation: MONAI would fall back to an identity affine

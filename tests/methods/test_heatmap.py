@@ -2,39 +2,24 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import HEATMAP_NET, compose_train, heatmap_meta
+from helpers import tiny_overrides as integration_overrides
 from hydra.utils import instantiate
 from monai.transforms import GenerateHeatmap
-from test_integration import tiny_overrides as integration_overrides
 
-from landmark_lit.cli import CONFIG_DIR
-from landmark_lit.heatmaps import HeatmapDecoder, HeatmapLoss, heatmap_targets
-from landmark_lit.inference import (
-    HEATMAP_CONFIDENCE_THRESHOLD,
-    CheckpointError,
-    LandmarkPredictor,
-    Stage,
-    load_bundle,
-    load_stage,
-    save_bundle,
-    validate_meta,
-)
+from landmark_lit.methods.heatmap import HEATMAP, HeatmapDecoder, HeatmapLoss, heatmap_targets
 from landmark_lit.networks import HeatmapUNet, LocalNet
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import Stage, StageMeta, load_stage, save_bundle
 from landmark_lit.training import train
 
 NAN = float("nan")
-
-
-def compose_train(overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
 
 
 def tiny_overrides(out: Path) -> list[str]:
@@ -46,9 +31,6 @@ def random_inside(b: int, k: int, shape: tuple[int, ...], margin: float = 4.0) -
     """Sub-voxel landmarks at least ``margin`` voxels from the borders."""
     n = torch.tensor(shape, dtype=torch.float32)
     return margin + torch.rand(b, k, len(shape)) * (n - 1 - 2 * margin)
-
-
-# --- targets ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(32, 40), (20, 21, 22)])
@@ -82,9 +64,6 @@ def test_missing_and_outside_landmarks_give_zero_channels():
     peaks = maps.flatten(2).amax(-1)[0]
     # missing, left of voxel 0's extent, beyond the last voxel's: zero; within the extents: peak 1
     torch.testing.assert_close(peaks, torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]))
-
-
-# --- decoder ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(40, 50), (20, 24, 22)])
@@ -146,9 +125,6 @@ def test_decoder_rejects_unknown_modes():
         HeatmapDecoder(refine="cubic")
 
 
-# --- loss ------------------------------------------------------------------------------------------
-
-
 def test_loss_is_zero_at_the_target_and_positive_elsewhere():
     points = random_inside(2, 3, (24, 28))
     loss_fn = HeatmapLoss(sigma=2.0, amplitude=100.0)
@@ -189,9 +165,6 @@ def test_missing_landmarks_are_masked_out_of_the_loss():
     assert float(loss_fn(pred_zero, outside)["loss"]) < 1e-8 and pred_zero[0, 1].abs().max() == 0
 
 
-# --- network ---------------------------------------------------------------------------------------
-
-
 @pytest.mark.parametrize("shape", [(37, 23), (16, 16), (5, 9), (9, 10, 11)])
 def test_heatmap_unet_keeps_the_input_shape(shape):
     net = HeatmapUNet(len(shape), 2, 3, channels=(4, 8, 8), strides=(2, 2), num_res_units=1).eval()
@@ -209,50 +182,14 @@ def test_heatmap_unet_validates_arguments():
         HeatmapUNet(2, 1, 2, norm="layer")
 
 
-# --- descriptions, checkpoints, prediction, bundles -----------------------------------------------
-
-
 def heatmap_stage() -> Stage:
-    cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=2, channels=[4, 8, 8], strides=[2, 2],
-               num_res_units=1, norm="batch")  # fmt: skip
-    meta = {
-        "net": {"_target_": "landmark_lit.networks.HeatmapUNet", **cfg},
-        "landmark_names": ["a", "b"],
-        "spatial_dims": 2,
-        "spacing": 1.0,
-        "crop_size": [16, 16],
-        "intensity": "zscore",
-        "decoder": {"mode": "argmax", "beta": 10.0, "window": 3, "amplitude": 100.0, "refine": "parabola"},
-        "stage": "global",
-        "method": "heatmap",
-    }
-    return Stage(HeatmapUNet(**cfg).eval(), validate_meta(meta, "hm.ckpt"), "hm.ckpt")
-
-
-def test_heatmap_descriptions_are_validated():
-    meta = heatmap_stage().meta
-    assert validate_meta(copy.deepcopy(meta), "x")["method"] == "heatmap"
-    bad = {
-        "local stage": {"stage": "local"},
-        "GlobalNet": {"net": {**meta["net"], "_target_": "landmark_lit.networks.GlobalNet"}},
-        "unknown method": {"method": "svm"},
-        "norm": {"net": {**meta["net"], "norm": "os.system"}},
-        "displacement decoder": {"decoder": {"regression": "log", "classification": True}},
-        "decoder mode": {"decoder": {**meta["decoder"], "mode": "median"}},
-        "window": {"decoder": {**meta["decoder"], "window": 0.5}},
-    }
-    for what, change in bad.items():
-        with pytest.raises(CheckpointError):
-            validate_meta({**copy.deepcopy(meta), **change}, what)
-    # a HeatmapUNet without method=heatmap (a displacement description) is refused too
-    with pytest.raises(CheckpointError, match="cannot be a global stage"):
-        validate_meta({k: v for k, v in meta.items() if k != "method"}, "x")
+    return Stage(HeatmapUNet(**HEATMAP_NET).eval(), StageMeta.from_dict(heatmap_meta(), "hm.ckpt"), "hm.ckpt")
 
 
 def test_a_heatmap_global_stage_runs_in_front_of_local_stages():
     torch.manual_seed(0)
     g = heatmap_stage()
-    assert isinstance(g.decoder, HeatmapDecoder) and g.method == "heatmap"
+    assert isinstance(g.decoder, HeatmapDecoder) and g.method is HEATMAP
     cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=2, channels=[4, 4], head_channels=4)
     local_meta = {
         "net": {"_target_": "landmark_lit.networks.LocalNet", **cfg},
@@ -260,20 +197,20 @@ def test_a_heatmap_global_stage_runs_in_front_of_local_stages():
         "intensity": "zscore", "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
         "stage": "local",
     }  # fmt: skip
-    local = Stage(LocalNet(**cfg).eval(), validate_meta(local_meta, "l.ckpt"), "l.ckpt")
+    local = Stage(LocalNet(**cfg).eval(), StageMeta.from_dict(local_meta, "l.ckpt"), "l.ckpt")
     image = np.random.default_rng(0).normal(size=(1, 23, 31)).astype(np.float32)
-    out = LandmarkPredictor(g, [local]).predict_array(image, np.eye(3))
-    assert out["world"].shape == (2, 2) and np.isfinite(out["world"]).all()
-    alone = LandmarkPredictor(g).predict_array(image, np.eye(3))
-    np.testing.assert_allclose(out["global_world"], alone["world"])
-    assert ((alone["confidence"] >= 0) & (alone["confidence"] <= 1)).all()
+    out = LandmarkPredictor(g, [local]).predict(image, np.eye(3))
+    assert out.world.shape == (2, 2) and np.isfinite(out.world).all()
+    alone = LandmarkPredictor(g).predict(image, np.eye(3))
+    np.testing.assert_allclose(out.global_estimate.world, alone.world)
+    assert ((alone.confidence >= 0) & (alone.confidence <= 1)).all()
 
 
 def test_train_heatmap_then_predict_and_bundle(tmp_path):
     """A tiny `landmark-train method=heatmap dataset=synthetic2d model=small trainer=ci` run through train()."""
     out = tmp_path / "run"
     cfg = compose_train([*tiny_overrides(out), "method=heatmap", "trainer.max_steps=2"])
-    assert cfg.method_name == "heatmap" and cfg.stage.module.endswith("HeatmapModule")
+    assert cfg.method_name == cfg.method.name == "heatmap" and "ablation" not in cfg
     res = train(cfg)
     metrics = res["metrics"]
     assert np.isfinite(metrics["val/mre_mm"]) and "test/mre_mm" in metrics and "train/loss" in metrics
@@ -283,7 +220,7 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
     assert (out / "pictures" / f"step_{step:06d}_overlay.png").is_file()
     ckpt = torch.load(res["best_checkpoint"], weights_only=True)
     meta = ckpt["landmark_lit"]
-    assert meta["method"] == "heatmap" and meta["stage"] == "global" and "ablation" not in meta
+    assert meta["method"] == "heatmap" and meta["stage"] == "global" and meta["ablation"] is None
     assert meta["net"]["_target_"] == "landmark_lit.networks.HeatmapUNet"
     assert meta["decoder"] == {
         "mode": "argmax",
@@ -296,24 +233,24 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
 
     predictor = LandmarkPredictor.from_checkpoints(res["best_checkpoint"])
     # a heatmap peak over the target's is not a classification probability: its own default threshold
-    assert predictor.confidence_threshold == HEATMAP_CONFIDENCE_THRESHOLD == 0.34
+    assert predictor.confidence_threshold == HEATMAP.confidence_threshold == 0.34
     case = instantiate(cfg.dataset.test)[0]
-    pred = predictor.predict_array(case.image, case.affine)
-    assert pred["world"].shape == case.landmarks_world.shape and np.isfinite(pred["world"]).all()
-    assert np.isfinite(pred["confidence"]).all() and np.isfinite(pred["spread_mm"]).all()
+    pred = predictor.predict(case.image, case.affine)
+    assert pred.world.shape == case.landmarks_world.shape and np.isfinite(pred.world).all()
+    assert np.isfinite(pred.confidence).all() and np.isfinite(pred.spread_mm).all()
 
     summary = save_bundle(tmp_path / "model.pt", res["best_checkpoint"])
     assert summary["landmark_names"] == meta["landmark_names"]
-    assert summary["confidence_threshold"] == HEATMAP_CONFIDENCE_THRESHOLD
-    again = load_bundle(tmp_path / "model.pt").predict_array(case.image, case.affine)
+    assert summary["confidence_threshold"] == HEATMAP.confidence_threshold
+    again = LandmarkPredictor.from_bundle(tmp_path / "model.pt").predict(case.image, case.affine)
     for key in ("world", "confidence", "spread_mm", "posterior"):
-        np.testing.assert_allclose(again[key], pred[key], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(getattr(again, key), getattr(pred, key), rtol=1e-6, atol=1e-6)
 
 
 def test_heatmap_configs_compose(tmp_path):
     default = compose_train([f"paths.output_dir={tmp_path}"])
-    assert default.loss._target_ == "landmark_lit.losses.LandmarkLoss"
-    assert default.decoder._target_ == "landmark_lit.decoding.Decoder"
+    assert default.loss._target_ == "landmark_lit.methods.displacement.DisplacementLoss"
+    assert default.decoder._target_ == "landmark_lit.methods.displacement.VoteDecoder"
     assert default.method_name == default.ablation.name == "Rlog+C"
     for experiment, dims in [("isbi2015_heatmap", 2), ("mni_afids_heatmap", 3)]:
         cfg = compose_train([f"experiment={experiment}", f"paths.output_dir={tmp_path}"])
@@ -321,7 +258,7 @@ def test_heatmap_configs_compose(tmp_path):
         assert isinstance(net, HeatmapUNet) and net.spatial_dims == dims
         assert isinstance(instantiate(cfg.loss), HeatmapLoss)
         assert isinstance(instantiate(cfg.decoder), HeatmapDecoder)
-        assert cfg.stage.module == "landmark_lit.lit.modules.HeatmapModule"
+        assert cfg.method.name == "heatmap" and "ablation" not in cfg
         assert cfg.trainer.max_steps > 0 and cfg.scheduler.T_max == cfg.trainer.max_steps
 
 

@@ -4,7 +4,6 @@ bad input, atomic writes."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,68 +12,26 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from helpers import NAMES, stage_description, write_checkpoint
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from landmark_lit.batch import find_inputs, predict_files
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.cli.predict import predict as predict_cli
 from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
-from landmark_lit.decoding import vote_statistics
-from landmark_lit.inference import (
-    DEFAULT_CONFIDENCE_THRESHOLD,
-    CheckpointError,
-    LandmarkPredictor,
-    landmark_confidence,
-    load_bundle,
-    save_bundle,
-    validate_meta,
-)
-from landmark_lit.networks import GlobalNet, LandmarkOutput, LocalNet
-
-NAMES = ["a", "b"]
-
-
-def _meta(kind: str, dims: int, spacing: float, crop: int) -> dict:
-    if kind == "global":
-        net = dict(_target_="landmark_lit.networks.GlobalNet", spatial_dims=dims, in_channels=1, num_landmarks=2,
-                   stem_channels=4, stage_channels=[4, 4], stage_blocks=[1, 1], pool_before=[True, False],
-                   head_channels=4)  # fmt: skip
-    else:
-        net = dict(_target_="landmark_lit.networks.LocalNet", spatial_dims=dims, in_channels=1, num_landmarks=2,
-                   channels=[4, 4], head_channels=4)  # fmt: skip
-    return {
-        "format_version": 1,
-        "net": net,
-        "landmark_names": NAMES,
-        "spatial_dims": dims,
-        "spacing": spacing,
-        "crop_size": [crop] * dims,
-        "intensity": "zscore",
-        "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
-        "stage": kind,
-    }
-
-
-def _checkpoint(path: Path, meta: dict) -> Path:
-    cfg = {k: v for k, v in meta["net"].items() if k != "_target_"}
-    net = (GlobalNet if meta["stage"] == "global" else LocalNet)(**cfg)
-    for m in net.modules():  # non-trivial batch-norm statistics
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 1.5)
-    torch.save(
-        {"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}, "landmark_lit": meta}, path
-    )
-    return path
+from landmark_lit.methods.displacement import DISPLACEMENT, vote_statistics
+from landmark_lit.networks import DisplacementOutput
+from landmark_lit.predict_files import find_inputs, predict_files
+from landmark_lit.predictor import LandmarkPredictor, landmark_confidence
+from landmark_lit.stages import StageMeta, save_bundle
 
 
 @pytest.fixture(params=[2, 3], ids=["2d", "3d"])
 def checkpoints(request, tmp_path) -> tuple[int, Path, Path]:
     torch.manual_seed(0)
     d = request.param
-    g = _checkpoint(tmp_path / f"global{d}.ckpt", _meta("global", d, 2.0, 16))
-    loc = _checkpoint(tmp_path / f"local{d}.ckpt", _meta("local", d, 1.0, 8))
+    g = write_checkpoint(tmp_path / f"global{d}.ckpt", stage_description("global", d, 2.0, 16))
+    loc = write_checkpoint(tmp_path / f"local{d}.ckpt", stage_description("local", d, 1.0, 8))
     return d, g, loc
 
 
@@ -89,9 +46,6 @@ def _nifti(path: Path, shape=(20, 24, 18), seed: int = 0, affine=None) -> Path:
     return path
 
 
-# --- bundle -------------------------------------------------------------------------------------------
-
-
 def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
     d, g, loc = checkpoints
     summary = save_bundle(tmp_path / "model.pt", g, [loc], local_iterations=2, confidence_threshold=0.2)
@@ -100,18 +54,18 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
         and summary["spatial_dims"] == d
         and summary["local_iterations"] == 2
     )
-    bundled = load_bundle(tmp_path / "model.pt")
+    bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
     direct = LandmarkPredictor.from_checkpoints(g, loc, 2)
     assert bundled.local_iterations == 2 and bundled.confidence_threshold == 0.2
     # without a threshold: the displacement method's default, in the bundle too
-    assert direct.confidence_threshold == DEFAULT_CONFIDENCE_THRESHOLD == 0.01
+    assert direct.confidence_threshold == DISPLACEMENT.confidence_threshold == 0.01
     assert save_bundle(tmp_path / "default.pt", g, [loc])["confidence_threshold"] == 0.01
-    assert load_bundle(tmp_path / "default.pt").confidence_threshold == 0.01
+    assert LandmarkPredictor.from_bundle(tmp_path / "default.pt").confidence_threshold == 0.01
     image = np.random.default_rng(1).normal(size=(1, *[24] * d)).astype(np.float32)
     affine = np.diag([1.2] * d + [1.0])
-    a, b = bundled.predict_array(image, affine), direct.predict_array(image, affine)
-    np.testing.assert_array_equal(a["world"], b["world"])
-    np.testing.assert_array_equal(a["confidence"], b["confidence"])
+    a, b = bundled.predict(image, affine), direct.predict(image, affine)
+    np.testing.assert_array_equal(a.world, b.world)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
 
 
 def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
@@ -132,70 +86,6 @@ def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
         )
     with pytest.raises(ValueError, match="either model=BUNDLE or global_checkpoint"):
         predict_cli(both)
-
-
-def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
-    class Payload:
-        def __reduce__(self):
-            return (os.system, ("echo pwned",))
-
-    evil = tmp_path / "evil.pt"
-    torch.save({"format": "landmark_lit.bundle", "x": Payload()}, evil)
-    with pytest.raises(CheckpointError, match=r"evil\.pt: cannot read model file safely"):
-        load_bundle(evil)
-    other = tmp_path / "other.pt"
-    torch.save({"weights": torch.zeros(2)}, other)
-    with pytest.raises(CheckpointError, match=r"other\.pt: not a landmark_lit model bundle"):
-        load_bundle(other)
-    future = tmp_path / "future.pt"
-    torch.save({"format": "landmark_lit.bundle", "version": 99, "stages": []}, future)
-    with pytest.raises(CheckpointError, match="bundle version 99"):
-        load_bundle(future)
-
-
-@pytest.mark.parametrize(
-    "change, message",
-    [
-        (lambda m: m["net"].update(_target_="builtins.eval"), "unknown network 'builtins.eval'"),
-        (lambda m: m["net"].update(evil="x"), "network argument 'evil' is not one of"),
-        (lambda m: m["net"].update(stem_channels="4; rm -rf"), "must be integers or booleans"),
-        (lambda m: m.update(spacing=float("nan")), "'spacing' must be a positive float"),
-        (lambda m: m.update(landmark_names=["a"]), "1 landmark names for a network of 2"),
-        (lambda m: m.update(intensity="magic"), "intensity must be one of"),
-        (lambda m: m.update(decoder={"regression": "cubic"}), "invalid decoder"),
-        (lambda m: m.update(decoder={"regression": "log", "top_k": 0}), "invalid decoder"),
-        (lambda m: m.update(decoder={"regression": "log", "top_k": "9"}), "invalid decoder"),
-        (
-            lambda m: m.update(decoder={"regression": "log", "classification": False, "top_k": 9}),
-            "invalid decoder",
-        ),
-        (lambda m: m.pop("spacing"), "lacks \\['spacing'\\]"),
-        (lambda m: m.update(stage="local"), "cannot be a local stage"),
-    ],
-)
-def test_model_descriptions_are_validated(change, message):
-    meta = _meta("global", 2, 1.0, 8)
-    change(meta)
-    with pytest.raises(CheckpointError, match=message):
-        validate_meta(meta, "model.pt")
-
-
-def test_a_top_k_decoder_and_a_pyramid_network_are_valid_descriptions():
-    meta = _meta("global", 2, 1.0, 8)
-    meta["decoder"] = {"regression": "log", "classification": True, "log_base": 10.0, "top_k": 9}
-    meta["net"].update(pyramid_stride=None)
-    assert validate_meta(meta, "model.pt")["decoder"]["top_k"] == 9
-
-
-def test_bundle_refuses_stages_that_do_not_fit(tmp_path):
-    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
-    loc3 = _checkpoint(tmp_path / "l3.ckpt", _meta("local", 3, 1.0, 8))
-    with pytest.raises(CheckpointError, match="3D local model with a 2D global model"):
-        save_bundle(tmp_path / "model.pt", g, [loc3])
-    assert not (tmp_path / "model.pt").exists()
-
-
-# --- outputs ------------------------------------------------------------------------------------------
 
 
 def test_each_image_gets_csv_json_and_slicer_markups(checkpoints, tmp_path):
@@ -265,20 +155,17 @@ def test_pictures_on_request(checkpoints, tmp_path):
         predict_files(predictor, src, tmp_path / "out2", vector_field="c")
 
 
-# --- confidence ---------------------------------------------------------------------------------------
-
-
 def test_vote_statistics_spread_and_posterior():
     # 1D-free check in 2D: two cells of a 2 x 1 grid, stride 4 (centres 1.5 and 5.5 on axis 0)
     disp = torch.zeros(1, 1, 2, 2, 1)
     disp[0, 0, 0, :, 0] = torch.tensor([2.0, -2.0])  # both cells vote for 3.5 on axis 0
     logits = torch.tensor([[[[0.0], [2.0]]]])
-    coords, spread, post = vote_statistics(LandmarkOutput(disp, logits), 4, regression="linear")
+    coords, spread, post = vote_statistics(DisplacementOutput(disp, logits), 4, regression="linear")
     np.testing.assert_allclose(coords[0, 0].numpy(), [3.5, 1.5], atol=1e-6)
     assert spread.item() == pytest.approx(0.0, abs=1e-6)
     assert post.item() == pytest.approx(torch.sigmoid(torch.tensor(2.0)).item(), rel=1e-6)
     disp[0, 0, 0, :, 0] = torch.tensor([0.0, 0.0])  # votes at 1.5 and 5.5, weights 0.5 / sigmoid(2)
-    coords, spread, _ = vote_statistics(LandmarkOutput(disp, logits), 4, regression="linear",
+    coords, spread, _ = vote_statistics(DisplacementOutput(disp, logits), 4, regression="linear",
                                         spacing=torch.tensor([0.5, 0.5]))  # fmt: skip
     w = torch.sigmoid(torch.tensor([0.0, 2.0]))
     w = (w / w.sum()).numpy()
@@ -298,12 +185,9 @@ def test_flags_follow_the_threshold(checkpoints):
     d, g, loc = checkpoints
     image = np.random.default_rng(2).normal(size=(1, *[24] * d)).astype(np.float32)
     affine = np.eye(d + 1)
-    low = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=0.0).predict_array(image, affine)
-    high = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=1.01).predict_array(image, affine)
-    assert not low["flagged"].any() and high["flagged"].all()
-
-
-# --- bad input ----------------------------------------------------------------------------------------
+    low = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=0.0).predict(image, affine)
+    high = LandmarkPredictor.from_checkpoints(g, loc, confidence_threshold=1.01).predict(image, affine)
+    assert not low.flagged.any() and high.flagged.all()
 
 
 def _bad_inputs(folder: Path, d: int) -> dict[str, str]:
@@ -371,7 +255,7 @@ def test_nan_spacing_option_is_an_error_per_file(checkpoints, tmp_path):
 
 def test_cli_exit_status_says_some_failed(tmp_path):
     torch.manual_seed(0)
-    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
     folder = tmp_path / "in"
     folder.mkdir()
     _png(folder / "good.png")
@@ -390,7 +274,7 @@ def test_cli_exit_status_says_some_failed(tmp_path):
 
 def test_outputs_are_written_atomically(tmp_path, monkeypatch):
     torch.manual_seed(0)
-    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
     predictor = LandmarkPredictor.from_checkpoints(g)
     _png(tmp_path / "x.png")
     out = tmp_path / "out"
@@ -411,26 +295,28 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
 def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     from landmark_lit.cli.export import export
     from landmark_lit.export import load_exported
-    from landmark_lit.inference import Stage
+    from landmark_lit.stages import Stage
 
     torch.manual_seed(0)
-    g = _checkpoint(tmp_path / "g.ckpt", _meta("global", 2, 2.0, 16))
-    loc = _checkpoint(tmp_path / "l.ckpt", _meta("local", 2, 1.0, 8))
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
+    loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
     overrides = [f"global_checkpoint={g}", f"local_checkpoint={loc}", "local_iterations=2",
                  f"output={tmp_path / 'm.pt'}", "formats=[bundle,torchscript]"]  # fmt: skip
     with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
         written = export(compose("export", overrides=overrides))
     assert set(written) == {"bundle", "torchscript/global", "torchscript/local0"}
-    bundle = load_bundle(written["bundle"])
+    bundle = LandmarkPredictor.from_bundle(written["bundle"])
     assert bundle.local_iterations == 2
     nets = {k: load_exported(written[f"torchscript/{k}"]) for k in ("global", "local0")}
     scripted = LandmarkPredictor(
-        Stage(nets["global"], nets["global"].meta, "g"), [Stage(nets["local0"], nets["local0"].meta, "l")], 2
+        Stage(nets["global"], StageMeta.from_dict(nets["global"].meta, "g"), "g"),
+        [Stage(nets["local0"], StageMeta.from_dict(nets["local0"].meta, "l"), "l")],
+        2,
     )
     image = np.random.default_rng(3).normal(size=(1, 30, 34)).astype(np.float32)
     np.testing.assert_allclose(
-        scripted.predict_array(image, np.eye(3))["world"],
-        bundle.predict_array(image, np.eye(3))["world"],
+        scripted.predict(image, np.eye(3)).world,
+        bundle.predict(image, np.eye(3)).world,
         atol=1e-4,
     )
     with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):

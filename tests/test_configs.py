@@ -20,7 +20,8 @@ from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.landmark_files import write_slicer_markups
 from landmark_lit.data.transforms import voxel_to_world, world_to_voxel
-from landmark_lit.inference import LandmarkPredictor
+from landmark_lit.predict_files import predict_file
+from landmark_lit.predictor import LandmarkPredictor
 from landmark_lit.training import train
 
 CCTA = ["NCRC", "NCLC", "LRC", "LH", "NCH", "RH", "RO", "LO"]
@@ -40,7 +41,12 @@ def test_protocol_data_follows_the_stage_and_the_manifest(dataset, names, tmp_pa
     (the names are those the stand-in studies below are written with)."""
     for stage in ("global", "local"):
         cfg = compose_train(
-            [f"dataset={dataset}", f"stage={stage}", "dataset.manifest=/data/m.json", f"paths.output_dir={tmp_path}"]
+            [
+                f"dataset={dataset}",
+                f"stage={stage}",
+                "dataset.manifest=/data/m.json",
+                f"paths.output_dir={tmp_path}",
+            ]
         )
         d = cfg.dataset
         assert list(d.landmark_names) == names and d.num_landmarks == len(names)
@@ -80,7 +86,9 @@ def test_every_experiment_composes_and_builds_its_scheduler_and_augmentation(exp
 
 
 def test_isbi2015_global_anneals_over_the_overridden_max_steps(tmp_path):
-    cfg = compose_train(["experiment=isbi2015_global", "trainer.max_steps=10", f"paths.output_dir={tmp_path}"])
+    cfg = compose_train(
+        ["experiment=isbi2015_global", "trainer.max_steps=10", f"paths.output_dir={tmp_path}"]
+    )
     opt = instantiate(cfg.optimizer)(_Step().parameters())
     sched = instantiate(cfg.scheduler)(opt)
     assert isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR)
@@ -90,7 +98,9 @@ def test_isbi2015_global_anneals_over_the_overridden_max_steps(tmp_path):
         opt.step()
         sched.step()
     # from optimizer.lr down to eta_min after exactly trainer.max_steps steps
-    assert lrs[0] == pytest.approx(cfg.optimizer.lr) and all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[0] == pytest.approx(cfg.optimizer.lr) and all(
+        a > b for a, b in zip(lrs, lrs[1:], strict=False)
+    )
     assert opt.param_groups[0]["lr"] == pytest.approx(cfg.scheduler.eta_min)
     assert compose_train([f"paths.output_dir={tmp_path}"]).scheduler is None
     plain = compose_train(["experiment=isbi2015_global", "scheduler=none", f"paths.output_dir={tmp_path}"])
@@ -101,7 +111,9 @@ def test_augmentation_group_selects_and_overrides_the_training_augmentation(tmp_
     assert compose_train([f"paths.output_dir={tmp_path}"]).data.augment is None
     cfg = compose_train(["experiment=isbi2015_global", "augmentation=none", f"paths.output_dir={tmp_path}"])
     assert cfg.data.augment is None and cfg.data.flip is not None  # the flips are not the group's
-    cfg = compose_train(["augmentation=default", "data.augment.rotate_deg=15", f"paths.output_dir={tmp_path}"])
+    cfg = compose_train(
+        ["augmentation=default", "data.augment.rotate_deg=15", f"paths.output_dir={tmp_path}"]
+    )
     aug = instantiate(cfg.data.augment)
     assert isinstance(aug, Augmentation) and aug.rotate_deg == 15
 
@@ -216,13 +228,13 @@ def check_prediction(predictor: LandmarkPredictor, image_path: Path, names: list
     from landmark_lit.data.io import load_image
 
     image, affine = load_image(image_path)
-    result = predictor.predict(image_path)
-    assert predictor.landmark_names == names and result["world"].shape == (len(names), 3)
-    assert np.isfinite(result["world"]).all()
+    result, _, _ = predict_file(predictor, image_path)
+    assert predictor.landmark_names == names and result.world.shape == (len(names), 3)
+    assert np.isfinite(result.world).all()
     # predictions are in the original image's world space: its affine maps them onto the voxel output
-    np.testing.assert_allclose(result["voxel"], world_to_voxel(result["world"], affine), atol=1e-6)
+    np.testing.assert_allclose(result.voxel, world_to_voxel(result.world, affine), atol=1e-6)
     lo, hi = -8.0, np.array(image.shape[1:]) + 7.0  # within the volume, give or take a few voxels
-    assert np.all((result["voxel"] > lo) & (result["voxel"] < hi)), result["voxel"]
+    assert np.all((result.voxel > lo) & (result.voxel < hi)), result.voxel
 
 
 @pytest.mark.slow

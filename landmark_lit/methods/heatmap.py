@@ -1,5 +1,5 @@
-"""Heatmap-regression baseline: Gaussian heatmap targets, their masked MSE loss and their decoding
-(pure, batched torch functions).
+"""The heatmap-regression baseline: a U-Net in place of the global stage regresses one Gaussian heatmap per
+landmark; Gaussian heatmap targets, their masked MSE loss and their decoding (pure, batched torch functions).
 
 Targets follow MONAI's ``monai.transforms.GenerateHeatmap`` (landmark coordinates in array-axis order,
 ``sigma`` in working voxels, each voxel the Gaussian integrated over the voxel -- MONAI's ``approx="erf"``
@@ -22,18 +22,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from landmark_lit.targets import valid_mask
+from landmark_lit.methods.base import Method, register, valid_mask
+from landmark_lit.networks import HeatmapUNet
+from landmark_lit.networks.heatmap_net import NORMS
 
 DECODER_MODES = ("argmax", "soft_argmax")
 REFINE_MODES = ("parabola", "log_parabola", "none")
 
 
-def _per_axis(value: float | Sequence[float], d: int, name: str) -> list[float]:
+def _positive_per_axis(value: float | Sequence[float], d: int, name: str) -> list[float]:
     values = [float(v) for v in value] if isinstance(value, Sequence) else [float(value)] * d
     if len(values) != d or any(not v > 0 for v in values):
         raise ValueError(f"{name} must be positive, one value or {d}, got {value!r}")
@@ -74,7 +77,7 @@ def heatmap_targets(
     shape = [int(n) for n in shape]
     if len(shape) != d:
         raise ValueError(f"landmarks are {d}D but the heatmap shape is {shape}")
-    sig = _per_axis(sigma, d, "sigma")
+    sig = _positive_per_axis(sigma, d, "sigma")
     keep = inside(landmarks, shape)  # (B, K)
     if not subvoxel:
         from monai.transforms import GenerateHeatmap
@@ -275,3 +278,52 @@ def _parabola_vertex(lo: Tensor, mid: Tensor, hi: Tensor) -> Tensor:
     ok = curvature < 0
     offset = 0.5 * (lo - hi) / torch.where(ok, curvature, torch.ones_like(curvature))
     return torch.where(ok, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+
+
+class HeatmapMethod(Method):
+    """The heatmap baseline: a :class:`HeatmapUNet` global stage (its checkpoints can be followed by the
+    displacement method's local stages). Decoder descriptions: the fields of :class:`HeatmapDecoder`."""
+
+    name = "heatmap"
+    networks = {"global": HeatmapUNet}
+    loss_class = HeatmapLoss
+    decoder_class = HeatmapDecoder
+    # the round value just above the highest confidence of an error above 4 mm on the ISBI 2015
+    # validation images: 0.338 (2 failures of 190; experiments/bench/RESULTS.md)
+    confidence_threshold = 0.34
+    string_network_arguments = {HeatmapUNet: {"norm": NORMS}}
+
+    def describe_decoder(self, decoder: HeatmapDecoder) -> dict[str, Any]:
+        dec = asdict(decoder)
+        return {
+            "mode": str(dec["mode"]),
+            "beta": float(dec["beta"]),
+            "window": int(dec["window"]),
+            "amplitude": float(dec["amplitude"]),
+            "refine": str(dec["refine"]),
+        }
+
+    def decoder_from_description(self, description: Any) -> HeatmapDecoder:
+        ok = isinstance(description, dict) and not set(description) - {
+            "mode", "beta", "window", "amplitude", "refine"
+        }  # fmt: skip
+        if ok:
+            window = description.get("window", 3)
+            numbers = [description.get(key, 1.0) for key in ("beta", "amplitude")]
+            ok = (
+                isinstance(window, int)
+                and not isinstance(window, bool)
+                and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in numbers
+                )
+            )
+        if not ok:
+            raise ValueError(f"invalid heatmap decoder {description!r}")
+        try:
+            return HeatmapDecoder(**description)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid heatmap decoder {description!r} ({exc})") from None
+
+
+HEATMAP = register(HeatmapMethod())

@@ -1,4 +1,5 @@
-"""Prediction on many image files: finding the inputs, writing each image's results, pictures, a summary.
+"""Prediction on image files: finding the inputs, reading and timing each image, writing its results and
+pictures, and a summary of all of them.
 
 For every image ``<case>`` the output folder gets, as soon as the image is done (each file atomically):
 
@@ -20,23 +21,25 @@ reason; the others go on.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import logging
 import os
-import re
+import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from landmark_lit.data.io import NO_GEOMETRY_SUFFIXES, load_image
 from landmark_lit.data.landmark_files import (
     LandmarkTable,
     read_landmark_table,
     write_landmark_table,
     write_slicer_markups,
 )
-from landmark_lit.inference import LandmarkPredictor, peak_memory_mb
+from landmark_lit.predictor import InputError, LandmarkPredictor, Prediction
+from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,6 @@ IMAGE_SUFFIXES = (
     ".tif",
     ".tiff",
 )
-# formats without geometry: their pixel spacing comes from the ``spacing`` option
-NO_GEOMETRY_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # per-landmark values written beside the coordinates
 SCORE_COLUMNS = ("confidence", "flagged", "spread_mm", "posterior")
 
@@ -126,31 +127,60 @@ def _resolve_entry(base: Path, entry: str, listing: Path) -> Path:
     return matches[0]
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+def predict_file(
+    predictor: LandmarkPredictor,
+    path: str | os.PathLike,
+    spacing: float | list[float] | None = None,
+    keep_global_view: bool = False,
+) -> tuple[Prediction, np.ndarray, np.ndarray]:
+    """Read an image file and predict its landmarks; returns the prediction (with ``seconds``, reading
+    included, and ``seconds_without_io``), and the image and affine as read.
+
+    ``spacing`` (mm) replaces the file's geometry for images that carry none (PNG, JPEG, BMP, TIFF).
+    Raises InputError / ImageReadError with one line naming the file.
+    """
+    t0 = time.perf_counter()
+    image, affine = load_image(path)
+    if spacing is not None:
+        d = image.ndim - 1
+        values = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
+        affine = np.diag([*values, 1.0])
+    t1 = time.perf_counter()
+    try:
+        prediction = predictor.predict(image, affine, keep_global_view=keep_global_view)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    t2 = time.perf_counter()
+    return dataclasses.replace(prediction, seconds=t2 - t0, seconds_without_io=t2 - t1), image, affine
+
+
+def _scores(prediction: Prediction) -> dict[str, np.ndarray]:
+    return {key: getattr(prediction, key) for key in SCORE_COLUMNS}
 
 
 def write_case_outputs(
-    out: Path, case: str, image_path: Path, names: list[str], result: dict[str, Any]
+    out: Path, case: str, image_path: Path, names: list[str], prediction: Prediction
 ) -> LandmarkTable:
     """``<case>.csv``, ``<case>.json`` and ``<case>.mrk.json`` of one image (each atomic)."""
     table = LandmarkTable(
         names=names,
-        coords={case: result["world"]},
+        coords={case: prediction.world},
         images={case: str(Path(image_path).resolve())},
-        seconds={case: float(result["seconds"])},
-        seconds_without_io={case: float(result["seconds_without_io"])},
+        seconds={case: float(prediction.seconds)},
+        seconds_without_io={case: float(prediction.seconds_without_io)},
     )
-    scores = {key: {case: result[key]} for key in SCORE_COLUMNS}
-    voxel = {case: result["voxel"]}
+    scores = {key: {case: value} for key, value in _scores(prediction).items()}
+    voxel = {case: prediction.voxel}
     write_landmark_table(out / f"{case}.csv", table, voxel=voxel, extra=scores)
     write_landmark_table(out / f"{case}.json", table, voxel=voxel, extra=scores)
-    d = result["world"].shape[1]
+    d = prediction.world.shape[1]
     if Path(image_path).name.lower().endswith(NO_GEOMETRY_SUFFIXES):
         # Slicer shows these with 1 mm pixels at LPS (column, row): state the pixel indices in LPS
-        points, system = result["voxel"], "LPS"
+        points, system = prediction.voxel, "LPS"
     else:
-        points, system = result["world"], "RAS"
+        points, system = prediction.world, "RAS"
     points = np.concatenate([points, np.zeros((len(points), 3 - d))], axis=1) if d == 2 else points
     # write_slicer_markups takes RAS and states them in ``system``: LPS pixel indices are given as RAS
     ras = points * np.array([-1.0, -1.0, 1.0]) if system == "LPS" else points
@@ -162,7 +192,9 @@ def draw_case_pictures(
     out: Path,
     case: str,
     names: list[str],
-    result: dict[str, Any],
+    prediction: Prediction,
+    image: np.ndarray,
+    affine: np.ndarray,
     reference: np.ndarray | None,
     pictures: bool,
     vector_field: int | None,
@@ -171,37 +203,27 @@ def draw_case_pictures(
     """Overlay pictures and the vote field of one landmark (see the module docstring)."""
     from landmark_lit.data.transforms import world_to_voxel
     from landmark_lit.evaluation.plots import plot_landmarks, plot_vector_field
-    from landmark_lit.targets import inverse_log_transform
 
     folder = out / "pictures"
+    world, flagged = prediction.world, prediction.flagged
     if pictures:
-        if result["world"].shape[1] == 2:
-            plot_landmarks(result["image"], result["affine"], names, result["world"], folder / f"{case}.png",
-                           reference_mm=reference, flagged=result["flagged"], title=case)  # fmt: skip
+        if world.shape[1] == 2:
+            plot_landmarks(image, affine, names, world, folder / f"{case}.png", reference_mm=reference,
+                           flagged=flagged, title=case)  # fmt: skip
         else:
             for k, name in enumerate(names):
                 plot_landmarks(
-                    result["image"], result["affine"], names, result["world"],
-                    folder / case / f"{_safe_name(name)}.png", reference_mm=reference,
-                    flagged=result["flagged"], landmark=k,
-                    title=f"{case}: {name}, confidence {result['confidence'][k]:.2f}",
+                    image, affine, names, world, folder / case / f"{safe_file_name(name)}.png",
+                    reference_mm=reference, flagged=flagged, landmark=k,
+                    title=f"{case}: {name}, confidence {prediction.confidence[k]:.2f}",
                 )  # fmt: skip
     if vector_field is not None:
-        k, g = vector_field, predictor.global_stage
-        disp, logits = result["global_output"]
-        disp, logits = disp[0, k].float(), logits[0, k].float()
-        if g.decoder.regression == "log":
-            disp = inverse_log_transform(disp, g.decoder.log_base)
-        post = logits.sigmoid() if g.decoder.classification else logits.new_ones(logits.shape)
-        image, stride = result["global_image"].mean(0).numpy(), g.net.stride
-        pred = world_to_voxel(result["global_world"][k : k + 1], result["global_affine"])[0]
-        disp, post = disp.numpy(), post.numpy()
-        if image.ndim == 3:  # the slice of cells through the global estimate
-            cell = int(np.clip(np.floor(pred[2] / stride), 0, post.shape[2] - 1))
-            z = int(np.clip(round(cell * stride + (stride - 1) / 2), 0, image.shape[2] - 1))
-            image, disp, post, pred = image[:, :, z], disp[:2, :, :, cell], post[:, :, cell], pred[:2]
-        plot_vector_field(image, disp, post, stride, folder / f"{case}_votes_{_safe_name(names[k])}.png",
-                          prediction=pred, title=f"{case}: global votes for {names[k]}")  # fmt: skip
+        k, g, view = vector_field, predictor.global_stage, prediction.global_view
+        disp, post = g.method.vote_field(view.output, g.decoder, k)
+        pred = world_to_voxel(prediction.global_estimate.world[k : k + 1], view.affine)[0]
+        plot_vector_field(view.image.mean(0).numpy(), disp, post, g.net.stride,
+                          folder / f"{case}_votes_{safe_file_name(names[k])}.png", prediction=pred,
+                          title=f"{case}: global votes for {names[k]}")  # fmt: skip
 
 
 def predict_files(
@@ -234,10 +256,9 @@ def predict_files(
     """
     names = predictor.landmark_names
     field = _landmark_index(vector_field, names)
-    if field is not None and predictor.global_stage.method != "displacement":
-        raise ValueError(
-            f"vector_field: the global stage is a {predictor.global_stage.method} network, it has no votes"
-        )
+    g = predictor.global_stage
+    if field is not None and not g.method.has_votes:
+        raise ValueError(f"vector_field: the global stage is a {g.method.name} network, it has no votes")
     ref_table = read_landmark_table(references) if references else None
     specs = inputs if isinstance(inputs, list | tuple) else [inputs]
     items = [item for spec in specs for item in find_inputs(spec, root, split)]
@@ -245,7 +266,7 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     if warmup and items:
         try:
-            predictor.predict(items[0][1], spacing)
+            predict_file(predictor, items[0][1], spacing)
         except Exception:  # reported below, when the file comes up in turn
             pass
     table = LandmarkTable(names=names, coords={})
@@ -260,23 +281,27 @@ def predict_files(
             if case in seen:
                 raise ValueError(f"{f}: case id {case!r} already used by {seen[case]}")
             seen[case] = f
-            result = predictor.predict(f, spacing, keep_global_output=field is not None)
-            write_case_outputs(out, case, f, names, result)
+            prediction, image, affine = predict_file(
+                predictor, f, spacing, keep_global_view=field is not None
+            )
+            write_case_outputs(out, case, f, names, prediction)
             reference = ref_table.coords.get(case) if ref_table is not None else None
             if pictures or field is not None:
-                draw_case_pictures(out, case, names, result, reference, pictures, field, predictor)
+                draw_case_pictures(
+                    out, case, names, prediction, image, affine, reference, pictures, field, predictor
+                )
         except Exception as exc:  # one bad file must not stop the batch
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             failed[str(f)] = reason if str(f) in reason else f"{f}: {reason}"
             log.error("%s", failed[str(f)])
             continue
-        table.coords[case] = result["world"]
-        voxels[case] = result["voxel"]
+        table.coords[case] = prediction.world
+        voxels[case] = prediction.voxel
         table.images[case] = str(Path(f).resolve())
-        table.seconds[case] = float(result["seconds"])
-        table.seconds_without_io[case] = float(result["seconds_without_io"])
-        for key in SCORE_COLUMNS:
-            scores[key][case] = result[key]
+        table.seconds[case] = float(prediction.seconds)
+        table.seconds_without_io[case] = float(prediction.seconds_without_io)
+        for key, value in _scores(prediction).items():
+            scores[key][case] = value
     if table.coords:
         write_landmark_table(out / "predictions.csv", table, voxel=voxels, extra=scores)
         write_landmark_table(out / "predictions.json", table, voxel=voxels, extra=scores)

@@ -226,9 +226,13 @@ def test_pyramid_stride_must_be_a_power_of_two_within_the_encoder():
 @pytest.mark.parametrize("d", [2, 3])
 def test_pyramid_targets_round_trip_through_the_decoder_on_its_grid(d):
     """Targets built for the network's output grid decode back to the landmarks (exact votes)."""
-    from landmark_lit.decoding import decode
-    from landmark_lit.networks import LandmarkOutput
-    from landmark_lit.targets import displacement_targets, log_transform, presence_targets
+    from landmark_lit.methods.displacement import (
+        decode,
+        displacement_targets,
+        log_transform,
+        presence_targets,
+    )
+    from landmark_lit.networks import DisplacementOutput
 
     pools = (True, True, True, True) if d == 2 else (True, True, False, False)
     net = tiny_pyramid(d, pools, 4, k=4)
@@ -237,9 +241,9 @@ def test_pyramid_targets_round_trip_through_the_decoder_on_its_grid(d):
     lm = (torch.rand(1, 4, d, generator=torch.Generator().manual_seed(d)) * (torch.tensor(size) - 1)).double()
     disp = log_transform(displacement_targets(lm, grid, net.stride))
     logits = presence_targets(lm, grid, net.stride, size, radius=1.5) * 80 - 40
-    got = decode(LandmarkOutput(disp, logits), net.stride, "log", True)
+    got = decode(DisplacementOutput(disp, logits), net.stride, "log", True)
     torch.testing.assert_close(got, lm.float(), atol=1e-3, rtol=0)
-    centres = decode(LandmarkOutput(disp, logits), net.stride, "none", True)  # C only: the cells' centres
+    centres = decode(DisplacementOutput(disp, logits), net.stride, "none", True)  # C only: the cells' centres
     assert ((centres - lm.float()).abs() <= 1.5 * net.stride + 1e-4).all()
 
 

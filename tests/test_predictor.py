@@ -5,10 +5,11 @@ import pytest
 import torch
 from PIL import Image
 
-from landmark_lit.batch import case_id_of, find_images, predict_files
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.inference import CheckpointError, LandmarkPredictor, Stage
 from landmark_lit.networks import GlobalNet, LocalNet
+from landmark_lit.predict_files import case_id_of, find_images, predict_file, predict_files
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import CheckpointError, Stage, StageMeta
 
 NAMES = ["a", "b"]
 
@@ -33,7 +34,7 @@ def stage(kind: str, spacing: float, crop=(8, 8)) -> Stage:
         "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
         "stage": kind,
     }
-    return Stage(net.eval(), meta, f"{kind}.ckpt")
+    return Stage(net.eval(), StageMeta.from_dict(meta, f"{kind}.ckpt"), f"{kind}.ckpt")
 
 
 @pytest.fixture
@@ -66,10 +67,10 @@ def test_rgb_images_become_grey_for_one_channel_models():
 def test_spacing_option_sets_the_geometry_of_bitmaps(predictor, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (50, 40, 3), dtype=np.uint8)).save(tmp_path / "img.png")
-    result = predictor.predict(tmp_path / "img.png", spacing=0.5)
+    result, _, _ = predict_file(predictor, tmp_path / "img.png", spacing=0.5)
     # world = 0.5 * voxel for a bitmap given 0.5 mm pixels
-    np.testing.assert_allclose(result["world"], 0.5 * result["voxel"], atol=1e-6)
-    assert result["world"].shape == (2, 2) and result["seconds"] >= result["seconds_without_io"] > 0
+    np.testing.assert_allclose(result.world, 0.5 * result.voxel, atol=1e-6)
+    assert result.world.shape == (2, 2) and result.seconds >= result.seconds_without_io > 0
 
 
 def test_predict_files_keeps_going_after_a_bad_file(predictor, tmp_path):
@@ -84,7 +85,7 @@ def test_predict_files_keeps_going_after_a_bad_file(predictor, tmp_path):
 
 def test_model_of_another_dimensionality_is_refused(predictor):
     with pytest.raises(ValueError, match="the model is 2D"):
-        predictor.predict_array(np.zeros((1, 8, 8, 8), np.float32), np.eye(4))
+        predictor.predict(np.zeros((1, 8, 8, 8), np.float32), np.eye(4))
 
 
 def test_dicom_series_folders_count_as_one_image_each(tmp_path):
@@ -106,9 +107,9 @@ def test_a_local_stage_twice_equals_two_iterations_of_it():
     torch.manual_seed(0)
     g, loc = stage("global", 1.0), stage("local", 0.5)
     image, affine = _image(), np.eye(3)
-    twice = LandmarkPredictor(g, [loc, loc]).predict_array(image, affine)["world"]
-    iterated = LandmarkPredictor(g, loc, local_iterations=2).predict_array(image, affine)["world"]
-    once = LandmarkPredictor(g, loc).predict_array(image, affine)["world"]
+    twice = LandmarkPredictor(g, [loc, loc]).predict(image, affine).world
+    iterated = LandmarkPredictor(g, loc, local_iterations=2).predict(image, affine).world
+    once = LandmarkPredictor(g, loc).predict(image, affine).world
     np.testing.assert_allclose(twice, iterated)
     assert not np.allclose(twice, once)  # the second pass moved the landmarks
     with pytest.raises(ValueError, match="local_iterations must be at least 1"):
@@ -123,11 +124,11 @@ def test_each_local_stage_is_centred_on_the_previous_answer():
         stage("local", 0.25, crop=(8, 8)),
     )
     image, affine = _image(), np.eye(3)
-    after_coarse = LandmarkPredictor(g, [coarse]).predict_array(image, affine)
-    cascade = LandmarkPredictor(g, [coarse, fine]).predict_array(image, affine)
-    np.testing.assert_allclose(cascade["global_world"], after_coarse["global_world"])
+    after_coarse = LandmarkPredictor(g, [coarse]).predict(image, affine)
+    cascade = LandmarkPredictor(g, [coarse, fine]).predict(image, affine)
+    np.testing.assert_allclose(cascade.global_estimate.world, after_coarse.global_estimate.world)
     # the fine 8 x 8 window at 0.25 mm spans 2 mm: its answer stays within that window around the coarse answer
-    moved = np.abs(cascade["world"] - after_coarse["world"])
+    moved = np.abs(cascade.world - after_coarse.world)
     assert moved.max() <= 0.25 * 8 / 2 + 0.25 and moved.max() > 0
 
 
@@ -141,9 +142,9 @@ def test_local_checkpoints_load_as_a_cascade_in_the_given_order(tmp_path):
     }.items():
         state = {f"net.{k}": v for k, v in st.net.state_dict().items()}
         paths[name] = tmp_path / f"{name}.ckpt"
-        torch.save({"state_dict": state, "landmark_lit": st.meta}, paths[name])
+        torch.save({"state_dict": state, "landmark_lit": st.meta.to_dict()}, paths[name])
     p = LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["fine"]])
-    assert [s.meta["spacing"] for s in p.local_stages] == [1.0, 0.5] and p.local_stage.meta["spacing"] == 0.5
+    assert [s.meta.spacing for s in p.local_stages] == [1.0, 0.5] and p.local_stage.meta.spacing == 0.5
     assert LandmarkPredictor.from_checkpoints(paths["global"]).local_stages == []
     with pytest.raises(CheckpointError, match="'global' stage, expected 'local'"):
         LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["global"]])

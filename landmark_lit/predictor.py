@@ -1,0 +1,305 @@
+"""Global-to-local prediction on an image array of any size, spacing and orientation.
+
+:class:`LandmarkPredictor` runs the global stage on the whole image, then each local stage on one sub-image
+per landmark (:func:`refine_locally`), and returns a :class:`Prediction`. Reading image files, timing and
+writing results belong to :mod:`landmark_lit.predict_files`; building stages from checkpoints and bundles
+to :mod:`landmark_lit.stages`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
+from landmark_lit.data.transforms import match_channels, spacing_of, voxel_to_world, world_to_voxel
+from landmark_lit.stages import (
+    DEFAULT_CONFIDENCE_SCALE,
+    Stage,
+    check_stages_fit,
+    default_confidence_threshold,
+    load_bundle,
+    load_stage,
+)
+
+
+class InputError(ValueError):
+    """An image the model cannot be run on (wrong dimensionality, empty, constant, too small, bad geometry)."""
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage's answer: landmarks (K, D) in world mm, how far its votes (or heatmap mass) spread (K,) mm,
+    and its highest posterior (K,)."""
+
+    world: np.ndarray
+    spread_mm: np.ndarray
+    posterior: np.ndarray
+
+
+@dataclass(frozen=True)
+class GlobalView:
+    """What the global stage saw and said (for vote-field pictures): its network output, its working
+    image (C, *spatial) and that image's voxel -> world affine."""
+
+    output: Any
+    image: torch.Tensor
+    affine: np.ndarray
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The landmarks of one image.
+
+    world: (K, D) world mm; voxel: (K, D) voxel indices of the given image; confidence: (K,) in [0, 1];
+    flagged: (K,) bool, confidence below the predictor's threshold; spread_mm, posterior: (K,) of the last
+    stage; shift_mm: (K,) how far the last local pass moved each landmark (0 without local stages);
+    global_estimate: the global stage's answer; global_view: set with ``keep_global_view``; seconds,
+    seconds_without_io: set by :mod:`landmark_lit.predict_files` (with and without reading the file).
+    """
+
+    world: np.ndarray
+    voxel: np.ndarray
+    confidence: np.ndarray
+    flagged: np.ndarray
+    spread_mm: np.ndarray
+    posterior: np.ndarray
+    shift_mm: np.ndarray
+    global_estimate: StageEstimate
+    global_view: GlobalView | None = None
+    seconds: float | None = None
+    seconds_without_io: float | None = None
+
+
+def refine_locally(
+    stage: Stage, image: torch.Tensor, affine: np.ndarray, world: np.ndarray, iterations: int = 1
+) -> tuple[StageEstimate, np.ndarray]:
+    """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
+    mm: each pass decodes landmark k in the sub-image centred on its last estimate.
+
+    Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
+    """
+    x, aff = stage.preprocessing(image, affine)
+    scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
+    centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
+    crop, decoder = stage.meta.crop_size, stage.decoder
+    shift = np.zeros(len(world))
+    spread = posterior = None
+    for _ in range(int(iterations)):
+        starts = local_crop_starts(centres, crop)
+        crops = stack_local_crops(x, starts, crop)
+        coords, spread, posterior = decoder.statistics(stage.net(crops[None]), stage.net.stride, scale)
+        new = coords[0] + starts
+        shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
+        centres = new
+    estimate = StageEstimate(
+        voxel_to_world(centres.double().numpy(), aff),
+        spread[0].double().numpy(),
+        posterior[0].double().numpy(),
+    )
+    return estimate, shift
+
+
+def landmark_confidence(
+    posterior: np.ndarray,
+    spread_mm: np.ndarray,
+    shift_mm: np.ndarray,
+    spacing_mm: float,
+    scale: float = DEFAULT_CONFIDENCE_SCALE,
+) -> np.ndarray:
+    """Per-landmark confidence in [0, 1]: ``posterior * exp(-(spread_mm + shift_mm) / (scale * spacing_mm))``.
+
+    ``posterior``: the last stage's highest cell posterior (some cell is sure the landmark is in it);
+    ``spread_mm``: how far its displacement votes scatter; ``shift_mm``: how far its last local pass still
+    moved the landmark (a stable answer moves little); ``spacing_mm``: the last stage's working voxel size,
+    which with ``scale`` (``confidence_scale`` of conf/predict/, stored in bundles) sets the scale of the two
+    distances. On the ISBI 2015 validation images this combination separated errors above 4 mm from the rest
+    better than each signal alone (AUROC 0.90 against 0.87, 0.82 and 0.85; experiments/isbi2015/RESULTS.md).
+    It ranks landmarks; it is not a calibrated probability.
+    """
+    distance = np.asarray(spread_mm, np.float64) + np.asarray(shift_mm, np.float64)
+    return np.clip(
+        np.asarray(posterior, np.float64) * np.exp(-distance / (scale * float(spacing_mm))), 0.0, 1.0
+    )
+
+
+class LandmarkPredictor:
+    """Global network on the whole image, then (optionally) each landmark's local network on a sub-image.
+
+    Several local stages (e.g. a coarse one with a wide window, then a fine one) run in turn, each on
+    sub-images centred on the previous stage's answer; each runs ``local_iterations`` times.
+
+    Every landmark gets a confidence in [0, 1] from the last stage's posterior, the spread of its votes and
+    how far the last local pass moved it (:func:`landmark_confidence`); landmarks below
+    ``confidence_threshold`` (default: that of the last stage's method) are flagged as likely failures.
+
+    Example:
+        >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
+        >>> from landmark_lit.predict_files import predict_file
+        >>> prediction, image, affine = predict_file(predictor, "image.nii.gz")
+        >>> prediction.world  # (K, D) landmark coordinates in world mm
+    """
+
+    def __init__(
+        self,
+        global_stage: Stage,
+        local_stages: Stage | Sequence[Stage] | None = None,
+        local_iterations: int = 1,
+        confidence_threshold: float | None = None,
+        confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
+    ) -> None:
+        if int(local_iterations) < 1:
+            raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
+        if not float(confidence_scale) > 0:
+            raise ValueError(f"confidence_scale must be positive, got {confidence_scale}")
+        if local_stages is None:
+            local_stages = []
+        elif isinstance(local_stages, Stage):
+            local_stages = [local_stages]
+        check_stages_fit(global_stage, local_stages)
+        self.global_stage, self.local_stages = global_stage, list(local_stages)
+        self.local_iterations = int(local_iterations)
+        self.confidence_scale = float(confidence_scale)
+        self.confidence_threshold = (
+            default_confidence_threshold([global_stage, *self.local_stages])
+            if confidence_threshold is None
+            else float(confidence_threshold)
+        )
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        global_checkpoint: str | os.PathLike,
+        local_checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+        local_iterations: int = 1,
+        confidence_threshold: float | None = None,
+        confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
+    ) -> LandmarkPredictor:
+        """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
+        g = load_stage(global_checkpoint, "global")
+        if local_checkpoint is None or local_checkpoint == "":
+            paths = []
+        elif isinstance(local_checkpoint, str | os.PathLike):
+            paths = [local_checkpoint]
+        else:
+            paths = list(local_checkpoint)
+        locals_ = [load_stage(p, "local") for p in paths]
+        return cls(g, locals_, local_iterations, confidence_threshold, confidence_scale)
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
+        """The predictor stored in a model bundle (:func:`landmark_lit.stages.save_bundle`)."""
+        b = load_bundle(path)
+        return cls(
+            b.global_stage, b.local_stages, b.local_iterations, b.confidence_threshold, b.confidence_scale
+        )
+
+    @property
+    def local_stage(self) -> Stage | None:
+        """The last (finest) local stage, or None for a global-only predictor."""
+        return self.local_stages[-1] if self.local_stages else None
+
+    @property
+    def landmark_names(self) -> list[str]:
+        return list(self.global_stage.meta.landmark_names)
+
+    @property
+    def spatial_dims(self) -> int:
+        return int(self.global_stage.meta.spatial_dims)
+
+    def set_vote_top_k(self, global_top_k: int | None = None, local_top_k: int | None = None) -> None:
+        """Decode the global stage (and every local stage) from its ``top_k`` most confident cells; None
+        leaves a stage as stored. Only methods whose decoder has ``top_k`` (the displacement method) take it."""
+        if global_top_k is not None:
+            self.global_stage = self.global_stage.with_decoder(top_k=int(global_top_k))
+        if local_top_k is not None:
+            self.local_stages = [s.with_decoder(top_k=int(local_top_k)) for s in self.local_stages]
+
+    def check_input(self, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> None:
+        """Raise :class:`InputError` (one line) if the model cannot run on this image."""
+        d = self.spatial_dims
+        shape = tuple(image.shape)
+        if len(shape) - 1 != d:
+            raise InputError(
+                f"the model is {d}D but the image is {len(shape) - 1}D (array shape {shape}, channels first)"
+            )
+        if any(n == 0 for n in shape):
+            raise InputError(f"the image is empty (array shape {shape})")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (d + 1, d + 1) or not np.all(np.isfinite(affine)):
+            raise InputError(
+                f"invalid geometry: the voxel -> world affine is not a finite {d + 1}x{d + 1} matrix"
+            )
+        if abs(np.linalg.det(affine[:d, :d])) < 1e-12 or np.any(spacing_of(affine) <= 0):
+            raise InputError(
+                f"invalid geometry: zero spacing or singular affine (spacing {spacing_of(affine)})"
+            )
+        lo, hi = float(image.min()), float(image.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError("the image contains NaN or infinite values")
+        if lo == hi:
+            raise InputError(
+                f"the image is constant (every voxel is {lo:g}): no structure to find landmarks in"
+            )
+
+    @torch.inference_mode()
+    def predict(
+        self, image: np.ndarray | torch.Tensor, affine: np.ndarray, keep_global_view: bool = False
+    ) -> Prediction:
+        """The landmarks of one image (C, *spatial) with its voxel -> world affine.
+
+        Raises:
+            InputError: the model cannot run on this image (see :meth:`check_input`).
+        """
+        x0 = torch.as_tensor(image, dtype=torch.float32)
+        self.check_input(x0, affine)
+        g = self.global_stage
+        try:
+            # one grey conversion (RGB -> grey) for all stages, done once on the full-size image
+            x0 = match_channels(x0, g.meta.net["in_channels"])
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        x, aff = g.preprocessing(x0, affine)
+        stride = g.net.stride
+        if any(n < stride for n in x.shape[1:]):
+            raise InputError(
+                f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
+                f"{g.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
+            )
+        out = g.net(x[None])
+        scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
+        coords, spread, posterior = g.decoder.statistics(out, stride, scale)
+        estimate = StageEstimate(
+            voxel_to_world(coords[0].double().numpy(), aff),
+            spread[0].double().numpy(),
+            posterior[0].double().numpy(),
+        )
+        global_estimate, shift = estimate, np.zeros(len(self.landmark_names))
+        for stage in self.local_stages:
+            estimate, shift = refine_locally(stage, x0, affine, estimate.world, self.local_iterations)
+        last = self.local_stage or g
+        confidence = landmark_confidence(
+            estimate.posterior,
+            estimate.spread_mm,
+            shift,
+            float(np.mean(last.meta.spacing)),
+            self.confidence_scale,
+        )
+        view = GlobalView(out, x, aff) if keep_global_view else None
+        return Prediction(
+            world=estimate.world,
+            voxel=world_to_voxel(estimate.world, affine),
+            confidence=confidence,
+            flagged=confidence < self.confidence_threshold,
+            spread_mm=estimate.spread_mm,
+            posterior=estimate.posterior,
+            shift_mm=shift,
+            global_estimate=global_estimate,
+            global_view=view,
+        )

@@ -1,0 +1,94 @@
+"""StageMeta: descriptions of trained stages, their validation and format versions; checkpoint and bundle files."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import pytest
+import torch
+from helpers import heatmap_meta, stage_description, write_checkpoint
+
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import CheckpointError, StageMeta, save_bundle
+
+
+def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "landmark_lit.bundle", "x": Payload()}, evil)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: cannot read model file safely"):
+        LandmarkPredictor.from_bundle(evil)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match=r"other\.pt: not a landmark_lit model bundle"):
+        LandmarkPredictor.from_bundle(other)
+    future = tmp_path / "future.pt"
+    torch.save({"format": "landmark_lit.bundle", "version": 99, "stages": []}, future)
+    with pytest.raises(CheckpointError, match="bundle version 99"):
+        LandmarkPredictor.from_bundle(future)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda m: m["net"].update(_target_="builtins.eval"), "unknown network 'builtins.eval'"),
+        (lambda m: m["net"].update(evil="x"), "network argument 'evil' is not one of"),
+        (lambda m: m["net"].update(stem_channels="4; rm -rf"), "must be integers or booleans"),
+        (lambda m: m.update(spacing=float("nan")), "'spacing' must be a positive float"),
+        (lambda m: m.update(landmark_names=["a"]), "1 landmark names for a network of 2"),
+        (lambda m: m.update(intensity="magic"), "intensity must be one of"),
+        (lambda m: m.update(decoder={"regression": "cubic"}), "invalid decoder"),
+        (lambda m: m.update(decoder={"regression": "log", "top_k": 0}), "invalid decoder"),
+        (lambda m: m.update(decoder={"regression": "log", "top_k": "9"}), "invalid decoder"),
+        (
+            lambda m: m.update(decoder={"regression": "log", "classification": False, "top_k": 9}),
+            "invalid decoder",
+        ),
+        (lambda m: m.pop("spacing"), "lacks \\['spacing'\\]"),
+        (lambda m: m.update(stage="local"), "cannot be a local stage"),
+    ],
+)
+def test_model_descriptions_are_validated(change, message):
+    meta = stage_description("global", 2, 1.0, 8)
+    change(meta)
+    with pytest.raises(CheckpointError, match=message):
+        StageMeta.from_dict(meta, "model.pt")
+
+
+def test_a_top_k_decoder_and_a_pyramid_network_are_valid_descriptions():
+    meta = stage_description("global", 2, 1.0, 8)
+    meta["decoder"] = {"regression": "log", "classification": True, "log_base": 10.0, "top_k": 9}
+    meta["net"].update(pyramid_stride=None)
+    assert StageMeta.from_dict(meta, "model.pt").decoder["top_k"] == 9
+
+
+def test_bundle_refuses_stages_that_do_not_fit(tmp_path):
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
+    loc3 = write_checkpoint(tmp_path / "l3.ckpt", stage_description("local", 3, 1.0, 8))
+    with pytest.raises(CheckpointError, match="3D local model with a 2D global model"):
+        save_bundle(tmp_path / "model.pt", g, [loc3])
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_heatmap_descriptions_are_validated():
+    meta = heatmap_meta()
+    assert StageMeta.from_dict(copy.deepcopy(meta), "x").method == "heatmap"
+    bad = {
+        "local stage": {"stage": "local"},
+        "GlobalNet": {"net": {**meta["net"], "_target_": "landmark_lit.networks.GlobalNet"}},
+        "unknown method": {"method": "svm"},
+        "norm": {"net": {**meta["net"], "norm": "os.system"}},
+        "displacement decoder": {"decoder": {"regression": "log", "classification": True}},
+        "decoder mode": {"decoder": {**meta["decoder"], "mode": "median"}},
+        "window": {"decoder": {**meta["decoder"], "window": 0.5}},
+    }
+    for what, change in bad.items():
+        with pytest.raises(CheckpointError):
+            StageMeta.from_dict({**copy.deepcopy(meta), **change}, what)
+    # a HeatmapUNet without method=heatmap (a displacement description) is refused too
+    with pytest.raises(CheckpointError, match="cannot be a global stage"):
+        StageMeta.from_dict({k: v for k, v in meta.items() if k != "method"}, "x")
