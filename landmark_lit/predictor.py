@@ -77,6 +77,7 @@ class Prediction:
     seconds_without_io: float | None = None
 
 
+@torch.inference_mode()
 def refine_locally(
     stage: Stage, image: torch.Tensor, affine: np.ndarray, world: np.ndarray, iterations: int = 1
 ) -> tuple[StageEstimate, np.ndarray]:

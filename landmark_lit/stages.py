@@ -31,6 +31,7 @@ from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing
 from landmark_lit.methods import Method, get_method, method_names
 from landmark_lit.methods.base import all_methods
+from landmark_lit.methods.displacement import DISPLACEMENT
 from landmark_lit.networks import fold_batch_norm
 from landmark_lit.utils import first_line, is_finite_number
 
@@ -144,7 +145,7 @@ class StageMeta:
         if unknown and version >= 2:
             raise CheckpointError(f"{where}: unknown model description keys {unknown}")
         values = {k: v for k, v in data.items() if k in fields}
-        values.setdefault("method", "displacement")  # format 1 stated only the heatmap method
+        values.setdefault("method", DISPLACEMENT.name)  # format 1 stated only the heatmap method
         values["format_version"] = FORMAT_VERSION  # read into this version's form
         meta = cls(**values)
         meta._validate(where)

@@ -8,7 +8,7 @@ from PIL import Image
 from landmark_lit.data.transforms import match_channels
 from landmark_lit.networks import GlobalNet, LocalNet
 from landmark_lit.predict_files import case_id_of, find_images, predict_file, predict_files
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.predictor import LandmarkPredictor, Prediction, refine_locally
 from landmark_lit.stages import CheckpointError, Stage, StageMeta
 
 NAMES = ["a", "b"]
@@ -148,3 +148,16 @@ def test_local_checkpoints_load_as_a_cascade_in_the_given_order(tmp_path):
     assert LandmarkPredictor.from_checkpoints(paths["global"]).local_stages == []
     with pytest.raises(CheckpointError, match="'global' stage, expected 'local'"):
         LandmarkPredictor.from_checkpoints(paths["global"], [paths["coarse"], paths["global"]])
+
+
+def test_the_local_refinement_is_a_function_of_the_stage_the_image_and_the_start():
+    torch.manual_seed(4)
+    g, loc = stage("global", 2.0), stage("local", 1.0)
+    image, affine = _image(), np.diag([0.9, 1.1, 1.0])
+    full = LandmarkPredictor(g, loc, local_iterations=2).predict(image, affine)
+    estimate, shift = refine_locally(loc, torch.as_tensor(image), affine, full.global_estimate.world, 2)
+    np.testing.assert_array_equal(estimate.world, full.world)
+    np.testing.assert_array_equal(shift, full.shift_mm)
+    np.testing.assert_array_equal(estimate.spread_mm, full.spread_mm)
+    assert isinstance(full, Prediction) and full.seconds is None  # timing belongs to predict_file
+    assert full.flagged.dtype == bool and full.confidence.shape == (len(NAMES),)

@@ -7,10 +7,11 @@ import os
 
 import pytest
 import torch
-from helpers import heatmap_meta, stage_description, write_checkpoint
+from helpers import compose_train, heatmap_meta, stage_description, tiny_overrides, write_checkpoint
 
+from landmark_lit.methods import get_method
 from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import CheckpointError, StageMeta, save_bundle
+from landmark_lit.stages import FORMAT_VERSION, CheckpointError, StageMeta, save_bundle
 
 
 def test_unsafe_or_foreign_model_files_are_refused(tmp_path):
@@ -92,3 +93,42 @@ def test_heatmap_descriptions_are_validated():
     # a HeatmapUNet without method=heatmap (a displacement description) is refused too
     with pytest.raises(CheckpointError, match="cannot be a global stage"):
         StageMeta.from_dict({k: v for k, v in meta.items() if k != "method"}, "x")
+
+
+def test_descriptions_state_their_format_and_older_ones_still_load():
+    old = stage_description("global", 2, 1.0, 8)  # format 1: no "method" key for the displacement method
+    meta = StageMeta.from_dict(old, "old.ckpt")
+    assert meta.method == "displacement" and meta.format_version == FORMAT_VERSION == 2
+    assert (
+        StageMeta.from_dict({**old, "format_version": 1, "no_longer_used": 1}, "old.ckpt").stage == "global"
+    )
+    # what is written now says its format and method, and reads back equal
+    stored = meta.to_dict()
+    assert stored["format_version"] == 2 and stored["method"] == "displacement"
+    assert StageMeta.from_dict(stored, "new.ckpt") == meta
+    with pytest.raises(CheckpointError, match=r"new\.ckpt: unknown model description keys \['extra'\]"):
+        StageMeta.from_dict({**stored, "extra": 1}, "new.ckpt")
+    with pytest.raises(CheckpointError, match=r"new\.ckpt: model description lacks \['method'\]"):
+        StageMeta.from_dict({k: v for k, v in stored.items() if k != "method"}, "new.ckpt")
+    with pytest.raises(CheckpointError, match=r"future\.ckpt: written by a newer landmark_lit \(model format 3; "
+                       r"this one reads formats 1 to 2\)"):  # fmt: skip
+        StageMeta.from_dict({**stored, "format_version": 3}, "future.ckpt")
+    with pytest.raises(CheckpointError, match="invalid format_version 'two'"):
+        StageMeta.from_dict({**stored, "format_version": "two"}, "x.ckpt")
+
+
+def test_descriptions_built_from_configs_round_trip(tmp_path):
+    from hydra.utils import instantiate
+
+    for overrides, method in (([], "displacement"), (["method=heatmap"], "heatmap")):
+        cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path), *overrides])
+        decoder = instantiate(cfg.decoder)
+        meta = StageMeta.from_config(cfg, ["a", "b", "c"], decoder)
+        assert meta.method == method and meta.stage == "global" and meta.net["num_landmarks"] == 3
+        assert meta.ablation == ("Rlog+C" if method == "displacement" else None)
+        again = StageMeta.from_dict(meta.to_dict(), "x")
+        assert again == meta and again.build_decoder() == decoder
+        assert isinstance(again.build_network(), get_method(method).network_class("global"))
+    with pytest.raises(ValueError, match="the heatmap method has no 'local' stage"):
+        StageMeta.from_config(compose_train([*tiny_overrides("synthetic2d", tmp_path), "method=heatmap",
+                                             "stage=global", "stage.name=local"]), ["a"], decoder)  # fmt: skip

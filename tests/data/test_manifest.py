@@ -260,3 +260,36 @@ def test_export_of_a_split_as_references_and_image_list(study, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main([str(study / "m.csv"), "--split", "nope", "--references", str(tmp_path / "x.csv")])
     assert "no cases in split 'nope'" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+
+
+def test_prediction_reads_manifests_with_the_same_checks(tmp_path):
+    """manifest_images (landmark-predict input=manifest) and ManifestCases read a manifest alike: the same
+    structure and key checks, duplicate cases and split rules; only case ids are optional for prediction."""
+    from landmark_lit.data.manifest import manifest_images
+
+    image = tmp_path / "a.nii.gz"
+    save_nifti(image, np.zeros((1, 4, 4, 4), np.float32), np.eye(4))
+    good = {"cases": [{"case": "a", "image": "a.nii.gz", "split": "test"}, {"image": "b.nii.gz"}]}
+    (tmp_path / "m.json").write_text(json.dumps(good))
+    assert manifest_images(tmp_path / "m.json") == [("a", image), (None, tmp_path / "b.nii.gz")]
+    assert manifest_images(tmp_path / "m.json", split="test") == [("a", image)]
+    bad = {
+        "unknown keys \\['speling'\\]": {"cases": [{"case": "a", "image": "a.nii.gz", "speling": 1}]},
+        "duplicate case id": {
+            "cases": [{"case": "a", "image": "a.nii.gz"}, {"case": "a", "image": "a.nii.gz"}]
+        },
+        "no image": {"cases": [{"case": "a"}]},
+        "no cases": {"cases": []},
+        "unknown keys \\['cases_'\\]": {"cases": [{"case": "a", "image": "a.nii.gz"}], "cases_": []},
+    }
+    for message, content in bad.items():
+        (tmp_path / "bad.json").write_text(json.dumps(content))
+        for read in (manifest_images, ManifestCases):
+            with pytest.raises(ManifestError, match=message):
+                read(tmp_path / "bad.json")
+    with pytest.raises(ManifestError, match="no split column or key, cannot select split 'test'"):
+        (tmp_path / "nosplit.csv").write_text("case,image\na,a.nii.gz\n")
+        manifest_images(tmp_path / "nosplit.csv", split="test")
+    with pytest.raises(ManifestError, match="unknown manifest type '.txt'"):
+        (tmp_path / "m.txt").write_text("a.nii.gz\n")
+        manifest_images(tmp_path / "m.txt")
