@@ -43,9 +43,14 @@ from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
 
 log = logging.getLogger(__name__)
 
+# image files of a folder input (a NIfTI / ANALYZE pair counts once, by its .hdr)
 IMAGE_SUFFIXES = (
     ".nii",
     ".nii.gz",
+    ".hdr",
+    ".mgh",
+    ".mgz",
+    ".mnc",
     ".nhdr",
     ".nrrd",
     ".mha",

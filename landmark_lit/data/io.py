@@ -7,7 +7,10 @@ World coordinates are RAS (x towards the patient's right, y anterior, z superior
 NIfTI affines are RAS already; MONAI converts the LPS geometry of NRRD and DICOM to RAS, and so does
 :class:`SimpleITKReader` for MHA/MHD. Readers by format:
 
-- NIfTI (``.nii``, ``.nii.gz``): MONAI's ``NibabelReader``;
+- NIfTI-1/2 (``.nii``, ``.nii.gz``, ``.hdr``/``.img`` pairs), ANALYZE 7.5 (``.hdr``/``.img``), MGH/MGZ
+  (``.mgh``, ``.mgz``) and MINC (``.mnc``): nibabel directly, with nibabel's affine rules (the sform when
+  its code is set, else the qform, else the voxel sizes); trailing singleton axes beyond the third are
+  dropped (a 4D file with one volume is a 3D image) and a fourth axis of several volumes becomes channels;
 - NRRD (``.nrrd``, ``.nhdr``): MONAI's ``NrrdReader`` (pynrrd);
 - DICOM series (a folder of slices) or a single ``.dcm`` file: MONAI's ``PydicomReader`` (pydicom); array
   axes are (column, row, slice), as ITK orders them;
@@ -143,6 +146,33 @@ def _loader(kind: str | None) -> LoadImage:
         plugin_log.setLevel(level)
 
 
+# files nibabel reads (its own affine rules), by suffix
+NIBABEL_SUFFIXES = (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz", ".mgh", ".mgz", ".mnc")
+
+
+def _read_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array and (D + 1, D + 1) RAS affine of a file nibabel reads."""
+    try:
+        img = nib.load(str(path))
+        if not hasattr(img, "dataobj") or not hasattr(img, "affine"):
+            raise ImageReadError(f"{path}: not an image nibabel can read as an array ({type(img).__name__})")
+        array = np.asarray(img.dataobj, dtype=np.float32)
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # nibabel raises many types for unreadable files
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {first_line(exc)})") from exc
+    while array.ndim > 3 and array.shape[-1] == 1:  # (x, y, z, 1[, 1]): one volume
+        array = array[..., 0]
+    if array.ndim == 5 and array.shape[3] == 1:  # NIfTI vectors: (x, y, z, 1, c)
+        array = array[:, :, :, 0]
+    if array.ndim == 4:  # volumes become channels
+        return np.moveaxis(array, -1, 0), affine
+    if array.ndim == 2:  # a 2D file: the in-plane part of its 4 x 4 affine
+        affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    return array[None], affine
+
+
 def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file, or a DICOM series folder (see the module docstring for the readers).
 
@@ -161,6 +191,8 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
         array = _read_pil(path)
         if array is not None:
             return _checked(path, array, np.eye(3))
+    if path.is_file() and path.name.lower().endswith(NIBABEL_SUFFIXES):
+        return _checked(path, *_read_nibabel(path))
     kind = _format_of(path)
     try:
         with warnings.catch_warnings():
