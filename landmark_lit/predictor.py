@@ -87,6 +87,7 @@ def refine_locally(
     Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
     """
     x, aff = stage.preprocessing(image, affine)
+    device = network_device(stage.net)
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
     crop, decoder = stage.meta.crop_size, stage.decoder
@@ -94,17 +95,23 @@ def refine_locally(
     spread = posterior = None
     for _ in range(int(iterations)):
         starts = local_crop_starts(centres, crop)
-        crops = stack_local_crops(x, starts, crop)
-        coords, spread, posterior = decoder.statistics(stage.net(crops[None]), stage.net.stride, scale)
-        new = coords[0] + starts
+        crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
+        out = stage.net(crops[None].to(device))
+        coords, spread, posterior = decoder.statistics(out, stage.net.stride, scale.to(device))
+        new = coords[0].cpu() + starts
         shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
         centres = new
     estimate = StageEstimate(
         voxel_to_world(centres.double().numpy(), aff),
-        spread[0].double().numpy(),
-        posterior[0].double().numpy(),
+        spread[0].double().cpu().numpy(),
+        posterior[0].double().cpu().numpy(),
     )
     return estimate, shift
+
+
+def network_device(net: torch.nn.Module) -> torch.device:
+    """Where a network's parameters are (the CPU for exported networks without torch parameters)."""
+    return next(iter(net.parameters()), torch.empty(0)).device
 
 
 def landmark_confidence(
@@ -222,6 +229,18 @@ class LandmarkPredictor:
         if local_top_k is not None:
             self.local_stages = [s.with_decoder(top_k=int(local_top_k)) for s in self.local_stages]
 
+    def to(self, device: str | torch.device) -> LandmarkPredictor:
+        """Run every stage's network on ``device`` ("cpu", "cuda", "cuda:1", ...); reading, resampling,
+        sub-image extraction and the returned arrays stay on the CPU."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {str(device)!r}: this torch has no CUDA device (torch {torch.__version__})"
+            )
+        for stage in (self.global_stage, *self.local_stages):
+            stage.net.to(device)
+        return self
+
     def check_input(self, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> None:
         """Raise :class:`InputError` (one line) if the model cannot run on this image."""
         d = self.spatial_dims
@@ -273,13 +292,14 @@ class LandmarkPredictor:
                 f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
                 f"{g.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
             )
-        out = g.net(x[None])
-        scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
+        device = network_device(g.net)
+        out = g.net(x[None].to(device))
+        scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
         coords, spread, posterior = g.decoder.statistics(out, stride, scale)
         estimate = StageEstimate(
-            voxel_to_world(coords[0].double().numpy(), aff),
-            spread[0].double().numpy(),
-            posterior[0].double().numpy(),
+            voxel_to_world(coords[0].double().cpu().numpy(), aff),
+            spread[0].double().cpu().numpy(),
+            posterior[0].double().cpu().numpy(),
         )
         global_estimate, shift = estimate, np.zeros(len(self.landmark_names))
         for stage in self.local_stages:

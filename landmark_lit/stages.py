@@ -19,6 +19,7 @@ import dataclasses
 import datetime
 import inspect
 import os
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -287,6 +288,14 @@ def torch_load(path: str | os.PathLike) -> Any:
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: model file not found")
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive (legacy files: a pickle, which starts with its protocol byte 0x80)
+    if not zipfile.is_zipfile(path) and head[:1] != b"\x80":
+        kind = "an empty file" if not head else "not a PyTorch file"
+        raise CheckpointError(
+            f"{path}: not a model file ({kind}; expected a checkpoint of landmark-train or a bundle of landmark-export)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -88,6 +88,48 @@ def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
         predict_cli(both)
 
 
+def test_the_nnunet_style_command_line(checkpoints, tmp_path):
+    """landmark-predict -i -o -m with flags (values with spaces and glob characters need no quoting), the
+    same result as key=value, no Hydra folder in the output, --help describing every option."""
+    from landmark_lit.cli.predict import config_from_args, parser
+
+    d, g, loc = checkpoints
+    save_bundle(tmp_path / "model.pt", g, [loc])
+    folder = tmp_path / "my scans"
+    folder.mkdir()
+    image = _png(folder / "x.png") if d == 2 else _nifti(folder / "x.nii.gz")
+    out = tmp_path / "out flags"
+    cmd = [sys.executable, "-m", "landmark_lit.cli.predict", "-i", str(folder / "x.*"), "-o", str(out),
+           "-m", str(tmp_path / "model.pt"), "--spacing", "0.5", "--threads", "1", "--device", "cpu",
+           "local_iterations=2"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 images done, 0 failed" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "predictions.csv",
+        "predictions.json",
+        "x.csv",
+        "x.json",
+        "x.mrk.json",
+    ]
+    cfg = config_from_args(["model=" + str(tmp_path / "model.pt"), f"input={image}", f"output_dir={tmp_path / 'kv'}",
+                            "spacing=0.5", "local_iterations=2", "threads=1"])  # fmt: skip
+    predict_cli(cfg)
+    np.testing.assert_array_equal(
+        read_landmark_table(out / "x.csv").coords["x"],
+        read_landmark_table(tmp_path / "kv" / "x.csv").coords["x"],
+    )
+    helptext = parser().format_help()
+    for flag in ("-i", "-o", "-m", "--spacing", "--pictures", "--threads", "--device", "--global-checkpoint",
+                 "--local-checkpoint", "--confidence-threshold", "key=value"):  # fmt: skip
+        assert flag in helptext
+    assert all(a.help for a in parser()._actions)  # every option is described
+    bad = subprocess.run(
+        [*cmd[:3], "-i", str(image), "-o", str(out), "-m", str(image)], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "not a model file" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_each_image_gets_csv_json_and_slicer_markups(checkpoints, tmp_path):
     d, g, loc = checkpoints
     predictor = LandmarkPredictor.from_checkpoints(g, loc)

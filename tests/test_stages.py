@@ -132,3 +132,15 @@ def test_descriptions_built_from_configs_round_trip(tmp_path):
     with pytest.raises(ValueError, match="the heatmap method has no 'local' stage"):
         StageMeta.from_config(compose_train([*tiny_overrides("synthetic2d", tmp_path), "method=heatmap",
                                              "stage=global", "stage.name=local"]), ["a"], decoder)  # fmt: skip
+
+
+def test_a_file_that_is_not_a_model_says_so(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("epoch 3, loss 0.1\n")
+    with pytest.raises(
+        CheckpointError, match=r"notes\.ckpt: not a model file \(not a PyTorch file; expected"
+    ):
+        LandmarkPredictor.from_checkpoints(text)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: not a model file \(an empty file"):
+        LandmarkPredictor.from_bundle(tmp_path / "empty.pt")
