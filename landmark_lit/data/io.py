@@ -12,8 +12,10 @@ NIfTI affines are RAS already; MONAI converts the LPS geometry of NRRD and DICOM
   its code is set, else the qform, else the voxel sizes); trailing singleton axes beyond the third are
   dropped (a 4D file with one volume is a 3D image) and a fourth axis of several volumes becomes channels;
 - NRRD (``.nrrd``, ``.nhdr``): MONAI's ``NrrdReader`` (pynrrd);
-- DICOM series (a folder of slices) or a single ``.dcm`` file: MONAI's ``PydicomReader`` (pydicom); array
-  axes are (column, row, slice), as ITK orders them;
+- DICOM series (a folder of slices): MONAI's ``PydicomReader`` (pydicom); array axes are (column, row,
+  slice), as ITK orders them;
+- a single DICOM file (``.dcm``, or any file with the DICOM preamble ``DICM`` at byte 128): SimpleITK
+  (GDCM), the same axes; a single-frame file is a 2D image (the in-plane part of its geometry);
 - MHA / MHD (``.mha``, ``.mhd``): :class:`SimpleITKReader` (SimpleITK, a MONAI ``ImageReader``);
 - PNG / JPEG / BMP: Pillow directly, arranged as MONAI's ``PILReader`` arranges them (array axes (x, y),
   i.e. (column, row), identity affine), without its float copies of every channel; an RGB(A) file whose
@@ -173,6 +175,36 @@ def _read_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array[None], affine
 
 
+def _has_dicom_preamble(path: Path) -> bool:
+    """A DICOM Part 10 file: 128 bytes of preamble, then ``DICM``."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_dicom_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array and RAS affine of one DICOM file, read by SimpleITK (GDCM)."""
+    if importlib.util.find_spec("SimpleITK") is None:
+        raise ImageReadError(f"{path}: reading a DICOM file needs the SimpleITK package (pip install 'landmark_lit[io]')")
+    reader = SimpleITKReader(suffixes=("dcm",))
+    try:
+        array, meta = reader.get_data(reader.read(str(path)))
+    except Exception as exc:  # SimpleITK raises RuntimeError with GDCM's reason
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {first_line(exc)})") from exc
+    affine = np.asarray(meta["affine"], dtype=np.float64)
+    d = int(len(meta["spatial_shape"]))
+    array = np.asarray(array, dtype=np.float32)
+    array = np.moveaxis(array, -1, 0) if array.ndim == d + 1 else array[None]  # channels first
+    if d == 3 and array.shape[3] == 1:  # a single frame: a 2D image
+        array, affine = array[..., 0], affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    elif d == 2:
+        affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
+    return array, affine
+
+
 def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file, or a DICOM series folder (see the module docstring for the readers).
 
@@ -193,6 +225,13 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             return _checked(path, array, np.eye(3))
     if path.is_file() and path.name.lower().endswith(NIBABEL_SUFFIXES):
         return _checked(path, *_read_nibabel(path))
+    if path.is_file() and (path.name.lower().endswith(".dcm") or _has_dicom_preamble(path)):
+        return _checked(path, *_read_dicom_file(path))
+    if path.is_file() and _format_of(path) is None and not path.name.lower().endswith(_PIL_SUFFIXES):
+        raise ImageReadError(
+            f"{path}: unknown image format {''.join(path.suffixes) or '(no suffix)'} (landmark_lit reads NIfTI, "
+            "ANALYZE, MGH/MGZ, MINC, NRRD, MHA/MHD, DICOM, PNG, JPEG, BMP and TIFF)"
+        )
     kind = _format_of(path)
     try:
         with warnings.catch_warnings():
