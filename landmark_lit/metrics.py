@@ -118,11 +118,22 @@ class RadialErrorMetric(torchmetrics.Metric):
             pred_mm = pred_mm.float()
         if not ref_mm.is_floating_point():
             ref_mm = ref_mm.float()
-        self.errors.append(radial_errors(pred_mm, ref_mm.to(pred_mm.dtype)).reshape(-1))
+        self.errors.append(radial_errors(pred_mm, ref_mm.to(pred_mm.dtype)))  # (B, K)
+
+    def _all(self) -> Tensor:
+        """(N, K) errors of every accumulated case."""
+        if not len(self.errors):
+            return torch.empty(0, 0, device=self.device)
+        return dim_zero_cat(self.errors)
 
     def compute(self) -> dict[str, Tensor]:
         """Summary of all accumulated errors (see :func:`error_summary`), without ``n``."""
-        errors = dim_zero_cat(self.errors) if len(self.errors) else torch.empty(0, device=self.device)
-        summary = error_summary(errors, self.thresholds)
+        summary = error_summary(self._all().reshape(-1), self.thresholds)
         summary.pop("n")
         return summary
+
+    def compute_per_landmark(self) -> dict[str, Tensor]:
+        """``mre_mm`` and ``median_mm`` of each landmark, (K,) each (NaN for a landmark never annotated)."""
+        errors = self._all().double()
+        # quantile (interpolating, as the overall median and numpy) rather than nanmedian (lower middle)
+        return {"mre_mm": errors.nanmean(0), "median_mm": errors.nanquantile(0.5, dim=0)}

@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.lit.modules import LandmarkModule
@@ -17,6 +18,25 @@ from landmark_lit.methods import get_method
 from landmark_lit.stages import StageMeta
 
 log = logging.getLogger(__name__)
+
+
+def _summarise_best(loggers: list, history: dict[int, dict[str, float]], monitor: str, score: float) -> None:
+    """The validation figures of the best checkpoint (the validation whose ``monitor`` is ``score``) into
+    the summary of every wandb run, as ``best/<metric>`` and ``best/step``."""
+    step = next((s for s, values in history.items() if values.get(monitor) == score), None)
+    if step is None:
+        return
+    summary = {f"best/{k}": v for k, v in history[step].items()} | {"best/step": step}
+    for lg in loggers:
+        if isinstance(lg, WandbLogger):
+            lg.experiment.summary.update(summary)
+
+
+def _finish_runs(loggers: list, ok: bool) -> None:
+    """Finish the wandb run of every wandb logger (exit code 1 when the job failed)."""
+    for lg in loggers:
+        if isinstance(lg, WandbLogger) and getattr(lg, "_experiment", None) is not None:
+            lg.experiment.finish(exit_code=0 if ok else 1)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -68,19 +88,27 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg.method_name,
         output_dir,
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    ok = False
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
-    best = ckpt_cb.best_model_path if ckpt_cb else ""
-    if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
-        metrics[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
-    last = ckpt_cb.last_model_path if ckpt_cb else ""
-    if cfg.get("run_test") and cfg.data.get("test") is not None:
-        test_metrics = trainer.test(
-            module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
-        )
-        metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
+        ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+        best = ckpt_cb.best_model_path if ckpt_cb else ""
+        if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
+            metrics[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
+            _summarise_best(loggers, module.val_history, ckpt_cb.monitor, float(ckpt_cb.best_model_score))
+        last = ckpt_cb.last_model_path if ckpt_cb else ""
+        if cfg.get("run_test") and cfg.data.get("test") is not None:
+            test_metrics = trainer.test(
+                module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False
+            )
+            metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
+        ok = True
+    finally:
+        # one tracker run per job: a Hydra multirun runs its jobs in one process (basic launcher), and a
+        # run left open would take the next job's metrics
+        _finish_runs(loggers, ok)
     return {
         "metrics": metrics,
         "best_checkpoint": best,

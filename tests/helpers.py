@@ -99,3 +99,56 @@ def heatmap_meta() -> dict:
         "stage": "global",
         "method": "heatmap",
     }
+
+
+def read_wandb_offline_run(path: Path) -> dict:
+    """What an offline wandb run (its ``run-<id>.wandb`` transaction log) holds: ``id``, ``config``,
+    ``history`` (one dict per logged step) and ``summary``, values decoded from JSON.
+
+    The file is wandb's record log (a LevelDB-style log: a 7-byte header ``:W&B`` + magic + version, then
+    32 KiB blocks of records, each with a CRC, a length and a FULL / FIRST / MIDDLE / LAST type) of
+    ``wandb_internal_pb2.Record`` messages; wandb 0.31 has no Python reader for it any more.
+    """
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a wandb run file"
+    block, pos, pending, messages = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            messages.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            messages.append(pending + chunk)
+
+    def items(entries) -> dict:
+        return {(e.key or "/".join(e.nested_key)): json.loads(e.value_json) for e in entries}
+
+    out: dict = {"id": None, "config": {}, "history": [], "summary": {}}
+    for message in messages:
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(message)
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            out["id"] = record.run.run_id
+            out["config"].update(items(record.run.config.update))
+        elif kind == "config":
+            out["config"].update(items(record.config.update))
+        elif kind == "history":
+            out["history"].append(items(record.history.item))
+        elif kind == "summary":
+            out["summary"].update(items(record.summary.update))
+    return out

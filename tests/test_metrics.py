@@ -89,3 +89,16 @@ def test_metric_empty_gives_nan_and_custom_thresholds() -> None:
     assert metric.compute()["sdr_1.5mm"].item() == pytest.approx(100.0)
     metric.reset()
     assert torch.isnan(metric.compute()["mre_mm"])
+
+
+def test_per_landmark_errors_ignore_missing_landmarks():
+    metric = RadialErrorMetric()
+    ref = torch.zeros(2, 3, 2)
+    pred = torch.tensor([[[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]], [[0.0, 1.0], [0.0, 3.0], [0.0, 0.0]]])
+    ref[1, 2] = float("nan")  # landmark 2 missing in the second case
+    metric.update(pred[:1], ref[:1])
+    metric.update(pred[1:], ref[1:])
+    per = metric.compute_per_landmark()
+    torch.testing.assert_close(per["mre_mm"], torch.tensor([3.0, 2.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(per["median_mm"], torch.tensor([3.0, 2.0, 2.0], dtype=torch.float64))
+    assert metric.compute()["mre_mm"] == pytest.approx((5 + 1 + 2 + 1 + 3) / 5)

@@ -13,7 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ABLATIONS, DATASETS, DIMS, STAGES, TINY, compose_train, tiny_overrides
+from helpers import (
+    ABLATIONS,
+    DATASETS,
+    DIMS,
+    STAGES,
+    TINY,
+    compose_train,
+    read_wandb_offline_run,
+    tiny_overrides,
+)
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -254,6 +263,45 @@ def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch
     assert runs, "no offline wandb run written"
     logged = {p.name.split("_")[0] for p in runs[0].rglob("media/images/val/*.png")}
     assert {"sdr", "overlay", "votes"} <= logged, logged
+
+
+@pytest.mark.slow
+def test_a_multirun_gets_one_wandb_run_per_job(tmp_path):
+    """Three ablations in one Hydra multirun (basic launcher: one process): three offline wandb runs, one
+    in each job's folder, each with its own id, its job's config, its own metrics history (per landmark
+    too) and the best checkpoint's validation figures in its summary; the CSV logger has the per-landmark
+    columns as well."""
+    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C,Rlog+C", "logger=wandb",
+        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=4", "run_test=false",
+        "dataset.train.num_cases=2", "dataset.val.num_cases=2", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "outputs").rglob("*-synthetic2d-global-*"), key=lambda p: p.name)
+    assert [j.name.split("-")[-1] for j in jobs] == ["R", "C", "Rlog+C"]
+    runs = []
+    for job in jobs:
+        (file,) = job.glob("wandb/offline-run-*/run-*.wandb")  # the job's own run, in its own folder
+        run = read_wandb_offline_run(file)
+        runs.append(run)
+        assert run["config"]["ablation"]["name"] == job.name.split("-")[-1]
+        val = [h for h in run["history"] if "val/mre_mm" in h]
+        assert [h["trainer/global_step"] for h in val] == [1, 3]
+        assert all(
+            f"val/mre_mm/{n}" in h and f"val/median_mm/{n}" in h for h in val for n in ("nodule", "limb_tip")
+        )
+        best = min(h["val/mre_mm"] for h in val)
+        assert run["summary"]["best/val/mre_mm"] == pytest.approx(best)
+        assert run["summary"]["best/step"] in (2, 4)  # optimiser steps done at that validation
+        assert run["summary"]["best/val/mre_mm/nodule"] == pytest.approx(
+            next(h["val/mre_mm/nodule"] for h in val if h["val/mre_mm"] == best)
+        )
+        header = next(job.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
+        assert "val/mre_mm/nodule" in header and "val/median_mm/limb_tip" in header
+    assert len({r["id"] for r in runs}) == 3
+    assert len({r["config"]["paths"]["output_dir"] for r in runs}) == 3
 
 
 @pytest.mark.slow

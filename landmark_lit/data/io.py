@@ -188,7 +188,9 @@ def _has_dicom_preamble(path: Path) -> bool:
 def _read_dicom_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(C, *spatial) float32 array and RAS affine of one DICOM file, read by SimpleITK (GDCM)."""
     if importlib.util.find_spec("SimpleITK") is None:
-        raise ImageReadError(f"{path}: reading a DICOM file needs the SimpleITK package (pip install 'landmark_lit[io]')")
+        raise ImageReadError(
+            f"{path}: reading a DICOM file needs the SimpleITK package (pip install 'landmark_lit[io]')"
+        )
     reader = SimpleITKReader(suffixes=("dcm",))
     try:
         array, meta = reader.get_data(reader.read(str(path)))

@@ -58,6 +58,9 @@ class LandmarkModule(L.LightningModule):
         self.meta = meta
         self.val_errors = RadialErrorMetric()
         self.test_errors = RadialErrorMetric()
+        # step -> the figures of each validation (not the sanity check): the best checkpoint's go into the
+        # run summary of experiment trackers
+        self.val_history: dict[int, dict[str, float]] = {}
 
     @property
     def stage(self) -> str:
@@ -106,9 +109,15 @@ class LandmarkModule(L.LightningModule):
         return {"output": out, "world": world}
 
     def _log_metric(self, metric: RadialErrorMetric, split: str) -> None:
-        values = metric.compute()
-        for k, v in values.items():
-            self.log(f"{split}/{k}", v.float(), prog_bar=k == "mre_mm")
+        values = {f"{split}/{k}": v.float() for k, v in metric.compute().items()}
+        # per landmark, so that a dashboard shows which landmarks a change helps: val/mre_mm/<name>
+        for k, per in metric.compute_per_landmark().items():
+            for name, v in zip(self.meta.landmark_names, per, strict=True):
+                values[f"{split}/{k}/{name}"] = v.float()
+        for key, v in values.items():
+            self.log(key, v, prog_bar=key == f"{split}/mre_mm")
+        if split == "val" and not self.trainer.sanity_checking:
+            self.val_history[int(self.global_step)] = {k: float(v) for k, v in values.items()}
         metric.reset()
 
     def validation_step(self, batch: dict, batch_idx: int) -> dict[str, Any]:
