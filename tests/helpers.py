@@ -102,7 +102,7 @@ def heatmap_meta() -> dict:
 
 
 def read_wandb_offline_run(path: Path) -> dict:
-    """What an offline wandb run (its ``run-<id>.wandb`` transaction log) holds: ``id``, ``config``,
+    """What an offline wandb run (its ``run-<id>.wandb`` transaction log) holds: ``id``, ``group``, ``config``,
     ``history`` (one dict per logged step) and ``summary``, values decoded from JSON.
 
     The file is wandb's record log (a LevelDB-style log: a 7-byte header ``:W&B`` + magic + version, then
@@ -137,13 +137,14 @@ def read_wandb_offline_run(path: Path) -> dict:
     def items(entries) -> dict:
         return {(e.key or "/".join(e.nested_key)): json.loads(e.value_json) for e in entries}
 
-    out: dict = {"id": None, "config": {}, "history": [], "summary": {}}
+    out: dict = {"id": None, "group": None, "config": {}, "history": [], "summary": {}}
     for message in messages:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(message)
         kind = record.WhichOneof("record_type")
         if kind == "run":
             out["id"] = record.run.run_id
+            out["group"] = record.run.run_group
             out["config"].update(items(record.run.config.update))
         elif kind == "config":
             out["config"].update(items(record.config.update))

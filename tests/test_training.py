@@ -301,6 +301,9 @@ def test_a_multirun_gets_one_wandb_run_per_job(tmp_path):
         header = next(job.rglob("metrics.csv")).read_text().splitlines()[0].split(",")
         assert "val/mre_mm/nodule" in header and "val/median_mm/limb_tip" in header
     assert len({r["id"] for r in runs}) == 3
+    assert (
+        len({r["group"] for r in runs}) == 1 and runs[0]["group"] == f"train-{jobs[0].parent.name}"
+    )  # the sweep
     assert len({r["config"]["paths"]["output_dir"] for r in runs}) == 3
 
 

@@ -10,7 +10,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import CONFIG_DIR
-from landmark_lit.evaluation.compare import compare_runs, format_comparison
+from landmark_lit.evaluation.compare import compare_runs, format_comparison, log_comparison_to_wandb
 
 
 def compare(cfg: DictConfig) -> dict[str, Any]:
@@ -34,7 +34,22 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         thresholds=[float(t) for t in cfg.thresholds],
     )
     print(format_comparison(result))
-    print(f"Outputs: {to_absolute_path(str(cfg.output_dir))}")
+    out = to_absolute_path(str(cfg.output_dir))
+    tracking = cfg.get("wandb") or {}
+    if tracking.get("enabled"):
+        run_id = log_comparison_to_wandb(
+            result,
+            [float(t) for t in cfg.thresholds],
+            sdr_picture=f"{out}/sdr_curves.png",
+            project=tracking.get("project", "landmark_lit"),
+            group=tracking.get("group"),
+            name=tracking.get("name"),
+            save_dir=out,
+            mode=tracking.get("mode", "offline"),
+        )
+        result["wandb_run"] = run_id
+        print(f"wandb run {run_id} (group {tracking.get('group')}) in {out}/wandb")
+    print(f"Outputs: {out}")
     return result
 
 

@@ -189,3 +189,53 @@ def _comparison_csv(result: Mapping[str, Any]) -> str:
                 + [s["marker"]]
             )
     return buffer.getvalue()
+
+
+def log_comparison_to_wandb(
+    result: Mapping[str, Any],
+    thresholds: Sequence[float],
+    sdr_picture: str | os.PathLike | None = None,
+    project: str = "landmark_lit",
+    group: str | None = None,
+    name: str | None = None,
+    save_dir: str | os.PathLike = ".",
+    mode: str = "offline",
+) -> str:
+    """Log a comparison to its own wandb run (job type ``compare``, in the sweep's ``group``): the median
+    (IQR) table with the Wilcoxon markers as a wandb Table ``comparison/median_iqr`` (a row per run, a
+    column per landmark and "All"), the SDR-against-threshold curves of all runs as one line plot
+    ``comparison/sdr_curves`` (and the SDR picture). Offline by default (``wandb sync`` uploads later).
+    Returns the run's id."""
+    import wandb
+
+    columns = [*result["landmarks"], ALL]
+    run = wandb.init(
+        project=project, group=group, name=name, job_type="compare", dir=str(save_dir), mode=mode,
+        config={"references": result["references"], "reference_run": result["reference_run"],
+                "runs": result["runs"], "thresholds": list(thresholds)},
+        reinit="create_new",
+    )  # fmt: skip
+    try:
+        table = wandb.Table(columns=["run", *columns])
+        for run_name, row in result["cells"].items():
+            table.add_data(run_name, *[_cell(row[c]) for c in columns])
+        curves = [[row[ALL].get(f"sdr_{t:g}mm") for t in thresholds] for row in result["cells"].values()]
+        run.log(
+            {
+                "comparison/median_iqr": table,
+                "comparison/sdr_curves": wandb.plot.line_series(
+                    xs=[float(t) for t in thresholds],
+                    ys=curves,
+                    keys=list(result["cells"]),
+                    title="SDR against threshold",
+                    xname="threshold (mm)",
+                ),  # fmt: skip
+                **({"comparison/sdr_picture": wandb.Image(str(sdr_picture))} if sdr_picture else {}),
+            }
+        )
+        run.summary.update(
+            {f"{n}/All/median_mm": row[ALL]["median_mm"] for n, row in result["cells"].items()}
+        )
+        return run.id
+    finally:
+        run.finish()

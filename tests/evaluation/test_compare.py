@@ -85,3 +85,40 @@ def test_cli_composes_runs_from_overrides(tmp_path, capsys):
     result = compare(cfg)
     assert result["reference_run"] == "C" and result["cells"]["Rlog+C"]["A"]["marker"] == "‡"
     assert "| Rlog+C | 1.00 (0.00)‡" in capsys.readouterr().out
+
+
+def test_the_study_is_logged_to_its_sweep_group_in_wandb(tmp_path, monkeypatch):
+    """landmark-compare wandb.enabled=true: its own offline run (job type compare) in the sweep's group,
+    with the median (IQR) table and its Wilcoxon markers as a wandb Table and the SDR curves of all runs
+    as one plot."""
+    from helpers import read_wandb_offline_run
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # wandb's process-wide settings: as the other tests have them
+    d = _study(tmp_path)
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "compare",
+            overrides=[
+                f"runs={{good: {d / 'good.json'}, bad: {d / 'bad.json'}}}",
+                f"references={d / 'ref.csv'}",
+                f"output_dir={d / 'cli'}",
+                "wandb.enabled=true",
+                "wandb.group=train-2026-12-02_10-00-00",
+            ],
+        )
+    result = compare(cfg)
+    (file,) = (d / "cli" / "wandb").glob("offline-run-*/run-*.wandb")
+    run = read_wandb_offline_run(file)
+    assert run["id"] == result["wandb_run"] and run["config"]["reference_run"] == "good"
+    assert run["group"] == "train-2026-12-02_10-00-00"
+    (logged,) = [h for h in run["history"] if "comparison/median_iqr/_type" in h]
+    assert (
+        logged["comparison/median_iqr/_type"] == logged["comparison/sdr_curves_table/_type"] == "table-file"
+    )
+    table = json.loads((file.parent / "files" / logged["comparison/median_iqr/path"]).read_text())
+    assert table["columns"] == ["run", "A", "B", "All"]
+    assert table["data"][1][:2] == ["bad", "3.00 (0.00)‡"]
+    curves = json.loads((file.parent / "files" / logged["comparison/sdr_curves_table/path"]).read_text())
+    assert {row[1] for row in curves["data"]} == {"good", "bad"}  # one curve per run
+    assert run["summary"]["good/All/median_mm"] == pytest.approx(1.0)
