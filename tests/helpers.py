@@ -137,7 +137,7 @@ def read_wandb_offline_run(path: Path) -> dict:
     def items(entries) -> dict:
         return {(e.key or "/".join(e.nested_key)): json.loads(e.value_json) for e in entries}
 
-    out: dict = {"id": None, "group": None, "config": {}, "history": [], "summary": {}}
+    out: dict = {"id": None, "group": None, "config": {}, "history": [], "summary": {}, "exit_code": None}
     for message in messages:
         record = wandb_internal_pb2.Record()
         record.ParseFromString(message)
@@ -152,4 +152,6 @@ def read_wandb_offline_run(path: Path) -> dict:
             out["history"].append(items(record.history.item))
         elif kind == "summary":
             out["summary"].update(items(record.summary.update))
+        elif kind == "exit":
+            out["exit_code"] = record.exit.exit_code
     return out

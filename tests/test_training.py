@@ -266,6 +266,25 @@ def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
+def test_parallel_launcher_jobs_get_their_own_wandb_runs(tmp_path):
+    """hydra/launcher=parallel (joblib, one process per job): two jobs, two runs, each in its job's folder."""
+    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           "OMP_NUM_THREADS": "1"}  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C", "logger=wandb",
+        "hydra/launcher=parallel", "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2",
+        "run_test=false", "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4",
+        *TINY["synthetic2d"],
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted((tmp_path / "outputs").rglob("*-synthetic2d-global-*"), key=lambda p: p.name)
+    runs = [read_wandb_offline_run(next(j.glob("wandb/offline-run-*/run-*.wandb"))) for j in jobs]
+    assert [r["config"]["ablation"]["name"] for r in runs] == ["R", "C"]
+    assert len({r["id"] for r in runs}) == 2 and all(r["exit_code"] == 0 for r in runs)
+
+
+@pytest.mark.slow
 def test_a_multirun_gets_one_wandb_run_per_job(tmp_path):
     """Three ablations in one Hydra multirun (basic launcher: one process): three offline wandb runs, one
     in each job's folder, each with its own id, its job's config, its own metrics history (per landmark
@@ -305,6 +324,28 @@ def test_a_multirun_gets_one_wandb_run_per_job(tmp_path):
         len({r["group"] for r in runs}) == 1 and runs[0]["group"] == f"train-{jobs[0].parent.name}"
     )  # the sweep
     assert len({r["config"]["paths"]["output_dir"] for r in runs}) == 3
+
+
+def test_a_failing_job_finishes_its_wandb_run(tmp_path, monkeypatch):
+    """A job that fails during training still ends its run (exit code 1), so the next job of a sweep gets a
+    run of its own."""
+    import wandb
+
+    from landmark_lit.lit.modules import LandmarkModule
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+
+    def broken(self, batch, batch_idx):
+        raise RuntimeError("broken step")
+
+    monkeypatch.setattr(LandmarkModule, "training_step", broken)
+    cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path), "logger=wandb", "run_test=false"])
+    with pytest.raises(RuntimeError, match="broken step"):
+        train(cfg)
+    assert wandb.run is None
+    (file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert read_wandb_offline_run(file)["exit_code"] == 1
 
 
 @pytest.mark.slow
