@@ -588,9 +588,19 @@ def _read_markups(data: dict) -> tuple[list[str], np.ndarray]:
     for markup in markups:
         if not isinstance(markup, dict):
             raise _TableError("every 'markups' entry must be an object")
+        kind = markup.get("type", "Fiducial")  # Slicer writes "Fiducial" for point lists
+        if kind != "Fiducial":
+            raise _TableError(f"a {kind!r} markup, not a point list (only 'Fiducial' markups hold landmarks)")
         system = _slicer_system(markup.get("coordinateSystem", "LPS"))  # Slicer reads a missing one as LPS
-        units = markup.get("coordinateUnits", "mm")  # a string or a UCUM coded entry
-        if (units.get("CodeValue") if isinstance(units, dict) else units) != "mm":
+        # the schema's forms: "mm", or a coded entry ["mm", "UCUM", "millimeter"] (or an object with CodeValue)
+        units = markup.get("coordinateUnits", "mm")
+        if isinstance(units, dict):
+            unit = units.get("CodeValue")
+        elif isinstance(units, list):
+            unit = units[0] if units else None
+        else:
+            unit = units
+        if unit != "mm":
             raise _TableError(f"coordinate units {units!r}, only mm is supported")
         for n, cp in enumerate(markup.get("controlPoints") or [], start=1):
             label = str(cp.get("label") or cp.get("id") or "").strip()

@@ -255,3 +255,23 @@ def test_parse_point_checks_counts_and_missing_values():
         parse_point([1, 2], 3)
     with pytest.raises(ValueError, match="some coordinates are missing"):
         parse_point([1, None, 2], 3)
+
+
+def test_slicer_markups_units_in_both_forms_and_other_markup_types(tmp_path):
+    """coordinateUnits as the schema allows it, a string or a coded entry ["mm", "UCUM", "millimeter"];
+    a line (or any markup that is not a point list) is refused with its type named."""
+    point = {"id": "1", "label": "A", "position": [1.0, 2.0, 3.0], "positionStatus": "defined"}
+    for units in ("mm", ["mm", "UCUM", "millimeter"]):
+        data = {"markups": [{"type": "Fiducial", "coordinateSystem": "RAS", "coordinateUnits": units,
+                             "controlPoints": [point]}]}  # fmt: skip
+        (tmp_path / "u.mrk.json").write_text(json.dumps(data))
+        np.testing.assert_allclose(read_point_list(tmp_path / "u.mrk.json").world(), [[1.0, 2.0, 3.0]])
+    data["markups"][0]["coordinateUnits"] = ["um", "UCUM", "micrometer"]
+    (tmp_path / "um.mrk.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"um\.mrk\.json: coordinate units .*only mm"):
+        read_point_list(tmp_path / "um.mrk.json")
+    line = {"markups": [{"type": "Line", "coordinateSystem": "LPS", "coordinateUnits": "mm",
+                         "controlPoints": [point, {**point, "id": "2", "label": "B"}]}]}  # fmt: skip
+    (tmp_path / "line.mrk.json").write_text(json.dumps(line))
+    with pytest.raises(ValueError, match=r"line\.mrk\.json: a 'Line' markup, not a point list"):
+        read_point_list(tmp_path / "line.mrk.json")
