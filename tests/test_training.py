@@ -344,6 +344,7 @@ def test_a_failing_job_finishes_its_wandb_run(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="broken step"):
         train(cfg)
     assert wandb.run is None
+    wandb.teardown()  # the wandb service writes the run file in the background: let it finish, as at exit
     (file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     assert read_wandb_offline_run(file)["exit_code"] == 1
 

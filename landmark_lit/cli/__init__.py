@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# conf/ sits at the top of the checkout (the package is installed editable by `make install`).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = str(PROJECT_ROOT / "conf")
+# the configs ship inside the package (landmark_lit/conf/), so an installed wheel works from any folder
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 # landmark-predict's and landmark-export's configs sit in their own folder: there `model=PATH` names a
 # model bundle, whereas in conf/ `model` is the training config group of network shapes
-PREDICT_CONFIG_DIR = str(PROJECT_ROOT / "conf" / "predict")
+PREDICT_CONFIG_DIR = str(Path(CONFIG_DIR) / "predict")
+# the source checkout the package sits in (with `make install`, an editable install), if it does
+_CHECKOUT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None
 
-# ${project_root:} in configs: the checkout, whatever the working directory
-if not OmegaConf.has_resolver("project_root"):
-    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+def data_root() -> str:
+    """Where the real data is looked for by default: ``../shared/data`` beside a checkout, else ``./data``."""
+    return str(PROJECT_ROOT.parent / "shared" / "data") if PROJECT_ROOT else str(Path.cwd() / "data")
+
+
+# ${cwd:}: the current folder (outputs go below it); ${data_root:}: see data_root()
+if not OmegaConf.has_resolver("cwd"):
+    OmegaConf.register_new_resolver("cwd", lambda: os.getcwd())
+if not OmegaConf.has_resolver("data_root"):
+    OmegaConf.register_new_resolver("data_root", data_root)
 
 
 def sweep_id() -> str:

@@ -8,16 +8,14 @@ Example::
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
+from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.evaluation.report import evaluate_predictions, format_table, format_time
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

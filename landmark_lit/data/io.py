@@ -306,11 +306,14 @@ def _nrrd_to_ras(path: Path, affine: np.ndarray, space: str) -> np.ndarray:
 
 
 def save_nifti(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray) -> None:
-    """Write a single-channel 3D image (1, X, Y, Z) or (X, Y, Z) as NIfTI, atomically."""
+    """Write a single-channel 2D or 3D image, (1, *spatial) or (*spatial), with its (D + 1, D + 1) affine as
+    NIfTI, atomically (a 2D image as a 2D NIfTI, its affine embedded in 4 x 4)."""
     data = np.asarray(image, dtype=np.float32)
-    if data.ndim == 4:
-        data = data[0]
     aff = np.asarray(affine, dtype=np.float64)
+    if data.ndim == aff.shape[0]:  # channel first: (1, *spatial)
+        if data.shape[0] != 1:
+            raise ValueError(f"save_nifti writes one channel, got {data.shape[0]}")
+        data = data[0]
     if aff.shape == (3, 3):  # 2D affine -> embed in 3D
         full = np.eye(4)
         full[:2, :2], full[:2, 3] = aff[:2, :2], aff[:2, 2]

@@ -108,6 +108,9 @@ def test_the_study_is_logged_to_its_sweep_group_in_wandb(tmp_path, monkeypatch):
             ],
         )
     result = compare(cfg)
+    import wandb
+
+    wandb.teardown()  # the wandb service writes the run file in the background: let it finish, as at exit
     (file,) = (d / "cli" / "wandb").glob("offline-run-*/run-*.wandb")
     run = read_wandb_offline_run(file)
     assert run["id"] == result["wandb_run"] and run["config"]["reference_run"] == "good"
