@@ -17,7 +17,7 @@ import torch
 from landmark_lit.data.io import load_image
 from landmark_lit.export import load_exported
 from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import Stage
+from landmark_lit.stages import Stage, StageMeta
 
 
 def median_seconds(predictor: LandmarkPredictor, image, affine, runs: int) -> float:
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     for suffix in ("ts", "onnx"):
         nets = [load_exported(f"{stem}.global.{suffix}")]
         nets += [load_exported(f"{stem}.local{n}.{suffix}") for n in range(len(reference.local_stages))]
-        stages = [Stage(net, net.meta, str(net.path)) for net in nets]
+        stages = [Stage(net, StageMeta.from_dict(net.meta, str(net.path)), str(net.path)) for net in nets]
         predictor = LandmarkPredictor(stages[0], stages[1:], reference.local_iterations)
         diff = np.abs(predictor.predict(image, affine).world - ref).max()
         seconds = median_seconds(predictor, image, affine, args.runs)

@@ -104,8 +104,7 @@ def run_method(args: argparse.Namespace) -> dict:
 
         stages = [predictor.global_stage, *predictor.local_stages]
         describe = " + ".join(
-            f"{s.meta.get('method', 'displacement')} {s.meta.stage} {np.mean(s.meta.spacing):g} mm"
-            for s in stages
+            f"{s.meta.method} {s.meta.stage} {np.mean(s.meta.spacing):g} mm" for s in stages
         ) + (f", local x{predictor.local_iterations}" if predictor.local_stages else "")
 
     def read_and_predict():

@@ -41,7 +41,12 @@ def collect(predictor: LandmarkPredictor, source: ISBI2015Cephalograms) -> dict[
         rows["landmark"] += predictor.landmark_names
         rows["error_mm"] += err.tolist()
         for key in SIGNALS:
-            rows[key] += np.asarray(result[key], dtype=np.float64).tolist()
+            value = (
+                getattr(result.global_estimate, key.removeprefix("global_"))
+                if key.startswith("global_")
+                else getattr(result, key)
+            )
+            rows[key] += np.asarray(value, dtype=np.float64).tolist()
     return {k: np.asarray(v) for k, v in rows.items()}
 
 
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for name in sets:
             d, failed = data[name], data[name]["error_mm"] > args.failure_mm
-            score = d.posterior * np.exp(-(d.spread_mm + d.shift_mm) / scale)
+            score = d["posterior"] * np.exp(-(d["spread_mm"] + d["shift_mm"]) / scale)
             cells.append(f"{auroc(-score, failed):.3f}")
         print(f"| {scale:g} mm | {cells[0]} | {cells[1]} |")
     val_failed = data["val"]["error_mm"] > args.failure_mm
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in sets:
         d = data[name]
         failed = d["error_mm"] > args.failure_mm
-        flagged = d.confidence < threshold
+        flagged = d["confidence"] < threshold
         sens = flagged[failed].mean() if failed.any() else float("nan")
         prec = failed[flagged].mean() if flagged.any() else float("nan")
         mre_f = d["error_mm"][flagged].mean() if flagged.any() else float("nan")
