@@ -154,16 +154,22 @@ def test_checkpoint_errors_name_the_file(tmp_path):
         load_stage(garbage)
 
 
+def run_train_cli(tmp_path: Path, *args: str, steps: int = 2, val_cases: int = 1, **env: str) -> None:
+    """``python -m landmark_lit.cli.train ARGS`` on tiny synthetic 2D data in ``tmp_path`` (outputs below
+    it), with ``env`` added to the environment; fails the test with the end of stderr if it fails."""
+    cmd = [
+        sys.executable, "-m", "landmark_lit.cli.train", *args, "dataset=synthetic2d", "model=small",
+        "trainer=ci", f"trainer.max_steps={steps}", "run_test=false", "dataset.train.num_cases=2",
+        f"dataset.val.num_cases={val_cases}", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
+    ]  # fmt: skip
+    environment = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), **env}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_cli_multirun_sweeps_the_ablations(tmp_path):
-    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path)}
-    cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C,Rlog+C",
-        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2", "run_test=false",
-        "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_cli(tmp_path, "-m", "ablation=R,C,Rlog+C")
     runs = sorted(p.parent.parent.name for p in (tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
     assert runs == ["0-synthetic2d-global-R", "1-synthetic2d-global-C", "2-synthetic2d-global-Rlog+C"]
 
@@ -180,14 +186,7 @@ def test_sweep_config_sets_the_ablation_grid(tmp_path):
 @pytest.mark.slow
 def test_stages_sweep_trains_both_stages(tmp_path):
     """`landmark-train -m sweep=stages`: two jobs, a global and a local stage, each with its checkpoint."""
-    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path)}
-    cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", "sweep=stages", "dataset=synthetic2d", "model=small",
-        "trainer=ci", "trainer.max_steps=2", "run_test=false", "dataset.train.num_cases=2",
-        "dataset.val.num_cases=1", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_cli(tmp_path, "sweep=stages")
     stages = sorted(
         torch.load(p, weights_only=True)["landmark_lit"]["stage"]
         for p in (tmp_path / "outputs").rglob("checkpoints/last.ckpt")
@@ -268,16 +267,8 @@ def test_single_landmark_run_with_the_wandb_logger_offline(tmp_path, monkeypatch
 @pytest.mark.slow
 def test_parallel_launcher_jobs_get_their_own_wandb_runs(tmp_path):
     """hydra/launcher=parallel (joblib, one process per job): two jobs, two runs, each in its job's folder."""
-    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "OMP_NUM_THREADS": "1"}  # fmt: skip
-    cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C", "logger=wandb",
-        "hydra/launcher=parallel", "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2",
-        "run_test=false", "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4",
-        *TINY["synthetic2d"],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_cli(tmp_path, "-m", "ablation=R,C", "logger=wandb", "hydra/launcher=parallel",
+                  WANDB_MODE="offline", WANDB_SILENT="true", OMP_NUM_THREADS="1")  # fmt: skip
     jobs = sorted((tmp_path / "outputs").rglob("*-synthetic2d-global-*"), key=lambda p: p.name)
     runs = [read_wandb_offline_run(next(j.glob("wandb/offline-run-*/run-*.wandb"))) for j in jobs]
     assert [r["config"]["ablation"]["name"] for r in runs] == ["R", "C"]
@@ -290,14 +281,8 @@ def test_a_multirun_gets_one_wandb_run_per_job(tmp_path):
     in each job's folder, each with its own id, its job's config, its own metrics history (per landmark
     too) and the best checkpoint's validation figures in its summary; the CSV logger has the per-landmark
     columns as well."""
-    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", "-m", "ablation=R,C,Rlog+C", "logger=wandb",
-        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=4", "run_test=false",
-        "dataset.train.num_cases=2", "dataset.val.num_cases=2", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_cli(tmp_path, "-m", "ablation=R,C,Rlog+C", "logger=wandb", steps=4, val_cases=2,
+                  WANDB_MODE="offline", WANDB_SILENT="true")  # fmt: skip
     jobs = sorted((tmp_path / "outputs").rglob("*-synthetic2d-global-*"), key=lambda p: p.name)
     assert [j.name.split("-")[-1] for j in jobs] == ["R", "C", "Rlog+C"]
     runs = []
@@ -522,14 +507,7 @@ def test_ddp_with_two_cpu_processes_trains_and_syncs_the_validation_metrics(tmp_
 def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
     import yaml
 
-    env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path)}
-    cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", "sweep=optuna", "hydra.sweeper.n_trials=2",
-        "dataset=synthetic2d", "model=small", "trainer=ci", "trainer.max_steps=2", "run_test=false",
-        "dataset.train.num_cases=2", "dataset.val.num_cases=1", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_train_cli(tmp_path, "sweep=optuna", "hydra.sweeper.n_trials=2")
     (result_file,) = (tmp_path / "outputs").rglob("optimization_results.yaml")
     result = yaml.safe_load(result_file.read_text())
     assert result["name"] == "optuna" and np.isfinite(result["best_value"]) and result["best_value"] > 0
