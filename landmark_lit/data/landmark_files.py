@@ -16,7 +16,8 @@ JSON::
 
 Point files of one case (:func:`read_point_list`), as a manifest references them: 3D Slicer markups
 (``.mrk.json``, their ``coordinateSystem`` honoured, LPS when absent as in Slicer) and fiducial lists
-(``.fcsv``, their ``# CoordinateSystem`` header honoured, RAS when absent as in Slicer before 4.11), a CSV
+(``.fcsv``, their ``# CoordinateSystem`` header honoured, RAS when absent as in Slicer before 4.11; the
+position status Slicer 5 writes after each row's listed columns honoured), a CSV
 ``landmark,x,y[,z]`` (optionally with a ``case`` column: a long table as above), or a JSON landmark table.
 World points in LPS become RAS by negating x and y; voxel indices become world RAS through the image's
 affine (:func:`points_to_world`).
@@ -51,6 +52,30 @@ SLICER_SCHEMA = (
     "markups-schema-v1.0.3.json#"
 )
 _NAME_COLUMNS = ("landmark", "label", "name")
+# the columns Slicer's "# columns" line lists (vtkMRMLMarkupsFiducialStorageNode::WriteDataInternal)
+_FCSV_COLUMNS = (
+    "id",
+    "x",
+    "y",
+    "z",
+    "ow",
+    "ox",
+    "oy",
+    "oz",
+    "vis",
+    "sel",
+    "lock",
+    "label",
+    "desc",
+    "associatedNodeID",
+)
+# Slicer 5 writes two more cells on each row that the columns line does not list: the control point's position
+# status (Slicer reads it at field 14, FIELD_POSITION_STATUS, empty or absent meaning defined) and autoCreated
+_FCSV_STATUS_FIELD = 14
+_FCSV_STATUS_COLUMNS = ("positionstatus", "pointpositionstatus")  # should a columns line ever name it
+# vtkMRMLMarkupsNode's PositionStatus enum; .mrk.json files spell it out
+_POSITION_STATUS = {"undefined": 0, "preview": 1, "defined": 2, "missing": 3}
+_DEFINED = _POSITION_STATUS["defined"]
 _NUMBER_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")
 
 
@@ -506,7 +531,7 @@ def read_point_list(
     name = path.name.lower()
     try:
         if name.endswith(".fcsv"):
-            names, points, system = _read_fcsv(path.read_text(encoding="utf-8-sig"))
+            names, points, system = _read_fcsv(_read_fcsv_file(path))
             return PointList(names, points, system)
         if name.endswith(".json"):
             data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -622,27 +647,47 @@ def _read_markups(data: dict) -> tuple[list[str], np.ndarray]:
     return _unique(names), np.asarray(points, dtype=np.float64).reshape(len(names), 3)
 
 
+def _fcsv_lines(text: str) -> list[str]:
+    """Lines of a fiducial CSV read without newline translation.
+
+    Rows end in LF or CRLF; a CR inside a row is dropped (Slicer 5 files saved again from a CRLF file can
+    carry one at the end of the last listed cell, before the status cells).
+    """
+    if "\n" not in text:
+        return text.splitlines()
+    return [line.replace("\r", "") for line in text.split("\n")]
+
+
+def _fcsv_status(cell: str | None, where: str) -> int:
+    """A position status cell -> vtkMRMLMarkupsNode's PositionStatus; absent or empty is defined, as in Slicer."""
+    text = (cell or "").strip()
+    if not text:
+        return _DEFINED
+    status = _POSITION_STATUS.get(text.lower())
+    if status is None:
+        try:
+            status = int(text)
+        except ValueError:
+            status = -1
+    if status not in _POSITION_STATUS.values():
+        raise _TableError(
+            f"{where}: position status {text!r} is not 0 (undefined), 1 (preview), 2 (defined) or 3 (missing)"
+        )
+    return status
+
+
 def _read_fcsv(text: str, name_column: str = "label") -> tuple[list[str], np.ndarray, str]:
-    """Slicer fiducial CSV -> names, (K, 3) points as stated, their coordinate system ("RAS" or "LPS")."""
+    """Slicer fiducial CSV -> names, (K, 3) points as stated, their coordinate system ("RAS" or "LPS").
+
+    A point whose position status is not "defined" (undefined, preview or missing: Slicer writes 0,0,0 or
+    the point's last position for it) is missing (NaN). The status is the column a columns line names
+    ``positionStatus``, or else, under Slicer's own columns line, the first cell past them as Slicer 5 writes
+    it; rows without it (Slicer before 5) are defined points.
+    """
     system = "RAS"  # Slicer wrote no CoordinateSystem line before 4.11, and those files are RAS
-    columns = [
-        "id",
-        "x",
-        "y",
-        "z",
-        "ow",
-        "ox",
-        "oy",
-        "oz",
-        "vis",
-        "sel",
-        "lock",
-        "label",
-        "desc",
-        "associatedNodeID",
-    ]
+    columns = list(_FCSV_COLUMNS)
     body = []
-    for line in text.splitlines():
+    for line in _fcsv_lines(text):
         if line.startswith("#"):
             key, _, value = line[1:].partition("=")
             if key.strip().lower() == "coordinatesystem":
@@ -653,6 +698,8 @@ def _read_fcsv(text: str, name_column: str = "label") -> tuple[list[str], np.nda
             body.append(line)
     if name_column not in columns or not {"x", "y", "z"} <= set(columns):
         raise _TableError(f"columns {columns} lack x, y, z or {name_column!r}")
+    status_column = next((c for c in columns if c.lower() in _FCSV_STATUS_COLUMNS), None)
+    status_field = _FCSV_STATUS_FIELD if status_column is None and tuple(columns) == _FCSV_COLUMNS else None
     names, points = [], []
     for n, row in enumerate(csv.reader(body), start=1):
         cells = dict(zip(columns, row, strict=False))
@@ -660,22 +707,36 @@ def _read_fcsv(text: str, name_column: str = "label") -> tuple[list[str], np.nda
         if not label:
             raise _TableError(f"fiducial {n} has an empty {name_column!r}")
         where = f"fiducial {n} ({label!r})"
+        if status_column is not None:
+            status_cell = cells.get(status_column)
+        else:
+            status_cell = row[status_field] if status_field is not None and len(row) > status_field else None
         names.append(label)
-        points.append(_point([_parse_coordinate(cells.get(a), where) for a in COORD_COLUMNS], where))
+        if _fcsv_status(status_cell, where) != _DEFINED:
+            points.append([math.nan] * 3)
+        else:
+            points.append(_point([_parse_coordinate(cells.get(a), where) for a in COORD_COLUMNS], where))
     if not names:
         raise _TableError("no fiducials in file")
     return _unique(names), np.asarray(points, dtype=np.float64), system
 
 
+def _read_fcsv_file(path: Path) -> str:
+    """The text of a fiducial CSV, newlines untranslated (see :func:`_fcsv_lines`)."""
+    with path.open(encoding="utf-8-sig", newline="") as stream:
+        return stream.read()
+
+
 def read_fcsv(path: str | os.PathLike, name_column: str = "label") -> tuple[list[str], np.ndarray]:
     """Read a Slicer ``.fcsv`` fiducial list: names (from ``name_column``, e.g. "label" or "desc") and
-    (K, 3) world mm RAS, the file's ``# CoordinateSystem`` honoured."""
+    (K, 3) world mm RAS, the file's ``# CoordinateSystem`` honoured; points Slicer 5 states as not defined
+    (missing, undefined, preview) are NaN."""
     path = Path(path)
     try:
-        names, points, system = _read_fcsv(path.read_text(encoding="utf-8-sig"), name_column)
+        names, points, system = _read_fcsv(_read_fcsv_file(path), name_column)
     except _TableError as exc:
         raise ValueError(f"{path}: {exc}") from None
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: cannot read ({exc})") from None
     return names, points_to_world(points, system)
 

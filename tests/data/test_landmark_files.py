@@ -275,3 +275,99 @@ def test_slicer_markups_units_in_both_forms_and_other_markup_types(tmp_path):
     (tmp_path / "line.mrk.json").write_text(json.dumps(line))
     with pytest.raises(ValueError, match=r"line\.mrk\.json: a 'Line' markup, not a point list"):
         read_point_list(tmp_path / "line.mrk.json")
+
+
+# a point list as Slicer 5 saves it to .fcsv (vtkMRMLMarkupsFiducialStorageNode::GetPointAsString): the columns
+# line lists 14 columns, each row carries two more, the position status (0 undefined, 1 preview, 2 defined,
+# 3 missing) and autoCreated; a missing point keeps its last position, an undefined one is written at 0,0,0
+SLICER5_FCSV = """{version}# CoordinateSystem = LPS
+# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID
+1,-10.5,20.25,3,0,0,0,1,1,1,0,S,sella,vtkMRMLScalarVolumeNode1,2,0
+2,-7,30,1.5,0,0,0,1,1,1,0,N,nasion,vtkMRMLScalarVolumeNode1,3,0
+3,0,0,0,0,0,0,1,1,1,0,Po,porion,,0,0
+4,12,-8,2,0,0,0,1,1,1,0,Or,orbitale,,1,0
+5,4,-5,6,0,0,0,1,1,1,0,"Go, left",gonion,,2,0
+"""
+SLICER5_NAMES = ["S", "N", "Po", "Or", "Go, left"]
+SLICER5_RAS = [[10.5, -20.25, 3.0], [NAN] * 3, [NAN] * 3, [NAN] * 3, [-4.0, 5.0, 6.0]]
+
+
+@pytest.mark.parametrize(
+    "version", ["# Markups fiducial file version = 5.6\n", ""], ids=["version-line", "no-version-line"]
+)
+def test_fcsv_as_slicer_5_writes_it_points_not_defined_are_nan(tmp_path, version):
+    """Missing, undefined and preview points are NaN whatever coordinates their row carries; defined points
+    are read in RAS (the file is LPS); the newest Slicer writes no version line."""
+    path = tmp_path / "s.fcsv"
+    path.write_text(SLICER5_FCSV.format(version=version))
+    names, ras = read_fcsv(path)
+    assert names == SLICER5_NAMES
+    np.testing.assert_array_equal(ras, SLICER5_RAS)
+    assert read_fcsv(path, name_column="desc")[0] == ["sella", "nasion", "porion", "orbitale", "gonion"]
+    points = read_point_list(path)
+    assert points.names == SLICER5_NAMES and points.coordinate_system == "LPS"
+    np.testing.assert_array_equal(points.world(), SLICER5_RAS)
+
+
+def test_fcsv_slicer_5_rows_with_windows_line_endings(tmp_path):
+    """CRLF rows, and a CR left in the last listed cell before the status (a CRLF file saved again by Slicer)."""
+    text = SLICER5_FCSV.format(version="# Markups fiducial file version = 5.2\n").replace("\n", "\r\n")
+    text = text.replace("vtkMRMLScalarVolumeNode1,", "vtkMRMLScalarVolumeNode1\r,").replace(",,", ",\r,", 1)
+    (tmp_path / "w.fcsv").write_bytes(text.encode())
+    names, ras = read_fcsv(tmp_path / "w.fcsv")
+    assert names == SLICER5_NAMES
+    np.testing.assert_array_equal(ras, SLICER5_RAS)
+
+
+@pytest.mark.parametrize("column", ["positionStatus", "pointPositionStatus"])
+def test_fcsv_status_column_named_in_the_columns_line(tmp_path, column):
+    header = f"# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID,{column},autoCreated"
+    text = SLICER5_FCSV.format(version="").replace(SLICER5_FCSV.splitlines()[1], header)
+    (tmp_path / "n.fcsv").write_text(text)
+    names, ras = read_fcsv(tmp_path / "n.fcsv")
+    assert names == SLICER5_NAMES
+    np.testing.assert_array_equal(ras, SLICER5_RAS)
+    # a named column may also hold the names .mrk.json files use
+    (tmp_path / "w.fcsv").write_text(text.replace(",3,0\n", ",missing,0\n").replace(",2,0\n", ",defined,0\n"))
+    np.testing.assert_array_equal(read_fcsv(tmp_path / "w.fcsv")[1], SLICER5_RAS)
+
+
+def test_fcsv_without_status_column_reads_as_before(tmp_path):
+    """Slicer before 5 writes no status: every row is a point, 0,0,0 included; cells past a columns line that
+    is not Slicer's own are not taken for a status."""
+    (tmp_path / "old.fcsv").write_text(FCSV.format(system="LPS").replace("-4,5,6", "0,0,0"))
+    names, ras = read_fcsv(tmp_path / "old.fcsv")
+    assert names == ["AC", "PC"]
+    np.testing.assert_array_equal(ras, [[-1.5, 2.5, 3.5], [0.0, 0.0, 0.0]])
+    (tmp_path / "other.fcsv").write_text("# columns = label,x,y,z\nA,1,2,3,0,0\n")
+    np.testing.assert_array_equal(read_fcsv(tmp_path / "other.fcsv")[1], [[1.0, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize("status", ["7", "x", "2.5"])
+def test_fcsv_bad_position_status_is_a_one_line_error(tmp_path, status):
+    (tmp_path / "bad.fcsv").write_text(SLICER5_FCSV.format(version="").replace(",2,0\n", f",{status},0\n", 1))
+    for read in (read_fcsv, read_point_list):
+        with pytest.raises(
+            ValueError, match=rf"bad\.fcsv: fiducial 1 \('S'\): position status '{status}' is not 0"
+        ) as info:
+            read(tmp_path / "bad.fcsv")
+        assert "\n" not in str(info.value)
+
+
+def test_slicer_markups_points_not_defined_are_nan_even_with_a_position(tmp_path):
+    """Slicer writes "" as the position of a point that is not defined; a position there is still ignored."""
+    control = [
+        {"id": "1", "label": "A", "position": [1.0, 2.0, 3.0], "positionStatus": "defined"},
+        {"id": "2", "label": "B", "position": [4.0, 5.0, 6.0], "positionStatus": "missing"},
+        {"id": "3", "label": "C", "position": [7.0, 8.0, 9.0], "positionStatus": "preview"},
+        {"id": "4", "label": "D", "position": "", "positionStatus": "missing"},
+    ]
+    data = {
+        "markups": [
+            {"type": "Fiducial", "coordinateSystem": "LPS", "coordinateUnits": "mm", "controlPoints": control}
+        ]
+    }
+    (tmp_path / "m.mrk.json").write_text(json.dumps(data))
+    np.testing.assert_array_equal(
+        read_point_list(tmp_path / "m.mrk.json").world(), [[-1.0, -2.0, 3.0]] + [[NAN] * 3] * 3
+    )
