@@ -77,12 +77,92 @@ class Prediction:
     seconds_without_io: float | None = None
 
 
+@dataclass(frozen=True)
+class TestTimeMirror:
+    """Average each stage's answer over the image and its mirror image (test-time augmentation).
+
+    ``axes``: spatial array axes mirrored together; ``pairs``: landmark index pairs a mirror swaps (left /
+    right anatomy; none in a lateral projection such as a cephalogram); ``whole``: also run the global stage
+    on the mirrored image (else only the local stages see mirrored sub-images). Valid for networks trained
+    with the same mirror (``data.flip``): in the mirrored pass network k sees what network k saw in its
+    mirrored training images, and its answer, mirrored back, is landmark ``pairs``' partner's.
+    """
+
+    axes: tuple[int, ...] = (0,)
+    pairs: tuple[tuple[int, int], ...] = ()
+    whole: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.axes or len(set(self.axes)) != len(self.axes) or min(self.axes) < 0:
+            raise ValueError(f"test-time mirror axes must be distinct spatial axes, got {list(self.axes)}")
+        used = [i for p in self.pairs for i in p]
+        if any(len(p) != 2 for p in self.pairs) or len(set(used)) != len(used) or min(used, default=0) < 0:
+            raise ValueError(f"test-time mirror pairs must be disjoint index pairs, got {list(self.pairs)}")
+
+    def permutation(self, num_landmarks: int) -> list[int]:
+        """perm[k]: the landmark whose mirror image looks like landmark k (an involution)."""
+        perm = list(range(num_landmarks))
+        for i, j in self.pairs:
+            if max(i, j) >= num_landmarks:
+                raise ValueError(f"test-time mirror pair {[i, j]} out of range for {num_landmarks} landmarks")
+            perm[i], perm[j] = j, i
+        return perm
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": list(self.axes), "pairs": [list(p) for p in self.pairs], "whole": self.whole}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> TestTimeMirror | None:
+        if data is None:
+            return None
+        unknown = set(data) - {"axes", "pairs", "whole"}
+        if unknown:
+            raise ValueError(f"test-time mirror: unknown keys {sorted(unknown)}")
+        return cls(
+            tuple(int(a) for a in data.get("axes", (0,))),
+            tuple((int(i), int(j)) for i, j in data.get("pairs", ())),
+            bool(data.get("whole", False)),
+        )
+
+
+def _decode_mirrored(
+    stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: TestTimeMirror | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+    """A stage's network on a batch ``x`` (B, ..., *spatial) -> coords (B, K, D) in input voxels, spread and
+    posterior (B, K), and the network output of the unmirrored pass; with ``mirror``, each averaged with
+    the pass on the mirrored input (mirrored back, pairs swapped)."""
+    out = stage.net(x)
+    coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
+    if mirror is None:
+        return coords, spread, posterior, out
+    d = coords.shape[-1]
+    if max(mirror.axes) >= d:
+        raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a {d}D image")
+    dims = [x.ndim - d + a for a in mirror.axes]
+    perm = mirror.permutation(coords.shape[1])
+    if x.ndim == d + 3:  # local stages: (B, K, C, *crop), network k reads sub-image k
+        x_m = torch.flip(x, dims)[:, perm]
+    else:
+        x_m = torch.flip(x, dims)
+    c_m, s_m, p_m = stage.decoder.statistics(stage.net(x_m), stage.net.stride, scale)
+    c_m, s_m, p_m = c_m[:, perm].clone(), s_m[:, perm], p_m[:, perm]
+    for a in mirror.axes:
+        c_m[..., a] = (x.shape[x.ndim - d + a] - 1) - c_m[..., a]
+    return (coords + c_m) / 2, (spread + s_m) / 2, (posterior + p_m) / 2, out
+
+
 @torch.inference_mode()
 def refine_locally(
-    stage: Stage, image: torch.Tensor, affine: np.ndarray, world: np.ndarray, iterations: int = 1
+    stage: Stage,
+    image: torch.Tensor,
+    affine: np.ndarray,
+    world: np.ndarray,
+    iterations: int = 1,
+    mirror: TestTimeMirror | None = None,
 ) -> tuple[StageEstimate, np.ndarray]:
     """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
-    mm: each pass decodes landmark k in the sub-image centred on its last estimate.
+    mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
+    mean of that and of the mirrored sub-image's answer).
 
     Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
     """
@@ -90,14 +170,15 @@ def refine_locally(
     device = network_device(stage.net)
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
-    crop, decoder = stage.meta.crop_size, stage.decoder
+    crop = stage.meta.crop_size
     shift = np.zeros(len(world))
     spread = posterior = None
     for _ in range(int(iterations)):
         starts = local_crop_starts(centres, crop)
         crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
-        out = stage.net(crops[None].to(device))
-        coords, spread, posterior = decoder.statistics(out, stage.net.stride, scale.to(device))
+        coords, spread, posterior, _ = _decode_mirrored(
+            stage, crops[None].to(device), scale.to(device), mirror
+        )
         new = coords[0].cpu() + starts
         shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
         centres = new
@@ -161,6 +242,7 @@ class LandmarkPredictor:
         local_iterations: int = 1,
         confidence_threshold: float | None = None,
         confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
+        mirror: TestTimeMirror | None = None,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
@@ -174,6 +256,11 @@ class LandmarkPredictor:
         self.global_stage, self.local_stages = global_stage, list(local_stages)
         self.local_iterations = int(local_iterations)
         self.confidence_scale = float(confidence_scale)
+        if mirror is not None:
+            mirror.permutation(len(global_stage.meta.landmark_names))  # pairs in range
+            if max(mirror.axes) >= int(global_stage.meta.spatial_dims):
+                raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a 2D/3D model")
+        self.mirror = mirror
         self.confidence_threshold = (
             default_confidence_threshold([global_stage, *self.local_stages])
             if confidence_threshold is None
@@ -293,9 +380,9 @@ class LandmarkPredictor:
                 f"{g.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
             )
         device = network_device(g.net)
-        out = g.net(x[None].to(device))
         scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
-        coords, spread, posterior = g.decoder.statistics(out, stride, scale)
+        whole = self.mirror if self.mirror is not None and self.mirror.whole else None
+        coords, spread, posterior, out = _decode_mirrored(g, x[None].to(device), scale, whole)
         estimate = StageEstimate(
             voxel_to_world(coords[0].double().cpu().numpy(), aff),
             spread[0].double().cpu().numpy(),
@@ -303,7 +390,9 @@ class LandmarkPredictor:
         )
         global_estimate, shift = estimate, np.zeros(len(self.landmark_names))
         for stage in self.local_stages:
-            estimate, shift = refine_locally(stage, x0, affine, estimate.world, self.local_iterations)
+            estimate, shift = refine_locally(
+                stage, x0, affine, estimate.world, self.local_iterations, self.mirror
+            )
         last = self.local_stage or g
         confidence = landmark_confidence(
             estimate.posterior,

@@ -8,7 +8,7 @@ from PIL import Image
 from landmark_lit.data.transforms import match_channels
 from landmark_lit.networks import GlobalNet, LocalNet
 from landmark_lit.predict_files import case_id_of, find_images, predict_file, predict_files
-from landmark_lit.predictor import LandmarkPredictor, Prediction, refine_locally
+from landmark_lit.predictor import LandmarkPredictor, Prediction, TestTimeMirror, refine_locally
 from landmark_lit.stages import CheckpointError, Stage, StageMeta
 
 NAMES = ["a", "b"]
@@ -161,3 +161,65 @@ def test_the_local_refinement_is_a_function_of_the_stage_the_image_and_the_start
     np.testing.assert_array_equal(estimate.spread_mm, full.spread_mm)
     assert isinstance(full, Prediction) and full.seconds is None  # timing belongs to predict_file
     assert full.flagged.dtype == bool and full.confidence.shape == (len(NAMES),)
+
+
+def _mirrored(image: np.ndarray, affine: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The same image in world space, stored mirrored along ``axis``: the networks see a mirror image."""
+    n = image.shape[1 + axis]
+    flip = np.eye(affine.shape[0])
+    flip[axis, axis], flip[axis, -1] = -1.0, n - 1
+    return np.ascontiguousarray(np.flip(image, 1 + axis)), affine @ flip
+
+
+def test_test_time_mirror_averages_the_answer_on_the_mirror_image_with_pairs_swapped():
+    torch.manual_seed(5)
+    g = stage("global", 1.0)
+    image, affine = _image(), np.eye(3)
+    flipped, flipped_affine = _mirrored(image, affine)
+    plain = LandmarkPredictor(g).predict(image, affine)
+    seen_mirrored = LandmarkPredictor(g).predict(flipped, flipped_affine)
+    np.testing.assert_allclose(
+        LandmarkPredictor(g).predict(flipped, flipped_affine).world, seen_mirrored.world
+    )
+    assert not np.allclose(plain.world, seen_mirrored.world, atol=1e-3)  # the network is not symmetric
+    mirror = TestTimeMirror(axes=(0,), pairs=((0, 1),), whole=True)
+    both = LandmarkPredictor(g, mirror=mirror).predict(image, affine)
+    # network "b" on the mirror image answers for landmark "a" (a left / right pair)
+    np.testing.assert_allclose(both.world, (plain.world + seen_mirrored.world[[1, 0]]) / 2, atol=1e-4)
+    np.testing.assert_allclose(both.global_estimate.world, both.world)
+    unpaired = LandmarkPredictor(g, mirror=TestTimeMirror((0,), (), True)).predict(image, affine)
+    np.testing.assert_allclose(unpaired.world, (plain.world + seen_mirrored.world) / 2, atol=1e-4)
+
+
+def test_test_time_mirror_of_local_sub_images_only():
+    torch.manual_seed(6)
+    loc = stage("local", 1.0)
+    image, affine = _image(), np.eye(3)
+    start = np.array([[12.5, 20.5], [25.5, 9.5]])  # crop starts need no rounding in either frame
+    flipped, flipped_affine = _mirrored(image, affine)
+    x, xf = torch.as_tensor(image), torch.as_tensor(flipped)
+    plain, _ = refine_locally(loc, x, affine, start)
+    seen_mirrored, _ = refine_locally(loc, xf, flipped_affine, start[[1, 0]])  # network k gets partner's view
+    mirror = TestTimeMirror(axes=(0,), pairs=((0, 1),))
+    both, _ = refine_locally(loc, x, affine, start, mirror=mirror)
+    np.testing.assert_allclose(both.world, (plain.world + seen_mirrored.world[[1, 0]]) / 2, atol=1e-4)
+    assert not np.allclose(both.world, plain.world, atol=1e-3)
+    # whole=False leaves the global stage alone
+    g = stage("global", 1.0)
+    local_only = LandmarkPredictor(g, loc, mirror=mirror).predict(image, affine)
+    np.testing.assert_allclose(
+        local_only.global_estimate.world, LandmarkPredictor(g).predict(image, affine).world
+    )
+
+
+def test_test_time_mirror_checks_its_axes_and_pairs():
+    with pytest.raises(ValueError, match="disjoint index pairs"):
+        TestTimeMirror(axes=(0,), pairs=((0, 1), (1, 2)))
+    with pytest.raises(ValueError, match="distinct spatial axes"):
+        TestTimeMirror(axes=())
+    with pytest.raises(ValueError, match="out of range for 2 landmarks"):
+        LandmarkPredictor(stage("global", 1.0), mirror=TestTimeMirror(pairs=((0, 5),)))
+    with pytest.raises(ValueError, match="out of range"):
+        LandmarkPredictor(stage("global", 1.0), mirror=TestTimeMirror(axes=(2,)))
+    m = TestTimeMirror((0,), ((0, 1),), True)
+    assert TestTimeMirror.from_dict(m.to_dict()) == m and TestTimeMirror.from_dict(None) is None

@@ -171,7 +171,9 @@ class GlobalNet(_FCNBase):
 class LocalNet(_FCNBase):
     """Local refinement network: block (``channels[0]``) -> avg-pool 2 -> block (``channels[1]``) -> heads.
 
-    Stride 2. Each block is a residual block of two 3^D convs.
+    Stride 2. Each block is a residual block of two 3^D convs. More ``channels`` add levels: each further
+    entry is one more avg-pool 2 and block, so ``(32, 64, 128)`` has stride 4 and a receptive field of 30
+    input voxels against the paper's 14 (more context around the landmark at the same spacing).
 
     With ``specialised=True`` (the paper) the module holds one independent network per landmark, run
     together as grouped convolutions: the input holds one sub-image per landmark, (B, K, C, *crop), and
@@ -193,18 +195,21 @@ class LocalNet(_FCNBase):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        self.spatial_dims, self.num_landmarks, self.stride = spatial_dims, num_landmarks, 2
+        channels = [int(c) for c in channels]
+        if len(channels) < 2:
+            raise ValueError(f"LocalNet needs at least two levels of channels, got {channels}")
+        self.spatial_dims, self.num_landmarks = spatial_dims, num_landmarks
+        self.stride = 2 ** (len(channels) - 1)
         self.in_channels, self.specialised = in_channels, specialised
         g = num_landmarks if specialised else 1
         k_out = 1 if specialised else num_landmarks
-        c1, c2 = channels
-        self.features = nn.Sequential(
-            BasicBlock(spatial_dims, in_channels, c1, groups=g),
-            avg_pool(spatial_dims),
-            BasicBlock(spatial_dims, c1, c2, groups=g),
-        )
-        self.regression = Head(spatial_dims, c2, head_channels, spatial_dims * k_out, groups=g)
-        self.classification = Head(spatial_dims, c2, head_channels, k_out, groups=g)
+        layers: list[nn.Module] = [BasicBlock(spatial_dims, in_channels, channels[0], groups=g)]
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
+            layers += [avg_pool(spatial_dims), BasicBlock(spatial_dims, cin, cout, groups=g)]
+        self.features = nn.Sequential(*layers)
+        c_last = channels[-1]
+        self.regression = Head(spatial_dims, c_last, head_channels, spatial_dims * k_out, groups=g)
+        self.classification = Head(spatial_dims, c_last, head_channels, k_out, groups=g)
 
     def forward(self, x: Tensor) -> DisplacementOutput:
         if x.ndim != self.spatial_dims + 3 or x.shape[1] != self.num_landmarks:

@@ -256,3 +256,34 @@ def test_pyramid_network_keeps_the_paper_networks_weights_names():
         k for k in paper.state_dict() if "head" in k
     }
     assert extra and all(k.startswith(("pyramid.", "regression.", "classification.")) for k in extra)
+
+
+@pytest.mark.parametrize("d,size", [(2, (40, 37)), (3, (16, 13, 9))])
+def test_deeper_local_net_has_stride_4_and_the_decoders_grid(d, size):
+    from landmark_lit.methods.displacement import decode, displacement_targets, presence_targets
+
+    k = 3
+    net = LocalNet(d, 1, k, channels=(4, 8, 8), head_channels=4)
+    assert net.stride == 4
+    out = net(torch.randn(2, k, 1, *size))
+    grid = [math.ceil(n / 4) for n in size]
+    assert out.displacement.shape == (2, k, d, *grid) and out.logits.shape == (2, k, *grid)
+    # targets built on that grid decode back to the landmarks (the network's grid is the decoder's)
+    lm = torch.rand(2, k, d, dtype=torch.float64) * (torch.tensor(size) - 1)
+    disp = displacement_targets(lm, grid, net.stride)
+    logits = (presence_targets(lm, grid, net.stride, size) * 2 - 1) * 40.0
+    got = decode(type(out)(disp, logits), net.stride, "linear", True)
+    torch.testing.assert_close(got, lm.float(), atol=1e-4, rtol=0)
+    # the paper's two levels keep their parameter names (older checkpoints load), a third adds a pool + block
+    two, three = LocalNet(d, 1, k).state_dict(), LocalNet(d, 1, k, channels=(32, 64, 128)).state_dict()
+    assert {n for n in two if n.startswith("features.")} < {n for n in three if n.startswith("features.")}
+    assert set(two) == set(LocalNet(d, 1, k, channels=(32, 64)).state_dict())
+    assert count(LocalNet(d, 1, k, channels=(32, 64, 128))) == (
+        block_params(1, 32, d, k)
+        + block_params(32, 64, d, k)
+        + block_params(64, 128, d, k)
+        + head_params(128, 64, d, d, k)
+        + head_params(128, 64, 1, d, k)
+    )
+    with pytest.raises(ValueError, match="at least two levels"):
+        LocalNet(d, 1, k, channels=(32,))
