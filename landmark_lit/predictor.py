@@ -21,6 +21,7 @@ from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
 from landmark_lit.data.transforms import match_channels, spacing_of, voxel_to_world, world_to_voxel
 from landmark_lit.stages import (
     DEFAULT_CONFIDENCE_SCALE,
+    MirrorAverage,
     Stage,
     check_stages_fit,
     default_confidence_threshold,
@@ -77,56 +78,8 @@ class Prediction:
     seconds_without_io: float | None = None
 
 
-@dataclass(frozen=True)
-class TestTimeMirror:
-    """Average each stage's answer over the image and its mirror image (test-time augmentation).
-
-    ``axes``: spatial array axes mirrored together; ``pairs``: landmark index pairs a mirror swaps (left /
-    right anatomy; none in a lateral projection such as a cephalogram); ``whole``: also run the global stage
-    on the mirrored image (else only the local stages see mirrored sub-images). Valid for networks trained
-    with the same mirror (``data.flip``): in the mirrored pass network k sees what network k saw in its
-    mirrored training images, and its answer, mirrored back, is landmark ``pairs``' partner's.
-    """
-
-    axes: tuple[int, ...] = (0,)
-    pairs: tuple[tuple[int, int], ...] = ()
-    whole: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.axes or len(set(self.axes)) != len(self.axes) or min(self.axes) < 0:
-            raise ValueError(f"test-time mirror axes must be distinct spatial axes, got {list(self.axes)}")
-        used = [i for p in self.pairs for i in p]
-        if any(len(p) != 2 for p in self.pairs) or len(set(used)) != len(used) or min(used, default=0) < 0:
-            raise ValueError(f"test-time mirror pairs must be disjoint index pairs, got {list(self.pairs)}")
-
-    def permutation(self, num_landmarks: int) -> list[int]:
-        """perm[k]: the landmark whose mirror image looks like landmark k (an involution)."""
-        perm = list(range(num_landmarks))
-        for i, j in self.pairs:
-            if max(i, j) >= num_landmarks:
-                raise ValueError(f"test-time mirror pair {[i, j]} out of range for {num_landmarks} landmarks")
-            perm[i], perm[j] = j, i
-        return perm
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"axes": list(self.axes), "pairs": [list(p) for p in self.pairs], "whole": self.whole}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> TestTimeMirror | None:
-        if data is None:
-            return None
-        unknown = set(data) - {"axes", "pairs", "whole"}
-        if unknown:
-            raise ValueError(f"test-time mirror: unknown keys {sorted(unknown)}")
-        return cls(
-            tuple(int(a) for a in data.get("axes", (0,))),
-            tuple((int(i), int(j)) for i, j in data.get("pairs", ())),
-            bool(data.get("whole", False)),
-        )
-
-
 def _decode_mirrored(
-    stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: TestTimeMirror | None
+    stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: MirrorAverage | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
     """A stage's network on a batch ``x`` (B, ..., *spatial) -> coords (B, K, D) in input voxels, spread and
     posterior (B, K), and the network output of the unmirrored pass; with ``mirror``, each averaged with
@@ -158,7 +111,7 @@ def refine_locally(
     affine: np.ndarray,
     world: np.ndarray,
     iterations: int = 1,
-    mirror: TestTimeMirror | None = None,
+    mirror: MirrorAverage | None = None,
 ) -> tuple[StageEstimate, np.ndarray]:
     """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
     mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
@@ -242,7 +195,7 @@ class LandmarkPredictor:
         local_iterations: int = 1,
         confidence_threshold: float | None = None,
         confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
-        mirror: TestTimeMirror | None = None,
+        mirror: MirrorAverage | None = None,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
@@ -257,9 +210,7 @@ class LandmarkPredictor:
         self.local_iterations = int(local_iterations)
         self.confidence_scale = float(confidence_scale)
         if mirror is not None:
-            mirror.permutation(len(global_stage.meta.landmark_names))  # pairs in range
-            if max(mirror.axes) >= int(global_stage.meta.spatial_dims):
-                raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a 2D/3D model")
+            mirror.check(len(global_stage.meta.landmark_names), int(global_stage.meta.spatial_dims))
         self.mirror = mirror
         self.confidence_threshold = (
             default_confidence_threshold([global_stage, *self.local_stages])
@@ -275,6 +226,7 @@ class LandmarkPredictor:
         local_iterations: int = 1,
         confidence_threshold: float | None = None,
         confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
+        mirror: MirrorAverage | None = None,
     ) -> LandmarkPredictor:
         """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
         g = load_stage(global_checkpoint, "global")
@@ -285,14 +237,19 @@ class LandmarkPredictor:
         else:
             paths = list(local_checkpoint)
         locals_ = [load_stage(p, "local") for p in paths]
-        return cls(g, locals_, local_iterations, confidence_threshold, confidence_scale)
+        return cls(g, locals_, local_iterations, confidence_threshold, confidence_scale, mirror)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
         """The predictor stored in a model bundle (:func:`landmark_lit.stages.save_bundle`)."""
         b = load_bundle(path)
         return cls(
-            b.global_stage, b.local_stages, b.local_iterations, b.confidence_threshold, b.confidence_scale
+            b.global_stage,
+            b.local_stages,
+            b.local_iterations,
+            b.confidence_threshold,
+            b.confidence_scale,
+            b.mirror,
         )
 
     @property

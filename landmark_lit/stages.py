@@ -322,6 +322,72 @@ def load_stage(path: str | os.PathLike, expected_stage: str | None = None) -> St
 # --- bundles ---------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class MirrorAverage:
+    """Average each stage's answer over the image and its mirror image (test-time augmentation).
+
+    ``axes``: spatial array axes mirrored together; ``pairs``: landmark index pairs a mirror swaps (left /
+    right anatomy; none in a lateral projection such as a cephalogram); ``whole``: also run the global stage
+    on the mirrored image (else only the local stages see mirrored sub-images). Valid for networks trained
+    with the same mirror (``data.flip``): in the mirrored pass network k sees what network k saw in its
+    mirrored training images, and its answer, mirrored back, is landmark ``pairs``' partner's.
+    """
+
+    axes: tuple[int, ...] = (0,)
+    pairs: tuple[tuple[int, int], ...] = ()
+    whole: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.axes or len(set(self.axes)) != len(self.axes) or min(self.axes) < 0:
+            raise ValueError(f"test-time mirror axes must be distinct spatial axes, got {list(self.axes)}")
+        used = [i for p in self.pairs for i in p]
+        if any(len(p) != 2 for p in self.pairs) or len(set(used)) != len(used) or min(used, default=0) < 0:
+            raise ValueError(f"test-time mirror pairs must be disjoint index pairs, got {list(self.pairs)}")
+
+    def permutation(self, num_landmarks: int) -> list[int]:
+        """perm[k]: the landmark whose mirror image looks like landmark k (an involution)."""
+        perm = list(range(num_landmarks))
+        for i, j in self.pairs:
+            if max(i, j) >= num_landmarks:
+                raise ValueError(f"test-time mirror pair {[i, j]} out of range for {num_landmarks} landmarks")
+            perm[i], perm[j] = j, i
+        return perm
+
+    def check(self, num_landmarks: int, spatial_dims: int) -> None:
+        """ValueError unless the axes and pairs fit a model of ``num_landmarks`` and ``spatial_dims``."""
+        self.permutation(num_landmarks)
+        if max(self.axes) >= spatial_dims:
+            raise ValueError(
+                f"test-time mirror axes {list(self.axes)} out of range for a {spatial_dims}D model"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"axes": list(self.axes), "pairs": [list(p) for p in self.pairs], "whole": self.whole}
+
+    @classmethod
+    def from_dict(cls, data: Any, names: Sequence[str] | None = None) -> MirrorAverage | None:
+        """From ``{"axes": [...], "pairs": [[i, j], ...], "whole": bool}`` (None: no mirror); pairs may name
+        landmarks when ``names`` are given. ValueError (one line) for anything else."""
+        if data is None:
+            return None
+        if not isinstance(data, dict) or set(data) - {"axes", "pairs", "whole"}:
+            raise ValueError(f"test-time mirror must be a mapping of axes, pairs, whole; got {data!r}")
+
+        def index(v: Any) -> int:
+            if isinstance(v, str) and names is not None and v in names:
+                return list(names).index(v)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+            raise ValueError(f"test-time mirror pair member {v!r} is not a landmark index or name")
+
+        try:
+            axes = tuple(int(a) for a in data.get("axes", (0,)))
+            pairs = tuple((index(i), index(j)) for i, j in data.get("pairs") or ())
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"test-time mirror {data!r}: {exc}") from None
+        return cls(axes, pairs, bool(data.get("whole", False)))
+
+
 @dataclass
 class Bundle:
     """What a model bundle holds: the stages and how to run them."""
@@ -331,6 +397,7 @@ class Bundle:
     local_iterations: int = 1
     confidence_threshold: float | None = None
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE
+    mirror: MirrorAverage | None = None
 
 
 def save_bundle(
@@ -340,12 +407,14 @@ def save_bundle(
     local_iterations: int = 1,
     confidence_threshold: float | None = None,
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
+    mirror: MirrorAverage | None = None,
 ) -> dict:
     """Write a model bundle: the stages of these checkpoints and what prediction needs, in one file.
 
     The checkpoints are validated (they must load and fit together) before anything is written; the file
-    is written atomically. ``confidence_threshold`` None: the default of the last stage's method. Returns
-    the bundle's summary (everything but the weights).
+    is written atomically. ``confidence_threshold`` None: the default of the last stage's method;
+    ``mirror``: the test-time mirror prediction runs with (None: none). Returns the bundle's summary
+    (everything but the weights).
     """
     paths = [str(global_checkpoint), *map(str, local_checkpoints)]
     parts = [checkpoint_parts(p) for p in paths]
@@ -354,6 +423,11 @@ def save_bundle(
     ]
     check_stages_fit(stages[0], stages[1:])
     _check_run_settings(local_iterations, confidence_threshold, confidence_scale, str(path))
+    if mirror is not None:
+        try:
+            mirror.check(len(stages[0].meta.landmark_names), int(stages[0].meta.spatial_dims))
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
     threshold = default_confidence_threshold(stages) if confidence_threshold is None else confidence_threshold
     summary = {
         "format": BUNDLE_FORMAT,
@@ -364,6 +438,7 @@ def save_bundle(
         "local_iterations": int(local_iterations),
         "confidence_threshold": float(threshold),
         "confidence_scale": float(confidence_scale),
+        "mirror": None if mirror is None else mirror.to_dict(),
         "sources": [os.path.basename(p) for p in paths],
     }
     stored = [
@@ -398,7 +473,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     threshold = data.get("confidence_threshold")
     scale = data.get("confidence_scale", DEFAULT_CONFIDENCE_SCALE)
     _check_run_settings(iterations, threshold, scale, path, threshold_required=True)
-    return Bundle(built[0], built[1:], iterations, float(threshold), float(scale))
+    try:
+        mirror = MirrorAverage.from_dict(data.get("mirror"))
+        if mirror is not None:
+            mirror.check(len(built[0].meta.landmark_names), int(built[0].meta.spatial_dims))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return Bundle(built[0], built[1:], iterations, float(threshold), float(scale), mirror)
 
 
 def _check_run_settings(

@@ -68,6 +68,39 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
     np.testing.assert_array_equal(a.confidence, b.confidence)
 
 
+def test_bundle_stores_the_test_time_mirror_and_the_command_line_overrides_it(checkpoints, tmp_path):
+    from landmark_lit.cli.predict import config_from_args, load_predictor
+    from landmark_lit.stages import CheckpointError, MirrorAverage
+
+    d, g, loc = checkpoints
+    mirror = MirrorAverage(axes=(d - 1,), pairs=((0, 1),), whole=False)
+    assert save_bundle(tmp_path / "model.pt", g, [loc], mirror=mirror)["mirror"] == mirror.to_dict()
+    bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
+    assert bundled.mirror == mirror
+    image = np.random.default_rng(2).normal(size=(1, *[24] * d)).astype(np.float32)
+    affine = np.diag([1.2] * d + [1.0])
+    direct = LandmarkPredictor.from_checkpoints(g, loc, mirror=mirror)
+    np.testing.assert_array_equal(bundled.predict(image, affine).world, direct.predict(image, affine).world)
+    plain = LandmarkPredictor.from_checkpoints(g, loc).predict(image, affine).world
+    assert not np.allclose(bundled.predict(image, affine).world, plain)
+
+    def loaded(*overrides: str) -> LandmarkPredictor:
+        return load_predictor(config_from_args(["-i", "x", "-m", str(tmp_path / "model.pt"), *overrides]))
+
+    assert loaded().mirror == mirror
+    assert loaded("--mirror", "none").mirror is None
+    assert loaded("--mirror", "whole").mirror == MirrorAverage((d - 1,), ((0, 1),), True)
+    named = loaded(f"mirror={{axes: [0], pairs: [[{NAMES[1]}, {NAMES[0]}]]}}").mirror
+    assert named == MirrorAverage((0,), ((1, 0),), False)
+    with pytest.raises(ValueError, match="out of range"):
+        loaded("mirror={axes: [3]}")
+    with pytest.raises(ValueError, match="not a landmark index or name"):
+        loaded("mirror={pairs: [[nose, 1]]}")
+    with pytest.raises(CheckpointError, match="out of range for 2 landmarks"):
+        save_bundle(tmp_path / "bad.pt", g, [loc], mirror=MirrorAverage(pairs=((0, 4),)))
+    assert not (tmp_path / "bad.pt").exists()
+
+
 def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
     d, g, loc = checkpoints
     save_bundle(tmp_path / "model.pt", g, [loc])
@@ -365,3 +398,12 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
         bad = compose("export", overrides=[f"global_checkpoint={g}", "formats=[pickle]"])
     with pytest.raises(ValueError, match="unknown \\['pickle'\\]"):
         export(bad)
+    mirrored = [
+        *overrides[:3],
+        f"output={tmp_path / 'mirrored.pt'}",
+        f"mirror={{pairs: [[{NAMES[0]}, {NAMES[1]}]]}}",
+    ]
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        written = export(compose("export", overrides=mirrored))
+    stored = LandmarkPredictor.from_bundle(written["bundle"]).mirror
+    assert stored is not None and stored.pairs == ((0, 1),) and stored.axes == (0,) and not stored.whole

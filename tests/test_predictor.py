@@ -8,8 +8,8 @@ from PIL import Image
 from landmark_lit.data.transforms import match_channels
 from landmark_lit.networks import GlobalNet, LocalNet
 from landmark_lit.predict_files import case_id_of, find_images, predict_file, predict_files
-from landmark_lit.predictor import LandmarkPredictor, Prediction, TestTimeMirror, refine_locally
-from landmark_lit.stages import CheckpointError, Stage, StageMeta
+from landmark_lit.predictor import LandmarkPredictor, Prediction, refine_locally
+from landmark_lit.stages import CheckpointError, MirrorAverage, Stage, StageMeta
 
 NAMES = ["a", "b"]
 
@@ -182,12 +182,12 @@ def test_test_time_mirror_averages_the_answer_on_the_mirror_image_with_pairs_swa
         LandmarkPredictor(g).predict(flipped, flipped_affine).world, seen_mirrored.world
     )
     assert not np.allclose(plain.world, seen_mirrored.world, atol=1e-3)  # the network is not symmetric
-    mirror = TestTimeMirror(axes=(0,), pairs=((0, 1),), whole=True)
+    mirror = MirrorAverage(axes=(0,), pairs=((0, 1),), whole=True)
     both = LandmarkPredictor(g, mirror=mirror).predict(image, affine)
     # network "b" on the mirror image answers for landmark "a" (a left / right pair)
     np.testing.assert_allclose(both.world, (plain.world + seen_mirrored.world[[1, 0]]) / 2, atol=1e-4)
     np.testing.assert_allclose(both.global_estimate.world, both.world)
-    unpaired = LandmarkPredictor(g, mirror=TestTimeMirror((0,), (), True)).predict(image, affine)
+    unpaired = LandmarkPredictor(g, mirror=MirrorAverage((0,), (), True)).predict(image, affine)
     np.testing.assert_allclose(unpaired.world, (plain.world + seen_mirrored.world) / 2, atol=1e-4)
 
 
@@ -200,7 +200,7 @@ def test_test_time_mirror_of_local_sub_images_only():
     x, xf = torch.as_tensor(image), torch.as_tensor(flipped)
     plain, _ = refine_locally(loc, x, affine, start)
     seen_mirrored, _ = refine_locally(loc, xf, flipped_affine, start[[1, 0]])  # network k gets partner's view
-    mirror = TestTimeMirror(axes=(0,), pairs=((0, 1),))
+    mirror = MirrorAverage(axes=(0,), pairs=((0, 1),))
     both, _ = refine_locally(loc, x, affine, start, mirror=mirror)
     np.testing.assert_allclose(both.world, (plain.world + seen_mirrored.world[[1, 0]]) / 2, atol=1e-4)
     assert not np.allclose(both.world, plain.world, atol=1e-3)
@@ -214,12 +214,12 @@ def test_test_time_mirror_of_local_sub_images_only():
 
 def test_test_time_mirror_checks_its_axes_and_pairs():
     with pytest.raises(ValueError, match="disjoint index pairs"):
-        TestTimeMirror(axes=(0,), pairs=((0, 1), (1, 2)))
+        MirrorAverage(axes=(0,), pairs=((0, 1), (1, 2)))
     with pytest.raises(ValueError, match="distinct spatial axes"):
-        TestTimeMirror(axes=())
+        MirrorAverage(axes=())
     with pytest.raises(ValueError, match="out of range for 2 landmarks"):
-        LandmarkPredictor(stage("global", 1.0), mirror=TestTimeMirror(pairs=((0, 5),)))
+        LandmarkPredictor(stage("global", 1.0), mirror=MirrorAverage(pairs=((0, 5),)))
     with pytest.raises(ValueError, match="out of range"):
-        LandmarkPredictor(stage("global", 1.0), mirror=TestTimeMirror(axes=(2,)))
-    m = TestTimeMirror((0,), ((0, 1),), True)
-    assert TestTimeMirror.from_dict(m.to_dict()) == m and TestTimeMirror.from_dict(None) is None
+        LandmarkPredictor(stage("global", 1.0), mirror=MirrorAverage(axes=(2,)))
+    m = MirrorAverage((0,), ((0, 1),), True)
+    assert MirrorAverage.from_dict(m.to_dict()) == m and MirrorAverage.from_dict(None) is None

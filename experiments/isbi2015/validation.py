@@ -2,7 +2,8 @@
 ISBI 2015 validation images (the 10 training images held out by the dataset config; average ground truth).
 
     python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
-        [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train]
+        [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train] \
+        [--test-time-mirror local whole]
 
 Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline. ``--mirror`` runs on the
 images mirrored left-right (references with them: a patient facing the other way). ``--subset train``
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.predictor import LandmarkPredictor, MirrorAverage
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 
@@ -42,6 +43,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--val-count", type=int, default=10)
     parser.add_argument("--val-seed", type=int, default=0)
     parser.add_argument("--mirror", action="store_true", help="mirror images and references left-right")
+    parser.add_argument(
+        "--test-time-mirror",
+        nargs="*",
+        default=[],
+        choices=["local", "whole"],
+        help="also each local pipeline averaged over the mirror image: local sub-images only, or whole",
+    )
     parser.add_argument("--subset", default="val", choices=["val", "train"])
     parser.add_argument(
         "--print-offset-sd",
@@ -84,6 +92,12 @@ def main(argv: list[str] | None = None) -> None:
                     f", local top {local_k}" if local_k else ""
                 )
                 pipelines[f"global -> {label}{extra}"] = predictor
+                for scope in args.test_time_mirror:
+                    mirrored = LandmarkPredictor.from_checkpoints(
+                        args.global_checkpoint, paths, it, mirror=MirrorAverage((0,), (), scope == "whole")
+                    )
+                    mirrored.set_vote_top_k(args.global_top_k, local_k or None)
+                    pipelines[f"global -> {label}{extra}, test-time mirror ({scope})"] = mirrored
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     global_offsets = []
     for i in range(len(source)):

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, Stage, save_bundle
+from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage, Stage, save_bundle
 from landmark_lit.utils import first_line
 
 FORMATS = ("bundle", "torchscript", "onnx")
@@ -54,8 +54,12 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         scale = cfg.get("confidence_scale")
         scale = DEFAULT_CONFIDENCE_SCALE if scale is None else float(scale)
         predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold, scale)
+        mirror = cfg.get("mirror")
+        if mirror is not None:
+            mirror = OmegaConf.to_container(mirror) if OmegaConf.is_config(mirror) else mirror
+            mirror = MirrorAverage.from_dict(mirror, predictor.landmark_names)
         if "bundle" in formats:
-            save_bundle(out, global_ckpt, local, iterations, threshold, scale)
+            save_bundle(out, global_ckpt, local, iterations, threshold, scale, mirror)
             written["bundle"] = out
     stages = {"global": predictor.global_stage} | {
         f"local{n}": s for n, s in enumerate(predictor.local_stages)

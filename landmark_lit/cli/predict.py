@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.predict_files import predict_files, summary_line
 from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE
+from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage
 from landmark_lit.utils import first_line
 
 
@@ -62,7 +62,24 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
             float(scale) if scale is not None else DEFAULT_CONFIDENCE_SCALE,
         )
     predictor.set_vote_top_k(cfg.get("global_top_k"), cfg.get("local_top_k"))
+    mirror = cfg.get("mirror")
+    if mirror is not None:
+        predictor.mirror = mirror_setting(_plain(mirror), predictor)
     return predictor
+
+
+def mirror_setting(value, predictor: LandmarkPredictor) -> MirrorAverage | None:
+    """``mirror=`` of the command line: "none" (off), "local" or "whole" (the model's axes and pairs, or
+    array axis 0 without pairs when it stores none), or a mapping ``{axes, pairs, whole}``."""
+    if value == "none":
+        return None
+    if value in ("local", "whole"):
+        stored = predictor.mirror or MirrorAverage()
+        mirror = MirrorAverage(stored.axes, stored.pairs, value == "whole")
+    else:
+        mirror = MirrorAverage.from_dict(value, predictor.landmark_names)
+    mirror.check(len(predictor.landmark_names), predictor.spatial_dims)
+    return mirror
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -115,6 +132,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local-iterations", type=int, metavar="N", help="passes of each local stage (default: the model's)"
     )
+    p.add_argument("--mirror", choices=["none", "local", "whole"],
+                   help="test-time mirror: also run the local stages (local) or the whole pipeline (whole) on the "
+                   "mirror image and average (default: the model's; for networks trained with data.flip)")  # fmt: skip
     p.add_argument("--confidence-threshold", type=float, metavar="T",
                    help="flag landmarks below this confidence (default: the model's)")  # fmt: skip
     p.add_argument(
@@ -137,7 +157,7 @@ _FLAGS = {
     "local_checkpoint": "local_checkpoint", "spacing": "spacing", "vector_field": "vector_field",
     "references": "references", "local_iterations": "local_iterations",
     "confidence_threshold": "confidence_threshold", "input_root": "input_root", "split": "input_split",
-    "threads": "threads", "device": "device", "progress": "progress",
+    "threads": "threads", "device": "device", "progress": "progress", "mirror": "mirror",
 }  # fmt: skip
 
 
