@@ -5,7 +5,8 @@
 # Several local checkpoints, comma-separated, run in that order (coarse to fine). LOCAL_ITERATIONS=2 runs
 # each local stage twice, the second time centred on its first answer. MIRROR=1 runs on the Test1 images
 # mirrored left-right (PNGs written to OUT/mirrored_images, references mirrored with them): a patient
-# facing the other way.
+# facing the other way. TEST_TIME_MIRROR=local (or whole) averages the local stages (or the whole pipeline)
+# over the image and its mirror image (landmark-predict --mirror).
 set -euo pipefail
 GLOBAL=$1
 IFS=, read -r -a locals <<< "$2"
@@ -24,7 +25,7 @@ common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 thr
 if [ "${MIRROR:-0}" = 1 ]; then common=(input="$OUT/mirrored_images/list.txt" spacing=0.1 threads=${THREADS:-2}); fi
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" local_iterations="${LOCAL_ITERATIONS:-1}" \
-  "${common[@]}" output_dir="$OUT/pred_global_to_local"
+  mirror="${TEST_TIME_MIRROR:-none}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
   for gt in average senior; do
     "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references_$gt.csv" \
