@@ -5,13 +5,14 @@
 #   bash experiments/bench/run_time_to_accuracy.sh [GLOBAL_STEPS] [LOCAL_STEPS] [HEATMAP_STEPS] [OUT]
 # The two methods train at the same time, each with one thread on its own core (taskset, where present),
 # so neither slows the other and each process's CPU time (TrainingClock, stored in every checkpoint) is
-# the budget it used. The budget is set in steps; the defaults, 2000 + 360 global-to-local steps against
-# 3000 heatmap steps, use about an hour of one core each here. Logs: OUT/*.log.
+# the budget it used. The budget is set in steps; the defaults, 4000 + 2000 global-to-local steps against
+# 4000 heatmap steps (the runs of experiments/bench/RESULTS.md, issue 13, third session), take about 95
+# and 47 core-minutes on a core of 88 GFLOP/s. Logs: OUT/*.log.
 # Between the two global-to-local stages, the final global checkpoint predicts the training images and
 # its per-axis error SD (OUT/g2l_offset_sd_mm.txt) becomes the local stage's data.local_offset_sd_mm
 # (its CPU time, OUT/g2l_offset_cpu_s.txt, counts towards the pipeline's budget).
 set -euo pipefail
-G=${1:-2000}; L=${2:-360}; H=${3:-3000}; OUT=${4:-outputs/tta}
+G=${1:-4000}; L=${2:-2000}; H=${3:-4000}; OUT=${4:-outputs/tta}
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
 periodic() {  # a checkpoint every $2 steps in $1/checkpoints/periodic
