@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from landmark_lit.data.augment import RandomFlip
 from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing
 from landmark_lit.methods import Method, get_method, method_names
@@ -345,13 +346,9 @@ class MirrorAverage:
             raise ValueError(f"test-time mirror pairs must be disjoint index pairs, got {list(self.pairs)}")
 
     def permutation(self, num_landmarks: int) -> list[int]:
-        """perm[k]: the landmark whose mirror image looks like landmark k (an involution)."""
-        perm = list(range(num_landmarks))
-        for i, j in self.pairs:
-            if max(i, j) >= num_landmarks:
-                raise ValueError(f"test-time mirror pair {[i, j]} out of range for {num_landmarks} landmarks")
-            perm[i], perm[j] = j, i
-        return perm
+        """perm[k]: the landmark whose mirror image looks like landmark k (an involution), by the same rule
+        as the training mirror (:meth:`~landmark_lit.data.augment.RandomFlip.permutation`)."""
+        return RandomFlip(axes=self.axes, pairs=self.pairs, prob=1.0).permutation(num_landmarks)
 
     def check(self, num_landmarks: int, spatial_dims: int) -> None:
         """ValueError unless the axes and pairs fit a model of ``num_landmarks`` and ``spatial_dims``."""
