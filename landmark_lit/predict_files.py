@@ -4,8 +4,11 @@ pictures, and a summary of all of them.
 For every image ``<case>`` the output folder gets, as soon as the image is done (each file atomically):
 
 - ``<case>.csv`` and ``<case>.json``: world mm (RAS) and voxel indices of every landmark with its
-  ``confidence`` and ``flagged`` (confidence below the model's threshold), ``spread_mm``, ``posterior``;
-- ``<case>.mrk.json``: a 3D Slicer markups point list named after the model's landmarks. Images with
+  ``confidence`` and ``flagged`` (confidence below the model's threshold), ``radius_mm`` (the true
+  landmark lies this close with the calibration's probability, 90 % by default), ``spread_mm``,
+  ``posterior``;
+- ``<case>.mrk.json``: a 3D Slicer markups point list named after the model's landmarks (each point's
+  description: its confidence, radius and flag). Images with
   geometry (NIfTI, NRRD, MHA/MHD, DICOM) get RAS world coordinates, as Slicer places them. Images without
   geometry (PNG, JPEG, BMP, TIFF) are shown by Slicer with 1 mm pixels at LPS (column, row, 0); their
   markups hold those pixel coordinates (coordinateSystem LPS), so they sit on the image in Slicer whatever
@@ -63,7 +66,7 @@ IMAGE_SUFFIXES = (
     ".tiff",
 )
 # per-landmark values written beside the coordinates
-SCORE_COLUMNS = ("confidence", "flagged", "spread_mm", "posterior")
+SCORE_COLUMNS = ("confidence", "flagged", "radius_mm", "spread_mm", "posterior")
 
 
 def case_id_of(path: str | os.PathLike) -> str:
@@ -162,7 +165,20 @@ def predict_file(
 
 
 def _scores(prediction: Prediction) -> dict[str, np.ndarray]:
-    return {key: getattr(prediction, key) for key in SCORE_COLUMNS}
+    scores = {key: getattr(prediction, key) for key in SCORE_COLUMNS}
+    if scores["radius_mm"] is None:
+        scores["radius_mm"] = np.full(len(prediction.world), np.nan)
+    return scores
+
+
+def _descriptions(prediction: Prediction) -> list[str]:
+    """Per landmark: ``confidence 0.93, radius 1.8 mm[, FLAGGED: check]`` for Slicer's point table."""
+    radius = _scores(prediction)["radius_mm"]
+    return [
+        f"confidence {c:.3f}" + (f", radius {r:.2f} mm" if np.isfinite(r) else "")
+        + (", FLAGGED: check" if f else "")
+        for c, r, f in zip(prediction.confidence, radius, prediction.flagged, strict=True)
+    ]  # fmt: skip
 
 
 def write_case_outputs(
@@ -189,7 +205,9 @@ def write_case_outputs(
     points = np.concatenate([points, np.zeros((len(points), 3 - d))], axis=1) if d == 2 else points
     # write_slicer_markups takes RAS and states them in ``system``: LPS pixel indices are given as RAS
     ras = points * np.array([-1.0, -1.0, 1.0]) if system == "LPS" else points
-    write_slicer_markups(out / f"{case}.mrk.json", names, ras, coordinate_system=system)
+    write_slicer_markups(
+        out / f"{case}.mrk.json", names, ras, coordinate_system=system, descriptions=_descriptions(prediction)
+    )
     return table
 
 
@@ -214,12 +232,12 @@ def draw_case_pictures(
     if pictures:
         if world.shape[1] == 2:
             plot_landmarks(image, affine, names, world, folder / f"{case}.png", reference_mm=reference,
-                           flagged=flagged, title=case)  # fmt: skip
+                           flagged=flagged, title=case, radius_mm=prediction.radius_mm)  # fmt: skip
         else:
             for k, name in enumerate(names):
                 plot_landmarks(
                     image, affine, names, world, folder / case / f"{safe_file_name(name)}.png",
-                    reference_mm=reference, flagged=flagged, landmark=k,
+                    reference_mm=reference, flagged=flagged, landmark=k, radius_mm=prediction.radius_mm,
                     title=f"{case}: {name}, confidence {prediction.confidence[k]:.2f}",
                 )  # fmt: skip
     if vector_field is not None:

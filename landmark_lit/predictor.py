@@ -8,6 +8,7 @@ to :mod:`landmark_lit.stages`.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landmark_lit.confidence import Calibration, landmark_features
 from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
 from landmark_lit.data.transforms import match_channels, spacing_of, voxel_to_world, world_to_voxel
 from landmark_lit.stages import (
@@ -24,10 +26,12 @@ from landmark_lit.stages import (
     MirrorAverage,
     Stage,
     check_stages_fit,
-    default_confidence_threshold,
     load_bundle,
     load_stage,
+    stage_calibration,
 )
+
+log = logging.getLogger(__name__)
 
 
 class InputError(ValueError):
@@ -37,11 +41,13 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class StageEstimate:
     """One stage's answer: landmarks (K, D) in world mm, how far its votes (or heatmap mass) spread (K,) mm,
-    and its highest posterior (K,)."""
+    its highest posterior (K,), and with a test-time mirror how far the mirrored pass's answer lay from
+    the unmirrored one (K,) mm."""
 
     world: np.ndarray
     spread_mm: np.ndarray
     posterior: np.ndarray
+    mirror_gap_mm: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -58,11 +64,14 @@ class GlobalView:
 class Prediction:
     """The landmarks of one image.
 
-    world: (K, D) world mm; voxel: (K, D) voxel indices of the given image; confidence: (K,) in [0, 1];
-    flagged: (K,) bool, confidence below the predictor's threshold; spread_mm, posterior: (K,) of the last
-    stage; shift_mm: (K,) how far the last local pass moved each landmark (0 without local stages);
-    global_estimate: the global stage's answer; global_view: set with ``keep_global_view``; seconds,
-    seconds_without_io: set by :mod:`landmark_lit.predict_files` (with and without reading the file).
+    world: (K, D) world mm; voxel: (K, D) voxel indices of the given image; confidence: (K,) in [0, 1],
+    with a calibrated model 1 - P(error > its failure distance); flagged: (K,) bool, confidence below the
+    model's threshold; radius_mm: (K,) the true landmark lies this close with the calibration's
+    probability (NaN without calibration); spread_mm, posterior: (K,) of the last stage; shift_mm: (K,)
+    how far the last local pass moved each landmark (0 without local stages); features: (K, F) the cues
+    of :data:`landmark_lit.confidence.FEATURES`; global_estimate: the global stage's answer; global_view:
+    set with ``keep_global_view``; seconds, seconds_without_io: set by :mod:`landmark_lit.predict_files`
+    (with and without reading the file).
     """
 
     world: np.ndarray
@@ -73,6 +82,8 @@ class Prediction:
     posterior: np.ndarray
     shift_mm: np.ndarray
     global_estimate: StageEstimate
+    radius_mm: np.ndarray | None = None
+    features: np.ndarray | None = None
     global_view: GlobalView | None = None
     seconds: float | None = None
     seconds_without_io: float | None = None
@@ -80,14 +91,15 @@ class Prediction:
 
 def _decode_mirrored(
     stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: MirrorAverage | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor | None]:
     """A stage's network on a batch ``x`` (B, ..., *spatial) -> coords (B, K, D) in input voxels, spread and
-    posterior (B, K), and the network output of the unmirrored pass; with ``mirror``, each averaged with
-    the pass on the mirrored input (mirrored back, pairs swapped)."""
+    posterior (B, K), the network output of the unmirrored pass, and the mirror gap; with ``mirror``,
+    each averaged with the pass on the mirrored input (mirrored back, pairs swapped), and the gap (B, K)
+    mm between the two passes' answers (None without mirror)."""
     out = stage.net(x)
     coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
     if mirror is None:
-        return coords, spread, posterior, out
+        return coords, spread, posterior, out, None
     d = coords.shape[-1]
     if max(mirror.axes) >= d:
         raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a {d}D image")
@@ -101,7 +113,8 @@ def _decode_mirrored(
     c_m, s_m, p_m = c_m[:, perm].clone(), s_m[:, perm], p_m[:, perm]
     for a in mirror.axes:
         c_m[..., a] = (x.shape[x.ndim - d + a] - 1) - c_m[..., a]
-    return (coords + c_m) / 2, (spread + s_m) / 2, (posterior + p_m) / 2, out
+    gap = ((coords - c_m) * scale).norm(dim=-1)
+    return (coords + c_m) / 2, (spread + s_m) / 2, (posterior + p_m) / 2, out, gap
 
 
 @torch.inference_mode()
@@ -125,11 +138,11 @@ def refine_locally(
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
     crop = stage.meta.crop_size
     shift = np.zeros(len(world))
-    spread = posterior = None
+    spread = posterior = gap = None
     for _ in range(int(iterations)):
         starts = local_crop_starts(centres, crop)
         crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
-        coords, spread, posterior, _ = _decode_mirrored(
+        coords, spread, posterior, _, gap = _decode_mirrored(
             stage, crops[None].to(device), scale.to(device), mirror
         )
         new = coords[0].cpu() + starts
@@ -139,6 +152,7 @@ def refine_locally(
         voxel_to_world(centres.double().numpy(), aff),
         spread[0].double().cpu().numpy(),
         posterior[0].double().cpu().numpy(),
+        None if gap is None else gap[0].double().cpu().numpy(),
     )
     return estimate, shift
 
@@ -177,9 +191,12 @@ class LandmarkPredictor:
     Several local stages (e.g. a coarse one with a wide window, then a fine one) run in turn, each on
     sub-images centred on the previous stage's answer; each runs ``local_iterations`` times.
 
-    Every landmark gets a confidence in [0, 1] from the last stage's posterior, the spread of its votes and
-    how far the last local pass moved it (:func:`landmark_confidence`); landmarks below
-    ``confidence_threshold`` (default: that of the last stage's method) are flagged as likely failures.
+    Every landmark gets a confidence in [0, 1] and an uncertainty radius from the model's calibration
+    (:mod:`landmark_lit.confidence`: ``calibration``, default the one stored with the last stage; a bundle
+    stores one for its whole pipeline); landmarks below ``confidence_threshold`` (default: the
+    calibration's) are flagged as likely failures. A model without calibration warns once; its confidence
+    is then :func:`landmark_confidence` (it ranks landmarks, it is no probability), nothing is flagged
+    unless ``confidence_threshold`` is given, and the radius is NaN.
 
     Example:
         >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
@@ -196,6 +213,7 @@ class LandmarkPredictor:
         confidence_threshold: float | None = None,
         confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
         mirror: MirrorAverage | None = None,
+        calibration: Calibration | None = None,
     ) -> None:
         if int(local_iterations) < 1:
             raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
@@ -212,11 +230,58 @@ class LandmarkPredictor:
         if mirror is not None:
             mirror.check(len(global_stage.meta.landmark_names), int(global_stage.meta.spatial_dims))
         self.mirror = mirror
-        self.confidence_threshold = (
-            default_confidence_threshold([global_stage, *self.local_stages])
-            if confidence_threshold is None
-            else float(confidence_threshold)
-        )
+        if confidence_threshold is not None and not math.isfinite(float(confidence_threshold)):
+            raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold}")
+        self._threshold = None if confidence_threshold is None else float(confidence_threshold)
+        last = self.local_stages[-1] if self.local_stages else global_stage
+        self.calibration = calibration if calibration is not None else stage_calibration(last)
+        self._warned = False
+
+    @property
+    def confidence_threshold(self) -> float | None:
+        """Landmarks below this confidence are flagged: the one given, else the calibration's (None for an
+        uncalibrated model: nothing flagged)."""
+        if self._threshold is not None:
+            return self._threshold
+        return None if self.calibration is None else float(self.calibration.threshold)
+
+    @confidence_threshold.setter
+    def confidence_threshold(self, value: float | None) -> None:
+        if value is not None and not math.isfinite(float(value)):
+            raise ValueError(f"confidence_threshold must be a finite number, got {value}")
+        self._threshold = None if value is None else float(value)
+
+    def pipeline(self) -> dict[str, Any]:
+        """What a calibration of this predictor describes (stored in ``Calibration.fitted_on``)."""
+        return {
+            "local_stages": len(self.local_stages),
+            "local_iterations": self.local_iterations if self.local_stages else 0,
+            "mirror": None if self.mirror is None else self.mirror.to_dict(),
+        }
+
+    def _warn_once(self) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        last = (self.local_stage or self.global_stage).path
+        if self.calibration is None:
+            log.warning(
+                "%s: model without calibration: confidences rank landmarks but are no probabilities, no "
+                "uncertainty radius, %s; calibrate it with landmark-export calibration_dataset=... (or "
+                "calibration_manifest=...)",
+                last,
+                "nothing flagged" if self._threshold is None else f"flagged below {self._threshold:g}",
+            )
+            return
+        fitted = self.calibration.fitted_on.get("pipeline")
+        if fitted is not None and fitted != self.pipeline():
+            log.warning(
+                "%s: calibration fitted on the pipeline %s, running %s: confidence, flags and radius may "
+                "not hold; export a bundle calibrated on this pipeline (landmark-export calibration_dataset=...)",
+                last,
+                fitted,
+                self.pipeline(),
+            )
 
     @classmethod
     def from_checkpoints(
@@ -227,8 +292,10 @@ class LandmarkPredictor:
         confidence_threshold: float | None = None,
         confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
         mirror: MirrorAverage | None = None,
+        calibration: Calibration | None = None,
     ) -> LandmarkPredictor:
-        """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine)."""
+        """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine);
+        ``calibration``: None for the one stored with the last stage."""
         g = load_stage(global_checkpoint, "global")
         if local_checkpoint is None or local_checkpoint == "":
             paths = []
@@ -237,7 +304,7 @@ class LandmarkPredictor:
         else:
             paths = list(local_checkpoint)
         locals_ = [load_stage(p, "local") for p in paths]
-        return cls(g, locals_, local_iterations, confidence_threshold, confidence_scale, mirror)
+        return cls(g, locals_, local_iterations, confidence_threshold, confidence_scale, mirror, calibration)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
@@ -250,6 +317,7 @@ class LandmarkPredictor:
             b.confidence_threshold,
             b.confidence_scale,
             b.mirror,
+            b.calibration,
         )
 
     @property
@@ -339,34 +407,68 @@ class LandmarkPredictor:
         device = network_device(g.net)
         scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
         whole = self.mirror if self.mirror is not None and self.mirror.whole else None
-        coords, spread, posterior, out = _decode_mirrored(g, x[None].to(device), scale, whole)
+        coords, spread, posterior, out, gap = _decode_mirrored(g, x[None].to(device), scale, whole)
         estimate = StageEstimate(
             voxel_to_world(coords[0].double().cpu().numpy(), aff),
             spread[0].double().cpu().numpy(),
             posterior[0].double().cpu().numpy(),
+            None if gap is None else gap[0].double().cpu().numpy(),
         )
         global_estimate, shift = estimate, np.zeros(len(self.landmark_names))
         for stage in self.local_stages:
             estimate, shift = refine_locally(
                 stage, x0, affine, estimate.world, self.local_iterations, self.mirror
             )
-        last = self.local_stage or g
-        confidence = landmark_confidence(
-            estimate.posterior,
-            estimate.spread_mm,
-            shift,
-            float(np.mean(last.meta.spacing)),
-            self.confidence_scale,
-        )
+        confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)
         view = GlobalView(out, x, aff) if keep_global_view else None
         return Prediction(
             world=estimate.world,
             voxel=world_to_voxel(estimate.world, affine),
             confidence=confidence,
-            flagged=confidence < self.confidence_threshold,
+            flagged=flagged,
             spread_mm=estimate.spread_mm,
             posterior=estimate.posterior,
             shift_mm=shift,
             global_estimate=global_estimate,
+            radius_mm=radius,
+            features=features,
             global_view=view,
         )
+
+    def features(
+        self, estimate: StageEstimate, global_estimate: StageEstimate, shift_mm: np.ndarray
+    ) -> np.ndarray:
+        """(K, F) cues of the final answer ``estimate`` (:data:`landmark_lit.confidence.FEATURES`)."""
+        spacing = float(np.mean((self.local_stage or self.global_stage).meta.spacing))
+        gap = estimate.mirror_gap_mm
+        if gap is None:
+            gap = global_estimate.mirror_gap_mm
+        return landmark_features(
+            estimate.spread_mm,
+            estimate.posterior,
+            shift_mm,
+            np.linalg.norm(estimate.world - global_estimate.world, axis=1),
+            global_estimate.spread_mm,
+            global_estimate.posterior,
+            gap,
+            spacing,
+        )
+
+    def score(
+        self, estimate: StageEstimate, global_estimate: StageEstimate, shift_mm: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Confidence (K,), flagged (K,), radius_mm (K,) and the cues (K, F) of a final answer."""
+        self._warn_once()
+        features = self.features(estimate, global_estimate, shift_mm)
+        cal, threshold = self.calibration, self.confidence_threshold
+        if cal is not None:
+            confidence = cal.confidence(features, self.landmark_names)
+            radius = cal.radius_mm(features, self.landmark_names)
+        else:
+            spacing = float(np.mean((self.local_stage or self.global_stage).meta.spacing))
+            confidence = landmark_confidence(
+                estimate.posterior, estimate.spread_mm, shift_mm, spacing, self.confidence_scale
+            )
+            radius = np.full(len(confidence), np.nan)
+        flagged = np.zeros(len(confidence), bool) if threshold is None else confidence < threshold
+        return confidence, flagged, radius, features

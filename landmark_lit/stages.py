@@ -28,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from landmark_lit.confidence import Calibration
 from landmark_lit.data.augment import RandomFlip
 from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing
@@ -37,13 +38,14 @@ from landmark_lit.methods.displacement import DISPLACEMENT
 from landmark_lit.networks import fold_batch_norm
 from landmark_lit.utils import first_line, is_finite_number
 
-# version 2: ``method`` always stated; version 1 (before 2026-12-02): no ``method`` key for the
-# displacement method, unknown keys ignored
-FORMAT_VERSION = 2
+# version 3: optional ``calibration``; version 2: ``method`` always stated; version 1: no ``method`` key
+# for the displacement method, unknown keys ignored
+FORMAT_VERSION = 3
 BUNDLE_FORMAT = "landmark_lit.bundle"
-BUNDLE_VERSION = 1
+# version 2: optional ``calibration`` of the whole pipeline; version 1: a fixed confidence_threshold
+BUNDLE_VERSION = 2
 STAGES = ("global", "local")
-# a landmark's confidence is posterior * exp(-(spread + shift) / (scale * working spacing))
+# the score of an uncalibrated model: posterior * exp(-(spread + shift) / (scale * working spacing))
 DEFAULT_CONFIDENCE_SCALE = 3.0
 
 
@@ -78,6 +80,9 @@ class StageMeta:
     min_size: int | list[int] | None = None
     dataset: str | None = None
     ablation: str | None = None
+    # how this stage's confidence maps to its errors (landmark_lit.confidence.Calibration.to_dict), fitted
+    # on the validation images at the end of training; None for models trained before it existed
+    calibration: dict[str, Any] | None = None
     format_version: int = FORMAT_VERSION
 
     # --- building ----------------------------------------------------------------------------------
@@ -185,6 +190,8 @@ class StageMeta:
             )
         try:
             method.decoder_from_description(self.decoder)
+            if self.calibration is not None:
+                Calibration.from_dict(self.calibration, "calibration")
         except ValueError as exc:
             raise CheckpointError(f"{where}: {first_line(exc)}") from None
 
@@ -276,9 +283,10 @@ def check_stages_fit(global_stage: Stage, local_stages: Sequence[Stage]) -> None
             raise CheckpointError(f"{loc.path}: local and global models expect different channel counts")
 
 
-def default_confidence_threshold(stages: Sequence[Stage]) -> float:
-    """The flagging threshold of a pipeline: the default of its last stage's method."""
-    return float(stages[-1].method.confidence_threshold)
+def stage_calibration(stage: Stage) -> Calibration | None:
+    """The calibration stored with a stage at the end of its training, if any."""
+    cal = stage.meta.calibration
+    return None if cal is None else Calibration.from_dict(cal, f"{stage.path}: calibration")
 
 
 # --- checkpoints -----------------------------------------------------------------------------------
@@ -395,6 +403,7 @@ class Bundle:
     confidence_threshold: float | None = None
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE
     mirror: MirrorAverage | None = None
+    calibration: Calibration | None = None
 
 
 def save_bundle(
@@ -405,13 +414,16 @@ def save_bundle(
     confidence_threshold: float | None = None,
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE,
     mirror: MirrorAverage | None = None,
+    calibration: Calibration | None = None,
 ) -> dict:
     """Write a model bundle: the stages of these checkpoints and what prediction needs, in one file.
 
     The checkpoints are validated (they must load and fit together) before anything is written; the file
-    is written atomically. ``confidence_threshold`` None: the default of the last stage's method;
-    ``mirror``: the test-time mirror prediction runs with (None: none). Returns the bundle's summary
-    (everything but the weights).
+    is written atomically. ``calibration``: the whole pipeline's, fitted on validation images
+    (:func:`landmark_lit.calibrate.calibrate_predictor`; None: the last stage's, if it has one);
+    ``confidence_threshold``: flag below this instead of the calibration's threshold (None: the
+    calibration's); ``mirror``: the test-time mirror prediction runs with (None: none). Returns the
+    bundle's summary (everything but the weights).
     """
     paths = [str(global_checkpoint), *map(str, local_checkpoints)]
     parts = [checkpoint_parts(p) for p in paths]
@@ -425,7 +437,6 @@ def save_bundle(
             mirror.check(len(stages[0].meta.landmark_names), int(stages[0].meta.spatial_dims))
         except ValueError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-    threshold = default_confidence_threshold(stages) if confidence_threshold is None else confidence_threshold
     summary = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -433,9 +444,10 @@ def save_bundle(
         "landmark_names": list(stages[0].meta.landmark_names),
         "spatial_dims": int(stages[0].meta.spatial_dims),
         "local_iterations": int(local_iterations),
-        "confidence_threshold": float(threshold),
+        "confidence_threshold": None if confidence_threshold is None else float(confidence_threshold),
         "confidence_scale": float(confidence_scale),
         "mirror": None if mirror is None else mirror.to_dict(),
+        "calibration": None if calibration is None else calibration.to_dict(),
         "sources": [os.path.basename(p) for p in paths],
     }
     stored = [
@@ -452,9 +464,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     data = torch_load(path)
     if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
         raise CheckpointError(f"{path}: not a landmark_lit model bundle")
-    if data.get("version") != BUNDLE_VERSION:
+    version = data.get("version")
+    if version not in (1, BUNDLE_VERSION):
         raise CheckpointError(
-            f"{path}: bundle version {data.get('version')!r}, this landmark_lit reads {BUNDLE_VERSION}"
+            f"{path}: bundle version {version!r}, this landmark_lit reads 1 to {BUNDLE_VERSION}"
         )
     stored = data.get("stages")
     if not isinstance(stored, list) or not stored or not all(isinstance(s, dict) for s in stored):
@@ -469,14 +482,18 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     iterations = data.get("local_iterations", 1)
     threshold = data.get("confidence_threshold")
     scale = data.get("confidence_scale", DEFAULT_CONFIDENCE_SCALE)
-    _check_run_settings(iterations, threshold, scale, path, threshold_required=True)
+    # version 1 bundles state the threshold of their (uncalibrated) score
+    _check_run_settings(iterations, threshold, scale, path, threshold_required=version == 1)
     try:
         mirror = MirrorAverage.from_dict(data.get("mirror"))
         if mirror is not None:
             mirror.check(len(built[0].meta.landmark_names), int(built[0].meta.spatial_dims))
+        stored_cal = data.get("calibration")
+        calibration = None if stored_cal is None else Calibration.from_dict(stored_cal, "calibration")
     except ValueError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    return Bundle(built[0], built[1:], iterations, float(threshold), float(scale), mirror)
+        raise CheckpointError(f"{path}: {first_line(exc)}") from None
+    threshold = None if threshold is None else float(threshold)
+    return Bundle(built[0], built[1:], iterations, threshold, float(scale), mirror, calibration)
 
 
 def _check_run_settings(

@@ -99,6 +99,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             metrics[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
             _summarise_best(loggers, module.val_history, ckpt_cb.monitor, float(ckpt_cb.best_model_score))
         last = ckpt_cb.last_model_path if ckpt_cb else ""
+        calibration = cfg.get("calibration") or {}
+        if best and calibration.get("enabled", False) and trainer.is_global_zero:
+            from landmark_lit.calibrate import calibrate_checkpoint
+            from landmark_lit.confidence import CalibrationError
+
+            try:
+                cal = calibrate_checkpoint(
+                    best,
+                    [last],
+                    datamodule.sources["val"],
+                    OmegaConf.to_container(calibration, resolve=True),
+                    offset_sd_mm=OmegaConf.select(cfg, "data.local_offset_sd_mm", default=None),
+                    description=f"{cfg.dataset.name} validation",
+                )
+                metrics.update({f"calibration/{k}": float(v) for k, v in cal.validation.items()
+                                if isinstance(v, int | float) and not isinstance(v, bool)})  # fmt: skip
+            except CalibrationError as exc:  # e.g. too few validation landmarks: the model stays usable
+                log.warning("%s: not calibrated: %s", best, exc)
         if cfg.get("run_test") and cfg.data.get("test") is not None:
             test_metrics = trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False

@@ -19,7 +19,7 @@ from PIL import Image
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.cli.predict import predict as predict_cli
 from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
-from landmark_lit.methods.displacement import DISPLACEMENT, vote_statistics
+from landmark_lit.methods.displacement import vote_statistics
 from landmark_lit.networks import DisplacementOutput
 from landmark_lit.predict_files import find_inputs, predict_files
 from landmark_lit.predictor import LandmarkPredictor, landmark_confidence
@@ -57,10 +57,10 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
     bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
     direct = LandmarkPredictor.from_checkpoints(g, loc, 2)
     assert bundled.local_iterations == 2 and bundled.confidence_threshold == 0.2
-    # without a threshold: the displacement method's default, in the bundle too
-    assert direct.confidence_threshold == DISPLACEMENT.confidence_threshold == 0.01
-    assert save_bundle(tmp_path / "default.pt", g, [loc])["confidence_threshold"] == 0.01
-    assert LandmarkPredictor.from_bundle(tmp_path / "default.pt").confidence_threshold == 0.01
+    # without a threshold or calibration: no method-wide constant, nothing flagged
+    assert direct.confidence_threshold is None and direct.calibration is None
+    assert save_bundle(tmp_path / "default.pt", g, [loc])["confidence_threshold"] is None
+    assert LandmarkPredictor.from_bundle(tmp_path / "default.pt").confidence_threshold is None
     image = np.random.default_rng(1).normal(size=(1, *[24] * d)).astype(np.float32)
     affine = np.diag([1.2] * d + [1.0])
     a, b = bundled.predict(image, affine), direct.predict(image, affine)

@@ -15,7 +15,14 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
 from landmark_lit.cli import CONFIG_DIR
-from landmark_lit.evaluation.report import evaluate_predictions, format_table, format_time
+from landmark_lit.confidence import DEFAULT_FAILURE_MM
+from landmark_lit.evaluation.report import (
+    confidence_rows,
+    evaluate_predictions,
+    format_table,
+    format_time,
+    markdown_table,
+)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -30,8 +37,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         output_dir=to_absolute_path(str(cfg.output_dir)),
         thresholds=[float(t) for t in cfg.thresholds],
         n_worst=int(cfg.n_worst),
+        failure_mm=float(cfg.get("failure_mm", DEFAULT_FAILURE_MM)),
+        report=bool(cfg.get("report", False)),
     )
     print(format_table(summary))
+    if summary.get("confidence"):
+        header, rows = confidence_rows(summary["confidence"])
+        print(markdown_table(header, rows))
     print(format_time(summary.get("time_s")))
     print(f"Outputs: {to_absolute_path(str(cfg.output_dir))}")
     return summary

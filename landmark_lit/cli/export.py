@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.confidence import DEFAULT_COVERAGE, DEFAULT_FAILURE_MM, DEFAULT_GOAL, Calibration
 from landmark_lit.predictor import LandmarkPredictor
 from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage, Stage, save_bundle
 from landmark_lit.utils import first_line
@@ -58,8 +59,28 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         if mirror is not None:
             mirror = OmegaConf.to_container(mirror) if OmegaConf.is_config(mirror) else mirror
             mirror = MirrorAverage.from_dict(mirror, predictor.landmark_names)
+        predictor.mirror = mirror
+        calibration = None
+        if cfg.get("calibration_dataset") or cfg.get("calibration_manifest"):
+            from landmark_lit.calibrate import calibrate_predictor, calibration_source
+
+            source, failure, description = calibration_source(
+                cfg.get("calibration_dataset"),
+                cfg.get("calibration_manifest"),
+                str(cfg.get("calibration_split") or "val"),
+            )
+            failure = cfg.get("failure_mm") or failure or DEFAULT_FAILURE_MM
+            calibration = calibrate_predictor(
+                predictor,
+                source,
+                float(failure),
+                float(cfg.get("calibration_goal", DEFAULT_GOAL)),
+                float(cfg.get("radius_coverage", DEFAULT_COVERAGE)),
+                description,
+            )
+            written["calibration"] = _calibration_line(calibration)
         if "bundle" in formats:
-            save_bundle(out, global_ckpt, local, iterations, threshold, scale, mirror)
+            save_bundle(out, global_ckpt, local, iterations, threshold, scale, mirror, calibration)
             written["bundle"] = out
     stages = {"global": predictor.global_stage} | {
         f"local{n}": s for n, s in enumerate(predictor.local_stages)
@@ -78,6 +99,16 @@ def export(cfg: DictConfig) -> dict[str, Path]:
                 export_onnx(stage.net, path, example_input(stage), meta=stage.meta.to_dict())
                 written[f"onnx/{name}"] = path
     return written
+
+
+def _calibration_line(cal: Calibration) -> str:
+    v = cal.validation
+    return (
+        f"{v['n_landmarks']} validation landmarks: threshold {cal.threshold:.3f} flags "
+        f"{100 * v['share_flagged']:.1f} % and catches {v['failures_caught']} of {v['failures']} errors "
+        f"> {cal.failure_mm:g} mm; the {100 * cal.coverage:g} % radius covers "
+        f"{100 * v['radius_coverage']:.1f} % (median {v['radius_median_mm']:.2f} mm)"
+    )
 
 
 @hydra.main(version_base="1.3", config_path=PREDICT_CONFIG_DIR, config_name="export")

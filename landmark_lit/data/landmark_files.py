@@ -31,6 +31,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -425,7 +426,8 @@ def _format_json(
             entry["seconds_without_io"] = float(table.seconds_without_io[case])
         for key, values in extra.items():
             entry[key] = [
-                v.item() if isinstance(v, np.generic) else v for v in np.asarray(values[case]).tolist()
+                None if isinstance(v, float) and not math.isfinite(v) else v
+                for v in np.asarray(values[case]).tolist()
             ]
         cases[case] = entry
     data = {"coordinate_system": COORDINATE_SYSTEM, "landmarks": list(table.names), "cases": cases}
@@ -434,6 +436,39 @@ def _format_json(
     return (
         _NUMBER_LIST.sub(lambda m: "[" + re.sub(r"\s+", "", m.group(1)).replace(",", ", ") + "]", text) + "\n"
     )
+
+
+def read_landmark_scores(
+    path: str | os.PathLike, keys: Sequence[str], table: LandmarkTable
+) -> dict[str, dict[str, np.ndarray]]:
+    """The per-landmark values ``keys`` (e.g. ``confidence``, ``flagged``, ``radius_mm``) that
+    :func:`write_landmark_table` wrote beside the coordinates of ``table`` (read from ``path``): key ->
+    case -> (K,) float in ``table.names`` order (NaN where absent). Keys the file lacks are left out."""
+    path = Path(path)
+    index = {n: k for k, n in enumerate(table.names)}
+    out: dict[str, dict[str, np.ndarray]] = {}
+    text = path.read_text()
+    if path.suffix.lower() == ".json":
+        data = json.loads(text)
+        names = data.get("landmarks") or []
+        for case, entry in (data.get("cases") or {}).items():
+            for key in keys:
+                values = entry.get(key) if isinstance(entry, dict) else None
+                if not isinstance(values, list) or len(values) != len(names):
+                    continue
+                row = out.setdefault(key, {}).setdefault(case, np.full(len(table.names), np.nan))
+                for name, v in zip(names, values, strict=True):
+                    if name in index and v is not None:
+                        row[index[name]] = float(v)
+        return out
+    for row in csv.DictReader(io.StringIO(text)):
+        case, name = (row.get("case") or "").strip(), (row.get("landmark") or "").strip()
+        for key in keys:
+            cell = (row.get(key) or "").strip()
+            if name in index and cell and cell.lower() != "nan":
+                arr = out.setdefault(key, {}).setdefault(case, np.full(len(table.names), np.nan))
+                arr[index[name]] = float(cell)
+    return out
 
 
 def coordinate_system_of(value: str) -> str:
@@ -742,12 +777,17 @@ def read_fcsv(path: str | os.PathLike, name_column: str = "label") -> tuple[list
 
 
 def write_slicer_markups(
-    path: str | os.PathLike, names: list[str], points: np.ndarray, coordinate_system: str = "LPS"
+    path: str | os.PathLike,
+    names: list[str],
+    points: np.ndarray,
+    coordinate_system: str = "LPS",
+    descriptions: Sequence[str] | None = None,
 ) -> None:
     """Write (K, 3) world mm RAS points as a Slicer markups point list (``.mrk.json``), atomically.
 
     Points are stored in ``coordinate_system`` ("LPS", Slicer 5's default, or "RAS"); NaN rows become
-    control points with ``positionStatus`` "missing", as Slicer writes them.
+    control points with ``positionStatus`` "missing", as Slicer writes them. ``descriptions``: one text per
+    point, shown in Slicer's control point table (e.g. confidence and uncertainty radius).
     """
     system = coordinate_system_of(coordinate_system)
     if system == "voxel":
@@ -764,6 +804,8 @@ def write_slicer_markups(
                 "positionStatus": "missing" if missing else "defined",
             }
         )
+        if descriptions is not None:
+            control[-1]["description"] = str(descriptions[k - 1])
     data = {
         "@schema": SLICER_SCHEMA,
         "markups": [

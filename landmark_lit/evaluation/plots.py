@@ -241,8 +241,10 @@ def plot_landmarks(
     flagged: np.ndarray | None = None,
     landmark: int | None = None,
     title: str = "",
+    radius_mm: np.ndarray | None = None,
 ) -> None:
-    """Predicted landmarks (magenta x, named; flagged ones in orange) and optional references (blue +).
+    """Predicted landmarks (magenta x, named; flagged ones in orange) and optional references (blue +);
+    with ``radius_mm``, each landmark's uncertainty radius as a circle (its trace on the slice in 3D).
 
     2D: the whole image with every landmark. 3D: three orthogonal slices through landmark ``landmark``
     (its prediction), that landmark named, the others not drawn.
@@ -257,7 +259,10 @@ def plot_landmarks(
         flagged: optional (K,) bool, landmarks whose confidence is below the threshold.
         landmark: the landmark of a 3D picture (required for 3D).
         title: figure title.
+        radius_mm: optional (K,) uncertainty radii in mm (NaN: none drawn).
     """
+    from matplotlib.patches import Ellipse
+
     volume = np.asarray(image, dtype=np.float64).mean(axis=0)
     dims = volume.ndim
     affine = np.asarray(affine, dtype=np.float64)
@@ -271,6 +276,15 @@ def plot_landmarks(
     )
     flags = np.zeros(len(names), bool) if flagged is None else np.asarray(flagged, bool)
     spacing = np.linalg.norm(affine[:-1, :-1], axis=0)
+    radii = np.full(len(names), np.nan) if radius_mm is None else np.asarray(radius_mm, np.float64)
+
+    def circle(ax: Axes, k: int, a: int, b: int, off_mm: float = 0.0) -> None:
+        # the radius' sphere cut by the drawn plane, ``off_mm`` from the landmark
+        r = float(np.sqrt(max(radii[k] ** 2 - off_mm**2, 0.0))) if np.isfinite(radii[k]) else 0.0
+        if r > 0:
+            colour = "orange" if flags[k] else PREDICTION_STYLE["color"]
+            ax.add_patch(Ellipse((pred[k, a], pred[k, b]), 2 * r / spacing[a], 2 * r / spacing[b],
+                                 fill=False, edgecolor=colour, linewidth=0.8, alpha=0.8))  # fmt: skip
 
     def mark(ax: Axes, k: int, a: int, b: int, label: bool) -> None:
         if ref is not None and np.all(np.isfinite(ref[k])):
@@ -290,6 +304,8 @@ def plot_landmarks(
         _show(ax, volume, (spacing[0], spacing[1]), origin="upper")
         for k in range(len(names)):
             mark(ax, k, 0, 1, True)
+            if np.all(np.isfinite(pred[k])):
+                circle(ax, k, 0, 1)
     else:
         if landmark is None:
             raise ValueError("a 3D picture shows one landmark: pass landmark=k")
@@ -300,9 +316,46 @@ def plot_landmarks(
             ax = fig.add_subplot(1, 3, n + 1)
             _show(ax, np.take(volume, centre[axis], axis=axis), (spacing[a], spacing[b]), origin="lower")
             mark(ax, landmark, a, b, n == 0)
+            if np.all(np.isfinite(pred[landmark])):
+                circle(ax, landmark, a, b, abs(centre[axis] - pred[landmark, axis]) * spacing[axis])
             ax.set_title(f"axis {axis} = {centre[axis]}", fontsize=9)
             ax.set_xlim(-0.5, volume.shape[a] - 0.5)
             ax.set_ylim(-0.5, volume.shape[b] - 0.5)
     if title:
         fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def plot_confidence_curve(
+    errors: np.ndarray,
+    confidence: np.ndarray,
+    failure_mm: float,
+    path: str | os.PathLike,
+    flagged: np.ndarray | None = None,
+) -> None:
+    """Share of landmarks flagged (lowest confidence first) against the share of failures (error >
+    ``failure_mm``) among them, with the diagonal of a score that knows nothing and the stored
+    threshold's point (``flagged``)."""
+    err = np.asarray(errors, np.float64).reshape(-1)
+    conf = np.asarray(confidence, np.float64).reshape(-1)
+    ok = np.isfinite(err) & np.isfinite(conf)
+    err, conf = err[ok], conf[ok]
+    failed = err > failure_mm
+    fig = _new_figure(5, 4.5)
+    ax = fig.add_subplot()
+    if failed.any() and len(err):
+        order = np.argsort(conf, kind="stable")
+        share = np.arange(1, len(err) + 1) / len(err)
+        caught = np.cumsum(failed[order]) / failed.sum()
+        ax.plot(np.r_[0, share] * 100, np.r_[0, caught] * 100, label="confidence")
+        if flagged is not None:
+            f = np.asarray(flagged, bool).reshape(-1)[ok]
+            ax.plot([100 * f.mean()], [100 * (f & failed).sum() / failed.sum()], "o", color="orange",
+                    label="stored threshold")  # fmt: skip
+    ax.plot([0, 100], [0, 100], linestyle=":", color="grey", label="chance")
+    ax.set_xlabel("landmarks flagged (%)")
+    ax.set_ylabel(f"errors > {failure_mm:g} mm caught (%)")
+    ax.set_title(f"{int(failed.sum())} failures of {len(err)} landmarks", fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
     _save(fig, path)

@@ -1,8 +1,9 @@
 """Evaluation of a predictions table against reference landmarks (SPEC section 5).
 
 :func:`evaluate_predictions` writes, into one folder: ``errors.csv`` (every case and landmark),
-``summary.json``, ``summary.md``, ``sdr_curve.png``, ``boxplot.png`` and ``worst_XX_<case>_<landmark>.png``
-overlays of the worst errors.
+``summary.json``, ``summary.md``, ``sdr_curve.png``, ``boxplot.png``, ``worst_XX_<case>_<landmark>.png``
+overlays of the worst errors, with confidences in the predictions ``confidence_curve.png``, and on request
+``report.html``.
 """
 
 from __future__ import annotations
@@ -20,9 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from landmark_lit.confidence import DEFAULT_FAILURE_MM, confidence_figures
 from landmark_lit.data.io import ImageReadError, atomic_write_text, load_image
-from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_table
-from landmark_lit.evaluation.plots import plot_error_boxplot, plot_overlay, plot_sdr_curve
+from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_scores, read_landmark_table
+from landmark_lit.evaluation.plots import (
+    plot_confidence_curve,
+    plot_error_boxplot,
+    plot_overlay,
+    plot_sdr_curve,
+)
 from landmark_lit.evaluation.stats import summarize_by_landmark
 from landmark_lit.metrics import ISBI_THRESHOLDS_MM, PAPER_THRESHOLDS_MM, radial_errors, sdr_key
 from landmark_lit.utils import safe_file_name
@@ -38,6 +45,8 @@ def evaluate_predictions(
     output_dir: str | os.PathLike,
     thresholds: Sequence[float] = ISBI_THRESHOLDS_MM,
     n_worst: int = 3,
+    failure_mm: float = DEFAULT_FAILURE_MM,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Compare predicted with reference landmarks (both world mm) and write the evaluation outputs.
 
@@ -54,6 +63,10 @@ def evaluate_predictions(
         output_dir: folder for the outputs (created).
         thresholds: SDR thresholds in mm shown in the Markdown table (the JSON also holds 0.5..5 mm).
         n_worst: number of worst (case, landmark) errors to draw.
+        failure_mm: an error above this is a failure: how well the predictions' ``confidence``, ``flagged``
+            and ``radius_mm`` (when the table has them) find the failures, overall and per landmark
+            (``confidence`` in the summary, ``confidence_curve.png``).
+        report: also write ``report.html``, one self-contained page of the tables and figures.
 
     Returns:
         The summary written to ``summary.json`` (NaN as None): ``per_landmark`` and ``overall`` statistics
@@ -78,6 +91,9 @@ def evaluate_predictions(
         "per_landmark": stats["per_landmark"],
         "time_s": _time_summary(pred, cases),
     }
+    scores = _scores(predictions, pred, ref)
+    if scores:
+        summary["confidence"] = confidence_summary(errors, names, scores, failure_mm)
     summary = _json_safe(summary)
 
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +102,12 @@ def evaluate_predictions(
     atomic_write_text(output_dir / "summary.md", format_markdown(summary))
     plot_sdr_curve({predictions.stem: errors}, output_dir / "sdr_curve.png")
     plot_error_boxplot(errors, names, output_dir / "boxplot.png")
-    _plot_worst(pred, ref, errors, predictions, output_dir, n_worst)
+    if scores.get("confidence") is not None:
+        plot_confidence_curve(errors, scores["confidence"], failure_mm, output_dir / "confidence_curve.png",
+                              flagged=scores.get("flagged"))  # fmt: skip
+    worst = _plot_worst(pred, ref, errors, predictions, output_dir, n_worst)
+    if report:
+        _write_report(output_dir, summary, worst)
     log.info("evaluation of %s against %s written to %s", predictions, references, output_dir)
     return summary
 
@@ -182,15 +203,124 @@ def format_time(time_s: dict[str, Any] | None) -> str:
 
 
 def format_markdown(summary: dict[str, Any]) -> str:
-    """The ``summary.md`` document: inputs, table and processing time."""
-    return (
+    """The ``summary.md`` document: inputs, table, confidence table and processing time."""
+    text = (
         "# Landmark evaluation\n\n"
         f"- predictions: `{summary['predictions']}`\n"
         f"- references: `{summary['references']}`\n"
         f"- {summary['n_cases']} cases, {len(summary['landmarks'])} landmarks, {summary['spatial_dims']}D, "
         "radial errors in world mm\n\n"
-        f"{format_table(summary)}\n\n{format_time(summary.get('time_s'))}\n"
+        f"{format_table(summary)}\n\n"
     )
+    if summary.get("confidence"):
+        text += f"## Confidence\n\n{markdown_table(*confidence_rows(summary['confidence']))}\n\n"
+    return text + f"{format_time(summary.get('time_s'))}\n"
+
+
+CONFIDENCE_COLUMNS = (
+    ("n", "n", 0),
+    ("failures", "failures", 0),
+    ("auroc_2mm", "AUROC >2 mm", 3),
+    ("auroc_failure", "AUROC >{failure} mm", 3),
+    ("share_flagged", "flagged %", 1),
+    ("share_failures_caught", "failures caught %", 1),
+    ("radius_coverage", "radius coverage %", 1),
+    ("radius_median_mm", "radius median mm", 2),
+)
+
+
+def confidence_summary(
+    errors: np.ndarray, names: Sequence[str], scores: dict[str, np.ndarray], failure_mm: float
+) -> dict[str, Any]:
+    """:func:`~landmark_lit.confidence.confidence_figures` of (N, K) errors and their (N, K) scores,
+    overall and per landmark."""
+
+    def figures(sel: Any) -> dict[str, Any]:
+        part = {k: (v[sel] if v is not None else None) for k, v in scores.items()}
+        out = confidence_figures(errors[sel], part.get("confidence"), part.get("flagged"),
+                                 part.get("radius_mm"), failure_mm)  # fmt: skip
+        out["auroc_failure"] = out.get(f"auroc_{float(failure_mm):g}mm")
+        return out
+
+    return {
+        "failure_mm": float(failure_mm),
+        "overall": figures(slice(None)),
+        "per_landmark": {name: figures((slice(None), k)) for k, name in enumerate(names)},
+    }
+
+
+def confidence_rows(conf: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (per landmark, then All) of a :func:`confidence_summary`."""
+    header = [
+        "Landmark",
+        *(label.format(failure=f"{conf['failure_mm']:g}") for _, label, _ in CONFIDENCE_COLUMNS),
+    ]
+    rows = []
+    for name, fig in [*conf["per_landmark"].items(), ("All", conf["overall"])]:
+        cells = [name]
+        for key, _, digits in CONFIDENCE_COLUMNS:
+            v = fig.get(key)
+            scale = 100 if key.startswith(("share", "radius_cov")) and v is not None else 1
+            cells.append(_fmt(None if v is None else v * scale, digits))
+        rows.append(cells)
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _scores(path: Path, pred: LandmarkTable, ref: LandmarkTable) -> dict[str, np.ndarray]:
+    """(N, K) ``confidence``, ``flagged`` and ``radius_mm`` of the predictions, in the reference's case
+    and landmark order; keys the predictions lack (or that are NaN throughout) are left out."""
+    stored = read_landmark_scores(path, ("confidence", "flagged", "radius_mm"), pred)
+    order = [pred.names.index(name) for name in ref.names]
+    out = {}
+    for key, per_case in stored.items():
+        if not all(c in per_case for c in ref.cases):
+            continue
+        values = np.stack([per_case[c][order] for c in ref.cases])
+        if np.isfinite(values).any():
+            out[key] = values.astype(bool) if key == "flagged" else values
+    return out
+
+
+def _write_report(output_dir: Path, summary: dict[str, Any], worst: list[tuple[str, Path]]) -> None:
+    from landmark_lit.evaluation.html import evaluation_report
+
+    tables = [{"caption": "Radial error (mm) and SDR (%)", **_table_of(format_table(summary))}]
+    if summary.get("confidence"):
+        header, rows = confidence_rows(summary["confidence"])
+        tables.append({"caption": f"Confidence (failure: error > {summary['confidence']['failure_mm']:g} mm)",
+                       "columns": header, "rows": [_numbers(r) for r in rows]})  # fmt: skip
+    images = [{"caption": "Success detection rate", "path": output_dir / "sdr_curve.png"},
+              {"caption": "Error per landmark", "path": output_dir / "boxplot.png"}]  # fmt: skip
+    if (output_dir / "confidence_curve.png").is_file():
+        images.append({"caption": "Confidence curve: share flagged vs failures caught",
+                       "path": output_dir / "confidence_curve.png"})  # fmt: skip
+    images += [
+        {"caption": f"Worst case {n}: {title}", "path": path} for n, (title, path) in enumerate(worst, 1)
+    ]
+    evaluation_report(output_dir / "report.html", tables, images)
+
+
+def _numbers(row: list[str]) -> list[Any]:
+    out: list[Any] = []
+    for cell in row:
+        try:
+            out.append(float(cell))
+        except ValueError:
+            out.append(None if cell == "n/a" else cell)
+    return out
+
+
+def _table_of(markdown: str) -> dict[str, Any]:
+    lines = [
+        line for line in markdown.splitlines() if not line.startswith("|-") and not line.startswith("|:")
+    ]
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {"columns": cells[0], "rows": cells[1:]}
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -259,11 +389,13 @@ def _plot_worst(
     output_dir: Path,
     n_worst: int,
 ) -> None:
-    """Overlays of the ``n_worst`` largest errors, when the image of the case can be found."""
+    """Overlays of the ``n_worst`` largest errors, when the image of the case can be found; returns
+    (title, file) of each one drawn."""
     for stale in output_dir.glob("worst_[0-9][0-9]_*.png"):  # from an earlier run into the same folder
         stale.unlink()
+    drawn: list[tuple[str, Path]] = []
     if n_worst <= 0:
-        return
+        return drawn
     flat = np.where(np.isnan(errors), -np.inf, errors).reshape(-1)
     ranked = [i for i in np.argsort(-flat, kind="stable")[:n_worst] if np.isfinite(flat[i])]
     images: dict[str, tuple[np.ndarray, np.ndarray] | None] = {}
@@ -284,17 +416,16 @@ def _plot_worst(
             skipped.append(case)
             continue
         image, affine = images[case]
+        file = output_dir / f"worst_{rank:02d}_{safe_file_name(case)}_{safe_file_name(name)}.png"
+        title = f"{case} / {name}: {errors[n, k]:.2f} mm"
         plot_overlay(
-            image,
-            affine,
-            ref.coords[case][k],
-            pred.coords[case][pred.names.index(name)],
-            output_dir / f"worst_{rank:02d}_{safe_file_name(case)}_{safe_file_name(name)}.png",
-            title=f"{case} / {name}: {errors[n, k]:.2f} mm",
+            image, affine, ref.coords[case][k], pred.coords[case][pred.names.index(name)], file, title=title
         )
+        drawn.append((title, file))
     if skipped:
         log.info(
             "worst-case overlays skipped for %d case(s) without a readable image path in the predictions: %s",
             len(skipped),
             _listed(sorted(set(skipped))),
         )
+    return drawn

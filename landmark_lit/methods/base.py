@@ -27,8 +27,6 @@ class Method(ABC):
         networks: stage name -> network class (e.g. ``{"global": GlobalNet, "local": LocalNet}``); the
             stages this method has.
         loss_class, decoder_class: the loss and decoder types the configs must build.
-        confidence_threshold: the default flagging threshold of a model whose last stage is of this method
-            (its confidence's posterior means different things per method).
         has_votes: whether the method's outputs are cell votes that :meth:`vote_field` can draw.
         string_network_arguments: per network class, the network arguments that are strings and their
             allowed values (all other arguments are integers, booleans or lists of them).
@@ -38,7 +36,6 @@ class Method(ABC):
     networks: ClassVar[Mapping[str, type[nn.Module]]]
     loss_class: ClassVar[type]
     decoder_class: ClassVar[type]
-    confidence_threshold: ClassVar[float]
     has_votes: ClassVar[bool] = False
     string_network_arguments: ClassVar[Mapping[type[nn.Module], Mapping[str, tuple[str, ...]]]] = {}
 

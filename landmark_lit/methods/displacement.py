@@ -300,9 +300,6 @@ class DisplacementMethod(Method):
     networks = {"global": GlobalNet, "local": LocalNet}
     loss_class = DisplacementLoss
     decoder_class = VoteDecoder
-    # the round value just above the highest confidence of an error above 4 mm on the ISBI 2015
-    # validation images: 0.0089 (7 failures of 190; experiments/isbi2015/RESULTS.md)
-    confidence_threshold = 0.01
     has_votes = True
 
     def describe_decoder(self, decoder: VoteDecoder) -> dict[str, Any]:

@@ -288,9 +288,6 @@ class HeatmapMethod(Method):
     networks = {"global": HeatmapUNet}
     loss_class = HeatmapLoss
     decoder_class = HeatmapDecoder
-    # the round value just above the highest confidence of an error above 4 mm on the ISBI 2015
-    # validation images: 0.338 (2 failures of 190; experiments/bench/RESULTS.md)
-    confidence_threshold = 0.34
     string_network_arguments = {HeatmapUNet: {"norm": NORMS}}
 
     def describe_decoder(self, decoder: HeatmapDecoder) -> dict[str, Any]:

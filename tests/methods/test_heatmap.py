@@ -232,8 +232,11 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
     assert isinstance(load_stage(res["best_checkpoint"]).decoder, HeatmapDecoder)
 
     predictor = LandmarkPredictor.from_checkpoints(res["best_checkpoint"])
-    # a heatmap peak over the target's is not a classification probability: its own default threshold
-    assert predictor.confidence_threshold == HEATMAP.confidence_threshold == 0.34
+    # calibrated at the end of training on the validation images, as every model is
+    cal = predictor.calibration
+    assert cal is not None and cal.fitted_on["pipeline"]["local_stages"] == 0
+    assert predictor.confidence_threshold == cal.threshold
+    assert cal.validation["n_landmarks"] == 2 * len(meta["landmark_names"])
     case = instantiate(cfg.dataset.test)[0]
     pred = predictor.predict(case.image, case.affine)
     assert pred.world.shape == case.landmarks_world.shape and np.isfinite(pred.world).all()
@@ -241,9 +244,10 @@ def test_train_heatmap_then_predict_and_bundle(tmp_path):
 
     summary = save_bundle(tmp_path / "model.pt", res["best_checkpoint"])
     assert summary["landmark_names"] == meta["landmark_names"]
-    assert summary["confidence_threshold"] == HEATMAP.confidence_threshold
+    assert summary["confidence_threshold"] is None and summary["calibration"] is None  # the stage's is used
+    assert LandmarkPredictor.from_bundle(tmp_path / "model.pt").calibration == cal
     again = LandmarkPredictor.from_bundle(tmp_path / "model.pt").predict(case.image, case.affine)
-    for key in ("world", "confidence", "spread_mm", "posterior"):
+    for key in ("world", "confidence", "radius_mm", "spread_mm", "posterior"):
         np.testing.assert_allclose(getattr(again, key), getattr(pred, key), rtol=1e-6, atol=1e-6)
 
 

@@ -1,0 +1,149 @@
+"""Calibration belongs to the model: stored in checkpoints and bundles, read back, used at prediction time;
+an uncalibrated model says so once; older bundles still load."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from helpers import NAMES, stage_description, write_checkpoint
+
+from landmark_lit.calibrate import (
+    calibrate_checkpoint,
+    calibrate_local_stage,
+    calibrate_predictor,
+    calibration_source,
+)
+from landmark_lit.confidence import Calibration
+from landmark_lit.data.cases import Case
+from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.stages import load_bundle, load_stage, save_bundle
+
+
+class RandomCases:
+    """Annotated random images of the tiny test models (landmarks a, b)."""
+
+    landmark_names = NAMES
+
+    def __init__(self, n: int = 12, dims: int = 2, seed: int = 0) -> None:
+        self.n, self.spatial_dims, self.seed = n, dims, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Case:
+        rng = np.random.default_rng(self.seed * 1000 + i)
+        image = rng.normal(size=(1, *[24] * self.spatial_dims)).astype(np.float32)
+        affine = np.diag([1.2] * self.spatial_dims + [1.0])
+        return Case(f"c{i}", image, affine, rng.uniform(6, 22, size=(2, self.spatial_dims)))
+
+
+@pytest.fixture
+def models(tmp_path):
+    torch.manual_seed(0)
+    g = write_checkpoint(tmp_path / "global.ckpt", stage_description("global", 2, 2.0, 16))
+    loc = write_checkpoint(tmp_path / "local.ckpt", stage_description("local", 2, 1.0, 8))
+    return g, loc
+
+
+def test_end_of_training_calibration_is_stored_in_the_checkpoint(models, tmp_path):
+    g, _ = models
+    copy = tmp_path / "last.ckpt"
+    copy.write_bytes(g.read_bytes())
+    cal = calibrate_checkpoint(g, [copy], RandomCases(), {"failure_mm": 3.0, "goal": 0.7, "coverage": 0.8})
+    for path in (g, copy):
+        stored = load_stage(path).meta.calibration
+        assert Calibration.from_dict(stored, str(path)) == cal
+    assert cal.failure_mm == 3.0 and cal.goal == 0.7 and cal.coverage == 0.8
+    assert cal.fitted_on["pipeline"] == {"local_stages": 0, "local_iterations": 0, "mirror": None}
+    predictor = LandmarkPredictor.from_checkpoints(g)
+    assert predictor.calibration == cal and predictor.confidence_threshold == cal.threshold
+    case = RandomCases(seed=1)[0]
+    p = predictor.predict(case.image, case.affine)
+    np.testing.assert_allclose(p.confidence, cal.confidence(p.features, NAMES))
+    np.testing.assert_array_equal(p.flagged, p.confidence < cal.threshold)
+    np.testing.assert_allclose(p.radius_mm, cal.radius_mm(p.features, NAMES))
+    assert np.all(p.radius_mm > 0)
+
+
+def test_local_stage_is_calibrated_from_offset_starts(models):
+    _, loc = models
+    stage = load_stage(loc)
+    cal = calibrate_local_stage(stage, RandomCases(), offset_sd_mm=1.5, iterations=2, seed=3)
+    assert cal.fitted_on["pipeline"] == {"local_stages": 1, "local_iterations": 2, "mirror": None}
+    assert cal.fitted_on["simulated_global_sd_mm"] == [1.5]
+    assert "log_global_gap" in cal.features  # the start offsets vary; the simulated global cues do not
+    assert "log_global_spread" not in cal.features and "logit_global_posterior" not in cal.features
+    assert cal == calibrate_local_stage(stage, RandomCases(), offset_sd_mm=1.5, iterations=2, seed=3)
+
+
+def test_bundle_stores_the_pipeline_calibration(models, tmp_path):
+    g, loc = models
+    predictor = LandmarkPredictor.from_checkpoints(g, loc, local_iterations=2)
+    cal = calibrate_predictor(predictor, RandomCases(), failure_mm=2.5)
+    assert cal.fitted_on["pipeline"] == {"local_stages": 1, "local_iterations": 2, "mirror": None}
+    summary = save_bundle(tmp_path / "model.pt", g, [loc], local_iterations=2, calibration=cal)
+    assert summary["version"] == 2 and summary["confidence_threshold"] is None
+    bundle = load_bundle(tmp_path / "model.pt")
+    assert bundle.calibration == cal
+    bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
+    assert bundled.confidence_threshold == cal.threshold
+    case = RandomCases(seed=2)[0]
+    a = bundled.predict(case.image, case.affine)
+    b = LandmarkPredictor.from_checkpoints(g, loc, 2, calibration=cal).predict(case.image, case.affine)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    np.testing.assert_array_equal(a.radius_mm, b.radius_mm)
+    # an explicit threshold overrides the calibration's
+    save_bundle(tmp_path / "strict.pt", g, [loc], 2, confidence_threshold=1.01, calibration=cal)
+    assert (
+        LandmarkPredictor.from_bundle(tmp_path / "strict.pt").predict(case.image, case.affine).flagged.all()
+    )
+
+
+def test_uncalibrated_model_warns_once_and_flags_nothing(models, caplog):
+    g, loc = models
+    predictor = LandmarkPredictor.from_checkpoints(g, loc)
+    case = RandomCases()[0]
+    with caplog.at_level(logging.WARNING, logger="landmark_lit.predictor"):
+        first = predictor.predict(case.image, case.affine)
+        predictor.predict(case.image, case.affine)
+    warnings = [r for r in caplog.records if "without calibration" in r.getMessage()]
+    assert len(warnings) == 1 and str(loc) in warnings[0].getMessage()
+    assert predictor.confidence_threshold is None and not first.flagged.any()
+    assert np.all(np.isnan(first.radius_mm)) and np.all((first.confidence >= 0) & (first.confidence <= 1))
+
+
+def test_calibration_of_another_pipeline_warns(models, caplog):
+    g, loc = models
+    cal = calibrate_predictor(LandmarkPredictor.from_checkpoints(g, loc, 1), RandomCases())
+    predictor = LandmarkPredictor.from_checkpoints(g, loc, 2, calibration=cal)
+    case = RandomCases()[0]
+    with caplog.at_level(logging.WARNING, logger="landmark_lit.predictor"):
+        predictor.predict(case.image, case.affine)
+    assert any("calibration fitted on the pipeline" in r.getMessage() for r in caplog.records)
+
+
+def test_version_1_bundle_keeps_its_threshold(models, tmp_path):
+    g, loc = models
+    save_bundle(tmp_path / "model.pt", g, [loc], confidence_threshold=0.3)
+    data = torch.load(tmp_path / "model.pt", weights_only=True)
+    data["version"] = 1
+    del data["calibration"]
+    for stage in data["stages"]:  # as version-1 bundles stored them
+        stage["meta"] = {k: v for k, v in stage["meta"].items() if k != "calibration"} | {"format_version": 2}
+    torch.save(data, tmp_path / "old.pt")
+    predictor = LandmarkPredictor.from_bundle(tmp_path / "old.pt")
+    assert predictor.calibration is None and predictor.confidence_threshold == 0.3
+    p = predictor.predict(*(lambda c: (c.image, c.affine))(RandomCases()[0]))
+    np.testing.assert_array_equal(p.flagged, p.confidence < 0.3)
+
+
+def test_calibration_source_names_bad_choices():
+    with pytest.raises(ValueError, match="either calibration_dataset"):
+        calibration_source()
+    with pytest.raises(ValueError, match="unknown dataset 'nope'"):
+        calibration_source("nope")
+    source, failure, _ = calibration_source("synthetic2d", split="val")
+    assert len(source) > 0 and failure is None
