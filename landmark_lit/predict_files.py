@@ -261,6 +261,7 @@ def predict_files(
     vector_field: str | int | None = None,
     references: str | os.PathLike | None = None,
     progress: bool | None = None,
+    report: bool = False,
 ) -> dict:
     """Predict every image of ``inputs`` (a file, folder, glob, ``.txt`` list, manifest, or a list of
     them) and write each image's files and the combined ``predictions.csv`` / ``predictions.json`` to
@@ -273,11 +274,13 @@ def predict_files(
         pictures: draw overlay pictures; vector_field: a landmark name or index whose global votes to draw.
         references: a landmark table (CSV / JSON) whose cases are drawn in the pictures as references.
         progress: progress bar (None: only on a terminal).
+        report: write ``report.html``, a review page of every image (implies ``pictures``).
 
     Returns ``{"table", "failed": {path: reason}, "done", "median_seconds", "median_seconds_without_io",
     "peak_memory_mb", "flagged"}``.
     """
     names = predictor.landmark_names
+    pictures = pictures or report
     field = _landmark_index(vector_field, names)
     g = predictor.global_stage
     if field is not None and not g.method.has_votes:
@@ -328,6 +331,8 @@ def predict_files(
     if table.coords:
         write_landmark_table(out / "predictions.csv", table, voxel=voxels, extra=scores)
         write_landmark_table(out / "predictions.json", table, voxel=voxels, extra=scores)
+    if report and table.coords:
+        write_prediction_report(out, table, scores)
     times = list(table.seconds.values())
     times_no_io = list(table.seconds_without_io.values())
     flagged = int(sum(int(np.sum(v)) for v in scores["flagged"].values()))
@@ -342,6 +347,31 @@ def predict_files(
     }
     log.info("%s", summary_line(summary))
     return summary
+
+
+def write_prediction_report(
+    out: Path, table: LandmarkTable, scores: dict[str, dict[str, np.ndarray]]
+) -> Path:
+    """``report.html``: the review page of the images done (see :mod:`landmark_lit.evaluation.html`)."""
+    from landmark_lit.evaluation.html import prediction_report
+
+    cases = []
+    for case, world in table.coords.items():
+        conf = scores["confidence"][case]
+        if world.shape[1] == 2:
+            picture = out / "pictures" / f"{case}.png"
+        else:  # 3D: the slices through the least confident landmark
+            picture = out / "pictures" / case / f"{safe_file_name(table.names[int(np.argmin(conf))])}.png"
+        landmarks = [
+            {"name": name, "confidence": float(conf[k]), "flagged": bool(scores["flagged"][case][k]),
+             "radius_mm": None if not np.isfinite(scores["radius_mm"][case][k]) else float(scores["radius_mm"][case][k]),
+             "world": [float(v) for v in world[k]]}
+            for k, name in enumerate(table.names)
+        ]  # fmt: skip
+        cases.append(
+            {"case": case, "picture": picture if picture.is_file() else None, "landmarks": landmarks}
+        )
+    return prediction_report(out / "report.html", cases)
 
 
 def summary_line(summary: dict) -> str:

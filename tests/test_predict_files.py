@@ -179,10 +179,11 @@ def test_each_image_gets_csv_json_and_slicer_markups(checkpoints, tmp_path):
     world = result["table"].coords["ceph"]
     case = json.loads((out / "ceph.json").read_text())["cases"]["ceph"]
     np.testing.assert_allclose(case["world_mm"], world)
-    assert set(case) >= {"voxel", "confidence", "flagged", "spread_mm", "posterior", "image", "seconds"}
+    assert set(case) >= {"voxel", "confidence", "flagged", "radius_mm", "spread_mm", "posterior", "image"}
     assert all(0.0 <= c <= 1.0 for c in case["confidence"])
+    assert case["radius_mm"] == [None, None]  # an uncalibrated model states no radius
     header = (out / "ceph.csv").read_text().splitlines()[0].split(",")
-    assert header[-4:] == ["confidence", "flagged", "spread_mm", "posterior"]
+    assert header[-5:] == ["confidence", "flagged", "radius_mm", "spread_mm", "posterior"]
     markups = json.loads((out / "ceph.mrk.json").read_text())["markups"][0]
     assert [p["label"] for p in markups["controlPoints"]] == NAMES
     positions = np.array([p["position"] for p in markups["controlPoints"]])

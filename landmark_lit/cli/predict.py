@@ -58,7 +58,7 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
             global_ckpt,
             _plain(cfg.get("local_checkpoint")),
             int(iterations) if iterations is not None else 1,
-            None if threshold is None else float(threshold),  # None: the last stage's method's default
+            None if threshold is None else float(threshold),  # None: the calibration's
             float(scale) if scale is not None else DEFAULT_CONFIDENCE_SCALE,
         )
     predictor.set_vote_top_k(cfg.get("global_top_k"), cfg.get("local_top_k"))
@@ -94,6 +94,7 @@ def predict(cfg: DictConfig) -> dict:
         spacing=_plain(cfg.get("spacing")),
         split=cfg.get("input_split"),
         pictures=bool(cfg.get("pictures", False)),
+        report=bool(cfg.get("report", False)),
         vector_field=cfg.get("vector_field"),
         references=cfg.get("references"),
         progress=cfg.get("progress"),
@@ -125,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
                    help="pixel spacing in mm of images without geometry (PNG, JPEG, BMP, TIFF), one value or one "
                    "per axis")  # fmt: skip
     p.add_argument("--pictures", action="store_true", help="draw the landmarks on each image (pictures/)")
+    p.add_argument("--report", action="store_true",
+                   help="write report.html: one review page, least confident cases and flagged landmarks first")  # fmt: skip
     p.add_argument(
         "--vector-field", metavar="LANDMARK", help="draw the global votes for this landmark (name or index)"
     )
@@ -181,6 +184,8 @@ def config_from_args(argv: Sequence[str]) -> DictConfig:
         OmegaConf.update(cfg, key, value, force_add=True)
     if args.pictures:
         cfg.pictures = True
+    if args.report:
+        cfg.report = True
     if OmegaConf.is_missing(cfg, "input"):
         raise ValueError("give the images: -i INPUT (or input=...)")
     return cfg
