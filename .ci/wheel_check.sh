@@ -32,10 +32,12 @@ for i in range(len(cases)):
     table.coords[case.case_id] = case.landmarks_world
 write_landmark_table("references.csv", table)
 PY
-"$B/landmark-predict" -i images -o predictions -m model.pt
-"$B/landmark-evaluate" predictions=predictions/predictions.json references=references.csv output_dir=evaluation
+"$B/landmark-predict" -i images -o predictions -m model.pt --report
+"$B/landmark-evaluate" predictions=predictions/predictions.json references=references.csv output_dir=evaluation \
+  report=true
 test -s evaluation/summary.json && test -s predictions/predictions.csv
+test -s predictions/report.html && test -s evaluation/report.html
 if ls -d "$WORK"/venv/lib/python*/site-packages/outputs 2>/dev/null; then
   echo "wheel check: outputs were written into site-packages" >&2; exit 1
 fi
-echo "wheel check: train, export, predict and evaluate ran from an installed wheel in $WORK/user"
+echo "wheel check: train, export, predict and evaluate (with their review pages) ran from an installed wheel in $WORK/user"

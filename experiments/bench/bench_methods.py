@@ -12,7 +12,8 @@ float32 GEMM rate on the same threads).
         --method g2l=outputs/models/isbi2015.pt --method heatmap=outputs/models/isbi2015_heatmap.pt \
         --method scn --json outputs/bench/methods_ceph.json
 
-``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap); ``--method scn``
+``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap), ``NAME=BUNDLE@SRC``
+the same with landmark_lit imported from the checkout SRC (another commit's ``git worktree``); ``--method scn``
 runs landmarker's SpatialConfigurationNet as its ISBI example configures it (2D: 512 x 512 input, 19
 outputs, default widths; 3D: OriginalSpatialConfigurationNet3d at ``--scn-size``^3), untrained (the time
 does not depend on the weights), with the image resampled to that input and the heatmaps decoded by
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--spacing", type=float, default=None, help="pixel spacing (mm) of a 2D bitmap")
-    parser.add_argument("--method", action="append", default=[], help="NAME=BUNDLE, or scn")
+    parser.add_argument("--method", action="append", default=[], help="NAME=BUNDLE[@SRC], or scn")
     parser.add_argument("--num-landmarks", type=int, default=19, help="SCN outputs")
     parser.add_argument("--scn-size", type=int, default=128, help="SCN 3D input size")
     parser.add_argument("--threads", type=int, default=2)
@@ -164,7 +165,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     results = []
-    for method in args.method:
+    for spec in args.method:
+        # NAME=BUNDLE@SRC: that method's process imports landmark_lit from the checkout SRC (e.g. an older
+        # commit's `git worktree`), for before / after figures in one run
+        method, _, src = spec.partition("@")
+        env = {**env, "PYTHONPATH": src} if src else {k: v for k, v in env.items() if k != "PYTHONPATH"}
         cmd = [sys.executable, __file__, "--run", method, "--image", args.image, "--threads", str(args.threads),
                "--runs", str(args.runs), "--warmup", str(args.warmup), "--num-landmarks", str(args.num_landmarks),
                "--scn-size", str(args.scn_size)] + (["--spacing", str(args.spacing)] if args.spacing else [])  # fmt: skip

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Calibrated confidence on MNI152 + AFIDs (issue 21): the pipeline's bundle calibrated on the 5 validation
+# volumes of the manifest (failures: errors > 2 mm, the dataset config's failure_mm), then the 10 test
+# volumes predicted and evaluated (confidence figures, review pages).
+#   bash experiments/mni_afids/run_confidence.sh MANIFEST GLOBAL.ckpt LOCAL.ckpt [OUT_DIR]
+# LOCAL_ITERATIONS (default 3, the chosen pipeline's passes). THREADS (default 2).
+set -euo pipefail
+MANIFEST=$1
+GLOBAL=$2
+LOCAL=$3
+OUT=${4:-outputs/mni_afids_confidence}
+BIN=${BIN:-.venv/bin}
+THREADS=${THREADS:-2}
+mkdir -p "$OUT"
+"$BIN/landmark-export" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
+  local_iterations="${LOCAL_ITERATIONS:-3}" calibration_manifest="$MANIFEST" calibration_split=val \
+  failure_mm=2 threads="$THREADS" output="$OUT/global_to_local.pt" | tee "$OUT/export.txt"
+"$BIN/python" -m landmark_lit.data.manifest "$MANIFEST" --split test --references "$OUT/references.csv" \
+  --images "$OUT/test_images.txt"
+"$BIN/landmark-predict" model="$OUT/global_to_local.pt" input="$OUT/test_images.txt" threads="$THREADS" \
+  output_dir="$OUT/pred" report=true
+"$BIN/landmark-evaluate" predictions="$OUT/pred/predictions.json" references="$OUT/references.csv" \
+  output_dir="$OUT/eval" failure_mm=2 thresholds=[1,2,3,4] n_worst=3 report=true
