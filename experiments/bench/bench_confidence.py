@@ -43,7 +43,9 @@ def main() -> None:
     result = predictor.predict(image, affine)  # warm-up
     whole = median_seconds(lambda: predictor.predict(image, affine), args.runs)
     est = type(result.global_estimate)(result.world, result.spread_mm, result.posterior)
-    scoring = median_seconds(lambda: predictor.score(est, result.global_estimate, result.shift_mm), 20 * args.runs)
+    scoring = median_seconds(
+        lambda: predictor.score(est, result.global_estimate, result.shift_mm), 20 * args.runs
+    )
     print(json.dumps({
         "model": args.model, "calibrated": predictor.calibration is not None, "threads": args.threads,
         "prediction_s": whole, "scoring_s": scoring, "scoring_share": scoring / whole,

@@ -32,6 +32,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         reference_run=cfg.reference_run,
         landmarks=landmarks,
         thresholds=[float(t) for t in cfg.thresholds],
+        failure_mm=float(cfg.get("failure_mm", 4.0)),
     )
     print(format_comparison(result))
     out = to_absolute_path(str(cfg.output_dir))

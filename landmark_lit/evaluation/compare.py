@@ -23,10 +23,18 @@ from typing import Any
 
 import numpy as np
 
+from landmark_lit.confidence import DEFAULT_FAILURE_MM
 from landmark_lit.data.io import atomic_write_text
 from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_table
 from landmark_lit.evaluation.plots import plot_sdr_curve
-from landmark_lit.evaluation.report import _json_safe, match_errors
+from landmark_lit.evaluation.report import (
+    _json_safe,
+    confidence_rows,
+    confidence_summary,
+    markdown_table,
+    match_errors,
+    prediction_scores,
+)
 from landmark_lit.evaluation.stats import summarize_errors, wilcoxon_marker
 from landmark_lit.metrics import PAPER_THRESHOLDS_MM
 
@@ -73,6 +81,7 @@ def compare_runs(
     reference_run: str | None = None,
     landmarks: Sequence[str] | None = None,
     thresholds: Sequence[float] = PAPER_THRESHOLDS_MM,
+    failure_mm: float = DEFAULT_FAILURE_MM,
 ) -> dict[str, Any]:
     """Compare runs on the reference cases and write the table, CSV, JSON and SDR plot.
 
@@ -83,9 +92,12 @@ def compare_runs(
         reference_run: the run the others are tested against (default: the first).
         landmarks: the landmarks to compare (default: the reference landmarks that every run predicts).
         thresholds: thresholds (mm) of the SDR curve and the SDR columns of the JSON.
+        failure_mm: an error above this is a failure, for the confidence figures of the runs whose
+            predictions carry ``confidence`` (one predictions file per run).
 
     Returns:
-        ``{"runs", "reference_run", "landmarks", "cells": {run: {landmark: summary + p_value + marker}}}``.
+        ``{"runs", "reference_run", "landmarks", "cells": {run: {landmark: summary + p_value + marker}},
+        "confidence": {run: overall confidence figures}}``.
     """
     if not runs:
         raise ValueError("no runs to compare")
@@ -124,6 +136,13 @@ def compare_runs(
                 summary["p_value"], summary["marker"] = wilcoxon_marker(e, b)
             row[landmark] = summary
         cells[name] = row
+    confidence = {}
+    for name, (table, source) in tables.items():
+        if len([runs[name]] if isinstance(runs[name], str | os.PathLike) else runs[name]) != 1:
+            continue
+        scores = prediction_scores(Path(source), table, ref)
+        if "confidence" in scores:
+            confidence[name] = confidence_summary(errors[name], landmarks, scores, failure_mm)["overall"]
     result = _json_safe(
         {
             "references": str(references),
@@ -138,6 +157,7 @@ def compare_runs(
             "reference_run": reference_run,
             "landmarks": landmarks,
             "cells": cells,
+            "confidence": confidence,
         }
     )
     out = Path(output_dir)
@@ -171,6 +191,13 @@ def format_comparison(result: Mapping[str, Any]) -> str:
         f"Median (IQR) radial error in mm over {result['n_cases']} cases. Paired two-sided Wilcoxon "
         f"signed-rank test against {result['reference_run']}: * p < 0.05, † p < 0.01, ‡ p < 0.001."
     )
+    if result.get("confidence"):
+        first = next(iter(result["confidence"].values()))
+        lines += ["", f"Confidence (failure: error > {first['failure_mm']:g} mm):", ""]
+        header, rows = confidence_rows(
+            {"failure_mm": first["failure_mm"], "per_landmark": result["confidence"], "overall": {}}
+        )
+        lines.append(markdown_table(["Run", *header[1:]], rows[:-1]))
     return "\n".join(lines) + "\n"
 
 

@@ -91,7 +91,7 @@ def evaluate_predictions(
         "per_landmark": stats["per_landmark"],
         "time_s": _time_summary(pred, cases),
     }
-    scores = _scores(predictions, pred, ref)
+    scores = prediction_scores(predictions, pred, ref)
     if scores:
         summary["confidence"] = confidence_summary(errors, names, scores, failure_mm)
     summary = _json_safe(summary)
@@ -271,7 +271,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def _scores(path: Path, pred: LandmarkTable, ref: LandmarkTable) -> dict[str, np.ndarray]:
+def prediction_scores(path: Path, pred: LandmarkTable, ref: LandmarkTable) -> dict[str, np.ndarray]:
     """(N, K) ``confidence``, ``flagged`` and ``radius_mm`` of the predictions, in the reference's case
     and landmark order; keys the predictions lack (or that are NaN throughout) are left out."""
     stored = read_landmark_scores(path, ("confidence", "flagged", "radius_mm"), pred)

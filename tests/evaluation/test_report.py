@@ -204,3 +204,45 @@ def test_cli_subprocess(tmp_path: Path) -> None:
     assert "| All " in result.stdout
     assert all((tmp_path / "run" / name).is_file() for name in OUTPUTS)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["overall"]["n"] == 5
+
+
+def test_confidence_figures_of_a_hand_made_case(tmp_path: Path) -> None:
+    """Errors 1, 3, 5, 6 mm (landmark a of cases c0..c3) with known confidences: AUROC 0.75 above 4 mm,
+    1.0 above 2 mm; half flagged, one of two failures caught; the radius covers half; landmark b is exact."""
+    from landmark_lit.evaluation.compare import compare_runs
+
+    names, cases = ["a", "b"], [f"c{i}" for i in range(4)]
+    ref = LandmarkTable(names=names, coords={c: np.zeros((2, 2)) for c in cases})
+    pred = LandmarkTable(
+        names=names,
+        coords={c: np.array([[e, 0.0], [0.0, 0.0]]) for c, e in zip(cases, [1, 3, 5, 6], strict=True)},
+    )
+    scores = {
+        "confidence": {c: np.array([v, 0.99]) for c, v in zip(cases, [0.9, 0.4, 0.5, 0.1], strict=True)},
+        "flagged": {c: np.array([v, False]) for c, v in zip(cases, [False, True, True, False], strict=True)},
+        "radius_mm": {c: np.array([v, 1.0]) for c, v in zip(cases, [2.0, 2.0, 2.0, 7.0], strict=True)},
+    }
+    write_landmark_table(tmp_path / "ref.csv", ref)
+    write_landmark_table(tmp_path / "pred.json", pred, extra=scores)
+    summary = evaluate_predictions(
+        tmp_path / "pred.json", tmp_path / "ref.csv", tmp_path / "out", report=True
+    )
+    a = summary["confidence"]["per_landmark"]["a"]
+    assert a["auroc_4mm"] == pytest.approx(0.75) and a["auroc_2mm"] == pytest.approx(1.0)
+    assert a["share_flagged"] == 0.5 and a["share_failures_caught"] == 0.5
+    assert a["radius_coverage"] == 0.5 and a["radius_median_mm"] == 2.0
+    overall = summary["confidence"]["overall"]
+    assert overall["n"] == 8 and overall["failures"] == 2 and overall["share_flagged"] == 0.25
+    assert overall["radius_coverage"] == 0.75  # b: error 0 within radius 1
+    assert summary["confidence"]["per_landmark"]["b"]["auroc_4mm"] is None  # no failures: undefined
+    assert (tmp_path / "out" / "confidence_curve.png").is_file()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "AUROC &gt;4 mm" in page and page.count("data:image/png;base64,") >= 3
+    assert "## Confidence" in (tmp_path / "out" / "summary.md").read_text()
+    # landmark-compare: the same figures per run; a run without confidences has none
+    write_landmark_table(tmp_path / "plain.csv", pred)
+    result = compare_runs({"scored": tmp_path / "pred.json", "plain": tmp_path / "plain.csv"},
+                          tmp_path / "ref.csv", tmp_path / "cmp")  # fmt: skip
+    assert set(result["confidence"]) == {"scored"}
+    assert result["confidence"]["scored"]["auroc_4mm"] == pytest.approx(overall["auroc_4mm"])
+    assert "failures caught %" in (tmp_path / "cmp" / "comparison.md").read_text()
