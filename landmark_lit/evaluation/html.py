@@ -1,6 +1,7 @@
 """Self-contained review pages (``report.html``): tables and pictures in one file, nothing fetched.
 
-Pictures are embedded as base64 PNG data, style and a small table sorter inline, so the page opens from
+Pictures are embedded as base64 data (PNG as drawn; large or wider than :data:`MAX_WIDTH` pixels as a
+JPEG of at most that width), style and a small table sorter inline, so the page opens from
 any folder, offline, and can be mailed. :func:`write_report` builds a page from sections;
 :func:`prediction_report` (``landmark-predict --report``) and :func:`evaluation_report`
 (``landmark-evaluate report=true``) are the two pages the tools write.
@@ -9,6 +10,7 @@ any folder, offline, and can be mailed. :func:`write_report` builds a page from 
 from __future__ import annotations
 
 import base64
+import io
 import logging
 import math
 import os
@@ -17,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment
+from PIL import Image
 
 from landmark_lit.data.io import atomic_write_text
 
 log = logging.getLogger(__name__)
+
+MAX_WIDTH = 1000  # pixels: wider pictures are embedded as a downscaled JPEG
+MAX_PNG_BYTES = 250_000  # larger PNGs (photographic content: X-rays, slices) are embedded as JPEG
 
 _TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
@@ -45,7 +51,7 @@ figure img { max-width: 640px; border: 1px solid #ccc; }
 <thead><tr>{% for c in t.columns %}<th{% if t.sortable %} class="sortable"{% endif %}>{{ c }}</th>{% endfor %}</tr></thead>
 <tbody>{% for row in t.rows %}<tr{% if row.flagged %} class="flagged"{% endif %}>{% for cell in row.cells %}<td data-value="{{ cell.value }}">{{ cell.text }}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
-{% endfor %}{% for im in s.images %}<figure>{% if im.data %}<img src="data:image/png;base64,{{ im.data }}" alt="{{ im.caption }}">{% else %}<p class="missing">picture missing: {{ im.name }}</p>{% endif %}<figcaption>{{ im.caption }}</figcaption></figure>
+{% endfor %}{% for im in s.images %}<figure>{% if im.data %}<img src="data:{{ im.mime }};base64,{{ im.data }}" alt="{{ im.caption }}">{% else %}<p class="missing">picture missing: {{ im.name }}</p>{% endif %}<figcaption>{{ im.caption }}</figcaption></figure>
 {% endfor %}</section>
 {% endfor %}
 <script>
@@ -82,7 +88,8 @@ def _cell(value: Any) -> dict[str, str]:
     if isinstance(value, int):
         return {"text": str(value), "value": str(value)}
     if isinstance(value, float):
-        return {"text": f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}", "value": repr(value)}
+        text = f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:.0f}"
+        return {"text": text, "value": repr(float(value))}
     return {"text": str(value), "value": str(value)}
 
 
@@ -92,8 +99,21 @@ def _image(spec: dict[str, Any]) -> dict[str, str]:
         name = path.name if path is not None else "(none)"
         log.warning("report: picture missing: %s", path)
         return {"caption": str(spec.get("caption", "")), "data": "", "name": name}
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return {"caption": str(spec.get("caption", "")), "data": data, "name": path.name}
+    raw, mime = path.read_bytes(), "image/png"
+    try:
+        with Image.open(path) as im:
+            # a page of 150 cephalograms as drawn would weigh 100+ MB: large pictures as JPEG
+            if im.width > MAX_WIDTH or len(raw) > MAX_PNG_BYTES:
+                small = im.convert("RGB")
+                small.thumbnail((MAX_WIDTH, MAX_WIDTH * im.height // im.width + 1))
+                buffer = io.BytesIO()
+                small.save(buffer, "JPEG", quality=85)
+                raw, mime = buffer.getvalue(), "image/jpeg"
+    except OSError as exc:
+        log.warning("report: picture unreadable: %s (%s)", path, exc)
+        return {"caption": str(spec.get("caption", "")), "data": "", "name": path.name}
+    data = base64.b64encode(raw).decode("ascii")
+    return {"caption": str(spec.get("caption", "")), "data": data, "mime": mime, "name": path.name}
 
 
 def write_report(path: str | os.PathLike, title: str, sections: Sequence[dict[str, Any]]) -> Path:

@@ -57,6 +57,19 @@ def test_prediction_page_is_self_contained_and_ordered(tmp_path):
     assert "1 of 6 landmarks flagged" in page
 
 
+def test_wide_pictures_are_embedded_downscaled(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (3000, 1500), (200, 10, 10)).save(tmp_path / "wide.png")
+    page = write_report(tmp_path / "r.html", "t", [{"heading": "h", "images": [
+        {"caption": "wide", "path": tmp_path / "wide.png"}]}]).read_text()  # fmt: skip
+    data = base64.b64decode(re.search(r'src="data:image/jpeg;base64,([^"]+)"', page).group(1))
+    import io
+
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (1000, 500)
+
+
 def test_missing_picture_is_a_note_not_an_error(tmp_path):
     page = write_report(tmp_path / "r.html", "t", [{"heading": "h", "images": [
         {"caption": "gone", "path": tmp_path / "gone.png"}]}]).read_text()  # fmt: skip
