@@ -237,6 +237,29 @@ class LandmarkPredictor:
         self.calibration = calibration if calibration is not None else stage_calibration(last)
         self._warned = False
 
+    def configure(
+        self,
+        local_iterations: int | None = None,
+        confidence_threshold: float | None = None,
+        confidence_scale: float | None = None,
+    ) -> LandmarkPredictor:
+        """Change run settings with the constructor's checks (None leaves a setting as it is)."""
+        if local_iterations is not None:
+            if (
+                isinstance(local_iterations, bool)
+                or int(local_iterations) != local_iterations
+                or local_iterations < 1
+            ):
+                raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
+            self.local_iterations = int(local_iterations)
+        if confidence_scale is not None:
+            if not math.isfinite(float(confidence_scale)) or float(confidence_scale) <= 0:
+                raise ValueError(f"confidence_scale must be positive, got {confidence_scale}")
+            self.confidence_scale = float(confidence_scale)
+        if confidence_threshold is not None:
+            self.confidence_threshold = confidence_threshold
+        return self
+
     @property
     def confidence_threshold(self) -> float | None:
         """Landmarks below this confidence are flagged: the one given, else the calibration's (None for an

@@ -408,3 +408,36 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
         written = export(compose("export", overrides=mirrored))
     stored = LandmarkPredictor.from_bundle(written["bundle"]).mirror
     assert stored is not None and stored.pairs == ((0, 1),) and stored.axes == (0,) and not stored.whole
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("local_iterations=0", "local_iterations must be at least 1, got 0"),
+        ("confidence_scale=0", "confidence_scale must be positive, got 0"),
+        ("confidence_scale=-1.5", "confidence_scale must be positive, got -1.5"),
+    ],
+)
+def test_bundle_settings_are_checked_as_the_checkpoints_are(tmp_path, override, message):
+    """With a bundle, a bad local_iterations or confidence_scale is one clear error before any image is
+    read (not a NaN confidence or a failure on every image); landmark-export refuses local_iterations=0
+    instead of turning it into 1."""
+    from landmark_lit.cli.export import export
+
+    torch.manual_seed(0)
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
+    loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
+    save_bundle(tmp_path / "model.pt", g, [loc])
+    image = _png(tmp_path / "x.png")
+    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+        cfg = compose("predict", overrides=[f"model={tmp_path / 'model.pt'}", f"input={image}",
+                                            f"output_dir={tmp_path / 'out'}", "spacing=0.5", override])  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            predict_cli(cfg)
+        assert not (tmp_path / "out").exists()
+        if override.startswith("local_iterations"):
+            bad = compose("export", overrides=[f"global_checkpoint={g}", f"local_checkpoint={loc}", override,
+                                               f"output={tmp_path / 'm.pt'}"])  # fmt: skip
+            with pytest.raises(ValueError, match=message):
+                export(bad)
+            assert not (tmp_path / "m.pt").exists()

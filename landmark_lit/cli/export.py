@@ -51,7 +51,8 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else ([local] if local else [])
         threshold = cfg.get("confidence_threshold")
         threshold = None if threshold is None else float(threshold)  # None: the method's default
-        iterations = int(cfg.get("local_iterations") or 1)
+        iterations = cfg.get("local_iterations")
+        iterations = 1 if iterations is None else iterations  # 0 is refused below, not turned into 1
         scale = cfg.get("confidence_scale")
         scale = DEFAULT_CONFIDENCE_SCALE if scale is None else float(scale)
         predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold, scale)

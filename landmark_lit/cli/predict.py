@@ -46,13 +46,8 @@ def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
     if model:
         if cfg.get("local_checkpoint"):
             raise ValueError("local_checkpoint goes with global_checkpoint, not with a model bundle")
-        predictor = LandmarkPredictor.from_bundle(model)
-        if iterations is not None:
-            predictor.local_iterations = int(iterations)
-        if threshold is not None:
-            predictor.confidence_threshold = float(threshold)
-        if scale is not None:
-            predictor.confidence_scale = float(scale)
+        # the bundle's settings, changed with the same checks as the checkpoint path's
+        predictor = LandmarkPredictor.from_bundle(model).configure(iterations, threshold, scale)
     else:
         predictor = LandmarkPredictor.from_checkpoints(
             global_ckpt,
