@@ -91,3 +91,29 @@ def test_exact_pins_live_in_the_constraints_file():
     # dev is built from the other extras
     assert project["optional-dependencies"]["dev"][0] == "landmark_lit[io,cluster,tune,export]"
     assert "-c constraints.txt" in (ROOT / "Makefile").read_text()
+
+
+def test_every_package_folder_is_listed_and_conf_is_mapped():
+    """pyproject lists the packages (conf/ is mapped into landmark_lit.conf, which find cannot see): every
+    folder of landmark_lit with an __init__.py must be listed, or the wheel silently lacks it."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "landmark_lit").rglob("__init__.py")
+    }
+    assert set(tool["packages"]) == folders | {"landmark_lit.conf"}
+    assert tool["package-dir"] == {"landmark_lit.conf": "conf"}
+    assert not (ROOT / "landmark_lit" / "conf").exists()  # one source of the configs
+
+
+def test_the_wheel_holds_every_config(tmp_path):
+    import subprocess
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("landmark_lit-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = [p.relative_to(ROOT / "conf").as_posix() for p in (ROOT / "conf").rglob("*.yaml")]
+    assert len(configs) > 50
+    assert [c for c in configs if f"landmark_lit/conf/{c}" not in names] == []
+    assert "landmark_lit/conf/__init__.py" in names and not any(n.startswith("conf/") for n in names)

@@ -21,6 +21,6 @@ for run in "$OUT"/runs/*-isbi2015-global-*/; do
   runs+=("$name: $OUT/pred_$name/predictions.json")
 done
 list=$(IFS=,; echo "${runs[*]}")
-# the sweep's wandb group is <task_name>-<sweep folder name> (landmark_lit/conf/logger/wandb.yaml)
+# the sweep's wandb group is <task_name>-<sweep folder name> (conf/logger/wandb.yaml)
 "$BIN/landmark-compare" "runs={$list}" reference_run=Rlog+C references="$OUT/references_average.csv" \
   output_dir="$OUT/compare" ${WANDB:+wandb.enabled=true wandb.group=isbi2015_ablation-runs}

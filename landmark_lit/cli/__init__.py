@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-# the configs ship inside the package (landmark_lit/conf/), so an installed wheel works from any folder
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+# the configs: conf/ at the top of the checkout, shipped in the wheel as the package data of
+# landmark_lit.conf (pyproject.toml), so an editable install and an installed wheel both find them
+CONFIG_DIR = str(importlib.resources.files("landmark_lit.conf"))
 # landmark-predict's and landmark-export's configs sit in their own folder: there `model=PATH` names a
 # model bundle, whereas in conf/ `model` is the training config group of network shapes
 PREDICT_CONFIG_DIR = str(Path(CONFIG_DIR) / "predict")
