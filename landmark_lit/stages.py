@@ -29,9 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from landmark_lit.confidence import Calibration
-from landmark_lit.data.augment import RandomFlip
 from landmark_lit.data.io import atomic_path
-from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing
+from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing, mirror_permutation
 from landmark_lit.methods import Method, get_method, method_names
 from landmark_lit.methods.base import all_methods
 from landmark_lit.methods.displacement import DISPLACEMENT
@@ -355,8 +354,8 @@ class MirrorAverage:
 
     def permutation(self, num_landmarks: int) -> list[int]:
         """perm[k]: the landmark whose mirror image looks like landmark k (an involution), by the same rule
-        as the training mirror (:meth:`~landmark_lit.data.augment.RandomFlip.permutation`)."""
-        return RandomFlip(axes=self.axes, pairs=self.pairs, prob=1.0).permutation(num_landmarks)
+        as the training mirror (:func:`~landmark_lit.data.transforms.mirror_permutation`)."""
+        return mirror_permutation(self.pairs, num_landmarks)
 
     def check(self, num_landmarks: int, spatial_dims: int) -> None:
         """ValueError unless the axes and pairs fit a model of ``num_landmarks`` and ``spatial_dims``."""

@@ -24,7 +24,7 @@ from monai.transforms import (
 )
 from torch import Tensor
 
-from landmark_lit.data.transforms import world_to_voxel
+from landmark_lit.data.transforms import mirror_permutation, world_to_voxel
 
 
 @dataclass
@@ -162,15 +162,9 @@ class RandomFlip:
         return RandomFlip(axes=self.axes, pairs=tuple(pairs), prob=self.prob)
 
     def permutation(self, num_landmarks: int) -> list[int]:
-        """Landmark order after a left-right flip: row k of the flipped landmarks is row perm[k]."""
-        perm = list(range(num_landmarks))
-        for i, j in self.pairs:
-            if not isinstance(i, int) or not isinstance(j, int):
-                raise ValueError(f"flip pair {[i, j]} names landmarks: resolve it with for_landmarks(names)")
-            if max(i, j) >= num_landmarks:
-                raise ValueError(f"flip pair {[i, j]} out of range for {num_landmarks} landmarks")
-            perm[i], perm[j] = j, i
-        return perm
+        """Landmark order after a left-right flip: row k of the flipped landmarks is row perm[k]
+        (:func:`~landmark_lit.data.transforms.mirror_permutation`)."""
+        return mirror_permutation(self.pairs, num_landmarks)
 
     def __call__(self, image: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """(C, *spatial) image and (K, D) voxel landmarks (NaN = missing) -> both, possibly mirrored."""

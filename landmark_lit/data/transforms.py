@@ -240,3 +240,18 @@ class Preprocessing:
         x, aff = resample_to_spacing(image, affine, self.spacing, antialias=self.antialias)
         x = normalize_intensity(x, self.intensity)
         return pad_to_min_size(x, self.min_size).contiguous(), aff
+
+
+def mirror_permutation(pairs: Sequence[Sequence[int]], num_landmarks: int) -> list[int]:
+    """Landmark order after a left-right mirror that swaps the index ``pairs``: row k of the mirrored
+    landmarks is row perm[k] (an involution). The one rule of the training flip
+    (:class:`~landmark_lit.data.augment.RandomFlip`) and the test-time mirror
+    (:class:`~landmark_lit.stages.MirrorAverage`)."""
+    perm = list(range(num_landmarks))
+    for i, j in pairs:
+        if not isinstance(i, int) or not isinstance(j, int):
+            raise ValueError(f"flip pair {[i, j]} names landmarks: resolve it with for_landmarks(names)")
+        if max(i, j) >= num_landmarks:
+            raise ValueError(f"flip pair {[i, j]} out of range for {num_landmarks} landmarks")
+        perm[i], perm[j] = j, i
+    return perm

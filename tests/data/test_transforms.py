@@ -242,3 +242,25 @@ def test_local_offsets_follow_the_configured_normal_spread():
     wide = LocalTrainDataset(cases, crop, 1, margin=2.0, offset_sd=100.0)
     lm = np.array([wide[0]["landmarks"][0].numpy() for _ in range(100)])
     assert np.all((lm >= 2.0) & (lm <= 40 - 1 - 2.0))
+
+
+def test_one_mirror_rule_for_training_and_prediction():
+    import subprocess
+    import sys
+
+    from landmark_lit.data.augment import RandomFlip
+    from landmark_lit.data.transforms import mirror_permutation
+    from landmark_lit.stages import MirrorAverage
+
+    pairs = ((0, 3), (1, 4))
+    perm = mirror_permutation(pairs, 6)
+    assert perm == [3, 4, 2, 0, 1, 5] and [perm[p] for p in perm] == list(range(6))  # an involution
+    assert (
+        RandomFlip(axes=(0,), pairs=pairs).permutation(6) == perm == MirrorAverage(pairs=pairs).permutation(6)
+    )
+    with pytest.raises(ValueError, match="out of range for 4 landmarks"):
+        mirror_permutation(pairs, 4)
+    # prediction builds no training augmentation
+    code = "import sys, landmark_lit.predict_files; print('landmark_lit.data.augment' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
