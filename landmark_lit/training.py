@@ -13,9 +13,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from landmark_lit.inference.stages import StageMeta
 from landmark_lit.lit.modules import LandmarkModule
 from landmark_lit.methods import get_method
-from landmark_lit.stages import StageMeta
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         last = ckpt_cb.last_model_path if ckpt_cb else ""
         calibration = cfg.get("calibration") or {}
         if best and calibration.get("enabled", False) and trainer.is_global_zero:
-            from landmark_lit.calibrate import calibrate_checkpoint
             from landmark_lit.confidence import CalibrationError
+            from landmark_lit.inference.calibrate import calibrate_checkpoint
 
             try:
                 cal = calibrate_checkpoint(

@@ -20,8 +20,8 @@ from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.landmark_files import write_slicer_markups
 from landmark_lit.data.transforms import voxel_to_world, world_to_voxel
-from landmark_lit.predict_files import predict_file
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.inference.predict_files import predict_file
+from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.training import train
 
 CCTA = ["NCRC", "NCLC", "LRC", "LH", "NCH", "RH", "RO", "LO"]

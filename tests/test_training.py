@@ -28,9 +28,9 @@ from hydra.utils import instantiate
 
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.data.io import save_nifti
-from landmark_lit.predict_files import predict_files
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import CheckpointError, load_stage
+from landmark_lit.inference.predict_files import predict_files
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import CheckpointError, load_stage
 from landmark_lit.training import train
 
 
@@ -456,7 +456,7 @@ from hydra.utils import instantiate
 from lightning import Trainer
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.lit.modules import LandmarkModule
-from landmark_lit.stages import StageMeta, checkpoint_parts
+from landmark_lit.inference.stages import StageMeta, checkpoint_parts
 
 devices, ckpt, overrides = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

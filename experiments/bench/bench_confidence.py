@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.io import load_image
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.inference.predictor import LandmarkPredictor
 
 
 def median_seconds(fn, runs: int) -> float:

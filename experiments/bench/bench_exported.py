@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from landmark_lit.data.io import load_image
-from landmark_lit.export import load_exported
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import Stage, StageMeta
+from landmark_lit.inference.export import load_exported
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import Stage, StageMeta
 
 
 def median_seconds(predictor: LandmarkPredictor, image, affine, runs: int) -> float:

@@ -86,7 +86,10 @@ def run_method(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from landmark_lit.data.io import load_image
-    from landmark_lit.predictor import LandmarkPredictor
+    try:
+        from landmark_lit.inference.predictor import LandmarkPredictor
+    except ModuleNotFoundError:  # a checkout from before landmark_lit.inference (NAME=BUNDLE@SRC)
+        from landmark_lit.predictor import LandmarkPredictor
     from landmark_lit.utils import peak_memory_mb
 
     name, _, model = args.run.partition("=")

@@ -32,8 +32,8 @@ def run_case(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     from landmark_lit.data.io import load_image, save_nifti
     from landmark_lit.data.transforms import resample_to_spacing, spacing_of
-    from landmark_lit.predict_files import predict_file
-    from landmark_lit.predictor import LandmarkPredictor
+    from landmark_lit.inference.predict_files import predict_file
+    from landmark_lit.inference.predictor import LandmarkPredictor
     from landmark_lit.utils import peak_memory_mb
 
     predictor = LandmarkPredictor.from_bundle(args.model)
@@ -91,9 +91,14 @@ def breakdown(predictor, image_path: Path, spacing: float | None, runs: int) -> 
     """Median seconds of each step of one prediction: reading, and per stage preprocessing and network."""
     import torch
 
-    from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
     from landmark_lit.data.io import load_image
-    from landmark_lit.data.transforms import match_channels, voxel_to_world, world_to_voxel
+    from landmark_lit.data.transforms import (
+        local_crop_starts,
+        match_channels,
+        stack_local_crops,
+        voxel_to_world,
+        world_to_voxel,
+    )
 
     times: dict[str, list[float]] = {}
 

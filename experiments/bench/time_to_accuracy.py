@@ -33,7 +33,7 @@ import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
 from landmark_lit.evaluation.plots import _new_figure, _save
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.inference.predictor import LandmarkPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 

@@ -22,7 +22,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.inference.predictor import LandmarkPredictor
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 SIGNALS = ("confidence", "posterior", "spread_mm", "global_posterior", "global_spread_mm", "shift_mm")

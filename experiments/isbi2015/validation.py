@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.predictor import LandmarkPredictor, MirrorAverage
+from landmark_lit.inference.predictor import LandmarkPredictor, MirrorAverage
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from landmark_lit.data.manifest import ManifestCases
-from landmark_lit.predictor import LandmarkPredictor
+from landmark_lit.inference.predictor import LandmarkPredictor
 
 
 def row(name: str, errors: np.ndarray) -> str:

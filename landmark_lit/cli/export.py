@@ -11,8 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.confidence import DEFAULT_COVERAGE, DEFAULT_FAILURE_MM, DEFAULT_GOAL, Calibration
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage, Stage, save_bundle
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage, Stage, save_bundle
 from landmark_lit.utils import first_line
 
 FORMATS = ("bundle", "torchscript", "onnx")
@@ -63,7 +63,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         predictor.mirror = mirror
         calibration = None
         if cfg.get("calibration_dataset") or cfg.get("calibration_manifest"):
-            from landmark_lit.calibrate import calibrate_predictor, calibration_source
+            from landmark_lit.inference.calibrate import calibrate_predictor, calibration_source
 
             source, failure, description = calibration_source(
                 cfg.get("calibration_dataset"),
@@ -87,7 +87,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         f"local{n}": s for n, s in enumerate(predictor.local_stages)
     }
     if "torchscript" in formats or "onnx" in formats:
-        from landmark_lit.export import export_onnx, export_torchscript
+        from landmark_lit.inference.export import export_onnx, export_torchscript
 
         for name, stage in stages.items():
             stem = out.with_suffix("").name

@@ -22,9 +22,9 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
-from landmark_lit.predict_files import predict_files, summary_line
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage
+from landmark_lit.inference.predict_files import predict_files, summary_line
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage
 from landmark_lit.utils import first_line
 
 

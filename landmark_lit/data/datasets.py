@@ -18,7 +18,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from landmark_lit.data.cases import Case, CaseSource
-from landmark_lit.data.transforms import Preprocessing, crop_or_pad, voxel_to_world, world_to_voxel
+from landmark_lit.data.transforms import (
+    Preprocessing,
+    crop_or_pad,
+    local_crop_starts,
+    stack_local_crops,
+    voxel_to_world,
+    world_to_voxel,
+)
 
 
 class SelectLandmarks:
@@ -143,20 +150,6 @@ class WholeImageDataset(Dataset):
         prep = self.cases[index]
         k, d = prep["voxels"].shape
         return _finalise(prep, prep["image"], prep["voxels"], torch.zeros(k, d))
-
-
-def local_crop_starts(centres: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """Start voxels (K, D) of sub-images of ``crop_size`` centred on ``centres`` (K, D) working voxels.
-
-    The landmark lands at the centre of the crop grid, ``(size - 1) / 2``, up to rounding.
-    """
-    size = torch.tensor([float(c) for c in crop_size])
-    return torch.round(centres - (size - 1) / 2)
-
-
-def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images."""
-    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size) for s in starts])
 
 
 class LocalTrainDataset(Dataset):

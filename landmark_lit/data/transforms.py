@@ -246,7 +246,7 @@ def mirror_permutation(pairs: Sequence[Sequence[int]], num_landmarks: int) -> li
     """Landmark order after a left-right mirror that swaps the index ``pairs``: row k of the mirrored
     landmarks is row perm[k] (an involution). The one rule of the training flip
     (:class:`~landmark_lit.data.augment.RandomFlip`) and the test-time mirror
-    (:class:`~landmark_lit.stages.MirrorAverage`)."""
+    (:class:`~landmark_lit.inference.stages.MirrorAverage`)."""
     perm = list(range(num_landmarks))
     for i, j in pairs:
         if not isinstance(i, int) or not isinstance(j, int):
@@ -255,3 +255,17 @@ def mirror_permutation(pairs: Sequence[Sequence[int]], num_landmarks: int) -> li
             raise ValueError(f"flip pair {[i, j]} out of range for {num_landmarks} landmarks")
         perm[i], perm[j] = j, i
     return perm
+
+
+def local_crop_starts(centres: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """Start voxels (K, D) of sub-images of ``crop_size`` centred on ``centres`` (K, D) working voxels.
+
+    The landmark lands at the centre of the crop grid, ``(size - 1) / 2``, up to rounding.
+    """
+    size = torch.tensor([float(c) for c in crop_size])
+    return torch.round(centres - (size - 1) / 2)
+
+
+def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -> Tensor:
+    """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images."""
+    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size) for s in starts])

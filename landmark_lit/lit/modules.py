@@ -15,8 +15,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from landmark_lit.inference.stages import StageMeta
 from landmark_lit.metrics import RadialErrorMetric
-from landmark_lit.stages import StageMeta
 
 
 def voxels_to_world(points: Tensor, affine: Tensor) -> Tensor:
@@ -39,7 +39,7 @@ class LandmarkModule(L.LightningModule):
         decoder: the method's configured decoder (e.g. :class:`~landmark_lit.methods.displacement.VoteDecoder`).
         optimizer: a partial optimiser taking the parameters.
         scheduler: optional partial LR scheduler taking the optimiser.
-        meta: the stage's description (:class:`~landmark_lit.stages.StageMeta`), stored in every checkpoint
+        meta: the stage's description (:class:`~landmark_lit.inference.stages.StageMeta`), stored in every checkpoint
             under ``"landmark_lit"``.
     """
 

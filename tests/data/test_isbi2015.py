@@ -100,7 +100,7 @@ def test_mirrored_images_carry_their_mirrored_references(tmp_path):
 
 def test_mirror_command_writes_a_list_that_landmark_predict_reads(tmp_path):
     from landmark_lit.data.isbi2015 import mirrored_table
-    from landmark_lit.predict_files import find_inputs
+    from landmark_lit.inference.predict_files import find_inputs
 
     src = ISBI2015Cephalograms(DATA, split="test1", limit=2)
     out = tmp_path / "m"

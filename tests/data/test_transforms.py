@@ -250,7 +250,7 @@ def test_one_mirror_rule_for_training_and_prediction():
 
     from landmark_lit.data.augment import RandomFlip
     from landmark_lit.data.transforms import mirror_permutation
-    from landmark_lit.stages import MirrorAverage
+    from landmark_lit.inference.stages import MirrorAverage
 
     pairs = ((0, 3), (1, 4))
     perm = mirror_permutation(pairs, 6)
@@ -261,6 +261,8 @@ def test_one_mirror_rule_for_training_and_prediction():
     with pytest.raises(ValueError, match="out of range for 4 landmarks"):
         mirror_permutation(pairs, 4)
     # prediction builds no training augmentation
-    code = "import sys, landmark_lit.predict_files; print('landmark_lit.data.augment' in sys.modules)"
+    code = (
+        "import sys, landmark_lit.inference.predict_files; print('landmark_lit.data.augment' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -13,10 +13,10 @@ from helpers import tiny_overrides as integration_overrides
 from hydra.utils import instantiate
 from monai.transforms import GenerateHeatmap
 
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import Stage, StageMeta, load_stage, save_bundle
 from landmark_lit.methods.heatmap import HEATMAP, HeatmapDecoder, HeatmapLoss, heatmap_targets
 from landmark_lit.networks import HeatmapUNet, LocalNet
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import Stage, StageMeta, load_stage, save_bundle
 from landmark_lit.training import train
 
 NAN = float("nan")

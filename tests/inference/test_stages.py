@@ -9,9 +9,9 @@ import pytest
 import torch
 from helpers import compose_train, heatmap_meta, stage_description, tiny_overrides, write_checkpoint
 
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import FORMAT_VERSION, CheckpointError, StageMeta, save_bundle
 from landmark_lit.methods import get_method
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import FORMAT_VERSION, CheckpointError, StageMeta, save_bundle
 
 
 def test_unsafe_or_foreign_model_files_are_refused(tmp_path):

@@ -419,7 +419,7 @@ def save_bundle(
 
     The checkpoints are validated (they must load and fit together) before anything is written; the file
     is written atomically. ``calibration``: the whole pipeline's, fitted on validation images
-    (:func:`landmark_lit.calibrate.calibrate_predictor`; None: the last stage's, if it has one);
+    (:func:`landmark_lit.inference.calibrate.calibrate_predictor`; None: the last stage's, if it has one);
     ``confidence_threshold``: flag below this instead of the calibration's threshold (None: the
     calibration's); ``mirror``: the test-time mirror prediction runs with (None: none). Returns the
     bundle's summary (everything but the weights).

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from landmark_lit.export import (
+from landmark_lit.inference.export import (
     ExportFileError,
     OnnxNet,
     TorchScriptNet,
@@ -15,9 +15,9 @@ from landmark_lit.export import (
     export_torchscript,
     load_exported,
 )
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import Stage, StageMeta
 from landmark_lit.networks import GlobalNet, LocalNet
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import Stage, StageMeta
 
 NAMES = ["a", "b"]
 DECODER = {"regression": "log", "classification": True, "log_base": 10.0}

@@ -41,7 +41,7 @@ from landmark_lit.data.landmark_files import (
     write_landmark_table,
     write_slicer_markups,
 )
-from landmark_lit.predictor import InputError, LandmarkPredictor, Prediction
+from landmark_lit.inference.predictor import InputError, LandmarkPredictor, Prediction
 from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,16 @@ import pytest
 import torch
 from helpers import NAMES, stage_description, write_checkpoint
 
-from landmark_lit.calibrate import (
+from landmark_lit.confidence import Calibration
+from landmark_lit.data.cases import Case
+from landmark_lit.inference.calibrate import (
     calibrate_checkpoint,
     calibrate_local_stage,
     calibrate_predictor,
     calibration_source,
 )
-from landmark_lit.confidence import Calibration
-from landmark_lit.data.cases import Case
-from landmark_lit.predictor import LandmarkPredictor
-from landmark_lit.stages import load_bundle, load_stage, save_bundle
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.stages import load_bundle, load_stage, save_bundle
 
 
 class RandomCases:
@@ -106,7 +106,7 @@ def test_uncalibrated_model_warns_once_and_flags_nothing(models, caplog):
     g, loc = models
     predictor = LandmarkPredictor.from_checkpoints(g, loc)
     case = RandomCases()[0]
-    with caplog.at_level(logging.WARNING, logger="landmark_lit.predictor"):
+    with caplog.at_level(logging.WARNING, logger="landmark_lit.inference.predictor"):
         first = predictor.predict(case.image, case.affine)
         predictor.predict(case.image, case.affine)
     warnings = [r for r in caplog.records if "without calibration" in r.getMessage()]
@@ -120,7 +120,7 @@ def test_calibration_of_another_pipeline_warns(models, caplog):
     cal = calibrate_predictor(LandmarkPredictor.from_checkpoints(g, loc, 1), RandomCases())
     predictor = LandmarkPredictor.from_checkpoints(g, loc, 2, calibration=cal)
     case = RandomCases()[0]
-    with caplog.at_level(logging.WARNING, logger="landmark_lit.predictor"):
+    with caplog.at_level(logging.WARNING, logger="landmark_lit.inference.predictor"):
         predictor.predict(case.image, case.affine)
     assert any("calibration fitted on the pipeline" in r.getMessage() for r in caplog.records)
 

@@ -7,7 +7,7 @@ axes dynamic. Each export is checked at a second input size before it is written
 and a different remainder modulo the stride), and files are written atomically.
 
 :class:`TorchScriptNet` and :class:`OnnxNet` load an export and behave like the PyTorch network for
-:class:`~landmark_lit.predictor.LandmarkPredictor`: called on a torch tensor they return a
+:class:`~landmark_lit.inference.predictor.LandmarkPredictor`: called on a torch tensor they return a
 :class:`~landmark_lit.networks.DisplacementOutput`, and they carry ``stride``, ``spatial_dims`` and
 ``num_landmarks`` (stored in the file: a JSON entry ``landmark_lit.json`` of the TorchScript archive, the
 ``landmark_lit`` entry of the ONNX model's ``metadata_props``). Example::
@@ -44,7 +44,7 @@ from landmark_lit.utils import first_line
 
 log = logging.getLogger(__name__)
 
-FORMAT = "landmark_lit.export"
+FORMAT = "landmark_lit.inference.export"
 FORMAT_VERSION = 1
 METADATA_KEY = "landmark_lit"  # ONNX metadata_props key
 EXTRA_FILE = "landmark_lit.json"  # TorchScript _extra_files entry
@@ -98,7 +98,7 @@ def export_torchscript(
     ``example``: an input of the network, (B, C, *spatial) for a global network or (B, K, C, *crop) for a
     local one; the file accepts any batch and spatial size. ``meta``: JSON-serialisable data stored in the
     file and returned as ``.meta`` by :class:`TorchScriptNet` (e.g. the checkpoint's ``landmark_lit`` entry,
-    which :class:`~landmark_lit.stages.Stage` needs). The trace is checked at a second input size;
+    which :class:`~landmark_lit.inference.stages.Stage` needs). The trace is checked at a second input size;
     :class:`ExportCheckError` if it differs from the network there.
     """
     info = _export_info(net, example, meta)
@@ -196,7 +196,7 @@ class TorchScriptNet(nn.Module):
         except Exception as exc:
             raise ExportFileError(
                 f"{self.path}: not a TorchScript file ({first_line(exc)}); "
-                "expected a landmark_lit export (landmark_lit.export.export_torchscript)"
+                "expected a landmark_lit export (landmark_lit.inference.export.export_torchscript)"
             ) from exc
         _set_info(self, _parse_info(files[EXTRA_FILE], self.path, f"no {EXTRA_FILE} entry"))
         self.module = module.eval()
@@ -236,7 +236,7 @@ class OnnxNet(nn.Module):
         except Exception as exc:
             raise ExportFileError(
                 f"{self.path}: not a readable ONNX model ({first_line(exc)}); "
-                "expected a landmark_lit export (landmark_lit.export.export_onnx)"
+                "expected a landmark_lit export (landmark_lit.inference.export.export_onnx)"
             ) from exc
         props = session.get_modelmeta().custom_metadata_map
         _set_info(self, _parse_info(props.get(METADATA_KEY, ""), self.path, f"no {METADATA_KEY!r} metadata"))

@@ -19,11 +19,11 @@ from PIL import Image
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.cli.predict import predict as predict_cli
 from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
+from landmark_lit.inference.predict_files import find_inputs, predict_files
+from landmark_lit.inference.predictor import LandmarkPredictor, landmark_confidence
+from landmark_lit.inference.stages import StageMeta, save_bundle
 from landmark_lit.methods.displacement import vote_statistics
 from landmark_lit.networks import DisplacementOutput
-from landmark_lit.predict_files import find_inputs, predict_files
-from landmark_lit.predictor import LandmarkPredictor, landmark_confidence
-from landmark_lit.stages import StageMeta, save_bundle
 
 
 @pytest.fixture(params=[2, 3], ids=["2d", "3d"])
@@ -70,7 +70,7 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
 
 def test_bundle_stores_the_test_time_mirror_and_the_command_line_overrides_it(checkpoints, tmp_path):
     from landmark_lit.cli.predict import config_from_args, load_predictor
-    from landmark_lit.stages import CheckpointError, MirrorAverage
+    from landmark_lit.inference.stages import CheckpointError, MirrorAverage
 
     d, g, loc = checkpoints
     mirror = MirrorAverage(axes=(d - 1,), pairs=((0, 1),), whole=False)
@@ -370,8 +370,8 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
 
 def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     from landmark_lit.cli.export import export
-    from landmark_lit.export import load_exported
-    from landmark_lit.stages import Stage
+    from landmark_lit.inference.export import load_exported
+    from landmark_lit.inference.stages import Stage
 
     torch.manual_seed(0)
     g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 
 from landmark_lit.data.transforms import match_channels
+from landmark_lit.inference.predict_files import case_id_of, find_images, predict_file, predict_files
+from landmark_lit.inference.predictor import LandmarkPredictor, Prediction, refine_locally
+from landmark_lit.inference.stages import CheckpointError, MirrorAverage, Stage, StageMeta
 from landmark_lit.networks import GlobalNet, LocalNet
-from landmark_lit.predict_files import case_id_of, find_images, predict_file, predict_files
-from landmark_lit.predictor import LandmarkPredictor, Prediction, refine_locally
-from landmark_lit.stages import CheckpointError, MirrorAverage, Stage, StageMeta
 
 NAMES = ["a", "b"]
 
@@ -223,3 +223,17 @@ def test_test_time_mirror_checks_its_axes_and_pairs():
         LandmarkPredictor(stage("global", 1.0), mirror=MirrorAverage(axes=(2,)))
     m = MirrorAverage((0,), ((0, 1),), True)
     assert MirrorAverage.from_dict(m.to_dict()) == m and MirrorAverage.from_dict(None) is None
+
+
+def test_prediction_imports_no_training_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, landmark_lit.inference.predict_files, landmark_lit.cli.predict, landmark_lit.cli.export\n"
+        "bad = ['landmark_lit.training', 'landmark_lit.lit', 'landmark_lit.data.datasets',\n"
+        "       'landmark_lit.data.datamodule', 'landmark_lit.data.augment']\n"
+        "print([m for m in bad if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -2,8 +2,8 @@
 
 :class:`LandmarkPredictor` runs the global stage on the whole image, then each local stage on one sub-image
 per landmark (:func:`refine_locally`), and returns a :class:`Prediction`. Reading image files, timing and
-writing results belong to :mod:`landmark_lit.predict_files`; building stages from checkpoints and bundles
-to :mod:`landmark_lit.stages`.
+writing results belong to :mod:`landmark_lit.inference.predict_files`; building stages from checkpoints and bundles
+to :mod:`landmark_lit.inference.stages`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,15 @@ import numpy as np
 import torch
 
 from landmark_lit.confidence import Calibration, landmark_features
-from landmark_lit.data.datasets import local_crop_starts, stack_local_crops
-from landmark_lit.data.transforms import match_channels, spacing_of, voxel_to_world, world_to_voxel
-from landmark_lit.stages import (
+from landmark_lit.data.transforms import (
+    local_crop_starts,
+    match_channels,
+    spacing_of,
+    stack_local_crops,
+    voxel_to_world,
+    world_to_voxel,
+)
+from landmark_lit.inference.stages import (
     DEFAULT_CONFIDENCE_SCALE,
     MirrorAverage,
     Stage,
@@ -70,7 +76,7 @@ class Prediction:
     probability (NaN without calibration); spread_mm, posterior: (K,) of the last stage; shift_mm: (K,)
     how far the last local pass moved each landmark (0 without local stages); features: (K, F) the cues
     of :data:`landmark_lit.confidence.FEATURES`; global_estimate: the global stage's answer; global_view:
-    set with ``keep_global_view``; seconds, seconds_without_io: set by :mod:`landmark_lit.predict_files`
+    set with ``keep_global_view``; seconds, seconds_without_io: set by :mod:`landmark_lit.inference.predict_files`
     (with and without reading the file).
     """
 
@@ -200,7 +206,7 @@ class LandmarkPredictor:
 
     Example:
         >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
-        >>> from landmark_lit.predict_files import predict_file
+        >>> from landmark_lit.inference.predict_files import predict_file
         >>> prediction, image, affine = predict_file(predictor, "image.nii.gz")
         >>> prediction.world  # (K, D) landmark coordinates in world mm
     """
@@ -331,7 +337,7 @@ class LandmarkPredictor:
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike) -> LandmarkPredictor:
-        """The predictor stored in a model bundle (:func:`landmark_lit.stages.save_bundle`)."""
+        """The predictor stored in a model bundle (:func:`landmark_lit.inference.stages.save_bundle`)."""
         b = load_bundle(path)
         return cls(
             b.global_stage,

@@ -28,8 +28,8 @@ from landmark_lit.confidence import (
 from landmark_lit.data.cases import CaseSource
 from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.predictor import LandmarkPredictor, StageEstimate, refine_locally
-from landmark_lit.stages import Stage, load_stage, torch_load
+from landmark_lit.inference.predictor import LandmarkPredictor, StageEstimate, refine_locally
+from landmark_lit.inference.stages import Stage, load_stage, torch_load
 
 log = logging.getLogger(__name__)
 
