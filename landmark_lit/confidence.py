@@ -308,7 +308,7 @@ def fit_calibration(
     radius = np.exp(m + np.array([per_landmark.get(k, radius_q) for k in names]))
     report = confidence_figures(err, conf, conf < threshold, radius, failure_mm)
     report["expected_failures_caught"] = float(p_fail[conf < threshold].sum() / max(p_fail.sum(), 1e-12))
-    return Calibration(**{**cal.to_dict(), "validation": {"n_landmarks": n, **report}})
+    return dataclasses.replace(cal, validation={"n_landmarks": n, **report})
 
 
 def _threshold_for_goal(conf: np.ndarray, p_fail: np.ndarray, goal: float) -> float:

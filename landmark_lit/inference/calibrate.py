@@ -120,9 +120,7 @@ def calibrate_local_stage(
         "pipeline": pipeline,
         "cases": len(source),
         "data": description,
-        "simulated_global_sd_mm": np.broadcast_to(np.asarray(offset_sd_mm, float), (1,)).tolist()
-        if np.ndim(offset_sd_mm) == 0
-        else list(map(float, offset_sd_mm)),
+        "simulated_global_sd_mm": [float(v) for v in np.atleast_1d(offset_sd_mm)],
     }
     return _fit(rows, _settings(failure_mm, goal, coverage), fitted_on)
 

@@ -221,24 +221,17 @@ class LandmarkPredictor:
         mirror: MirrorAverage | None = None,
         calibration: Calibration | None = None,
     ) -> None:
-        if int(local_iterations) < 1:
-            raise ValueError(f"local_iterations must be at least 1, got {local_iterations}")
-        if not float(confidence_scale) > 0:
-            raise ValueError(f"confidence_scale must be positive, got {confidence_scale}")
+        self._threshold = None
+        self.configure(local_iterations, confidence_threshold, confidence_scale)  # the one set of checks
         if local_stages is None:
             local_stages = []
         elif isinstance(local_stages, Stage):
             local_stages = [local_stages]
         check_stages_fit(global_stage, local_stages)
         self.global_stage, self.local_stages = global_stage, list(local_stages)
-        self.local_iterations = int(local_iterations)
-        self.confidence_scale = float(confidence_scale)
         if mirror is not None:
             mirror.check(len(global_stage.meta.landmark_names), int(global_stage.meta.spatial_dims))
         self.mirror = mirror
-        if confidence_threshold is not None and not math.isfinite(float(confidence_threshold)):
-            raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold}")
-        self._threshold = None if confidence_threshold is None else float(confidence_threshold)
         last = self.local_stages[-1] if self.local_stages else global_stage
         self.calibration = calibration if calibration is not None else stage_calibration(last)
         self._warned = False
