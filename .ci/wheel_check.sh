@@ -21,7 +21,7 @@ ckpt=$(ls "$WORK"/user/outputs/train/synthetic2d/global-Rlog+C/*/checkpoints/las
 "$B/python" - <<'PY'
 from pathlib import Path
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
+from landmark_lit.data.landmark_tables import LandmarkTable, write_landmark_table
 from landmark_lit.data.synthetic import SyntheticLandmarks
 
 cases = SyntheticLandmarks(spatial_dims=2, size=40, spacing=1.0, num_cases=2, seed=5)

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
+from landmark_lit.data.landmark_tables import LandmarkTable, write_landmark_table
 from landmark_lit.evaluation.report import evaluate_predictions, format_table
 from landmark_lit.inference.predict_files import predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import write_slicer_markups
+from landmark_lit.data.point_files import world_to_points, write_slicer_markups
 from landmark_lit.data.transforms import voxel_to_world, world_to_voxel
 from landmark_lit.inference.predict_files import predict_file
 from landmark_lit.inference.predictor import LandmarkPredictor
@@ -188,7 +188,7 @@ def stand_in_study(
         if inline:
             entry["landmarks"] = (world * LPS).tolist()  # stated in LPS, as ITK-based tools would
         else:
-            write_slicer_markups(folder / f"case{i}.mrk.json", names, world)
+            write_slicer_markups(folder / f"case{i}.mrk.json", names, world_to_points(world, "LPS"))
             entry["landmarks"] = f"case{i}.mrk.json"
         entries.append(entry)
     manifest = {"coordinate_system": "LPS", "landmarks": names, "cases": entries}

@@ -31,10 +31,8 @@ import functools
 import importlib.util
 import logging
 import os
-import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ from monai.data.utils import is_supported_format, orientation_ras_lps
 from monai.transforms import LoadImage
 from monai.utils import ensure_tuple
 
-from landmark_lit.utils import first_line
+from landmark_lit.utils import atomic_path, first_line
 
 
 class ImageReadError(ValueError):
@@ -270,6 +268,20 @@ def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndar
 # formats without geometry (1 mm pixels; prediction takes their spacing from its ``spacing`` option), read
 # with Pillow (multi-page TIFF stacks are left to MONAI)
 NO_GEOMETRY_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# the image files of a folder, the suffixes case ids drop (a NIfTI / ANALYZE pair counts once, by its .hdr)
+IMAGE_SUFFIXES = (
+    ".nii",
+    ".nii.gz",
+    ".hdr",
+    ".mgh",
+    ".mgz",
+    ".mnc",
+    ".nhdr",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    *NO_GEOMETRY_SUFFIXES,
+)
 _PIL_SUFFIXES = NO_GEOMETRY_SUFFIXES
 _PIL_MODES = ("L", "RGB", "RGBA", "I", "I;16", "F")
 
@@ -320,30 +332,3 @@ def save_nifti(path: str | os.PathLike, image: np.ndarray, affine: np.ndarray) -
         aff = full
     with atomic_path(path, suffix=".nii.gz") as tmp:
         nib.save(nib.Nifti1Image(data, aff), tmp)
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` in one step.
-
-    A crash or kill while writing leaves the old file (or none), never a half-written one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=suffix or path.suffix, prefix=f".{path.name}.tmp_")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions of a new file
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)

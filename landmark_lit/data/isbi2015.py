@@ -136,8 +136,8 @@ class ISBI2015Cephalograms:
 
 
 def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = None):
-    """The source's landmarks in world mm as a :class:`~landmark_lit.data.landmark_files.LandmarkTable`."""
-    from landmark_lit.data.landmark_files import LandmarkTable
+    """The source's landmarks in world mm as a :class:`~landmark_lit.data.landmark_tables.LandmarkTable`."""
+    from landmark_lit.data.landmark_tables import LandmarkTable
 
     return LandmarkTable(
         names=list(source.landmark_names),
@@ -153,7 +153,7 @@ def mirrored_table(source: ISBI2015Cephalograms, folder: str | os.PathLike, grou
     patient facing the other way; the 19 landmarks keep their names (all on the mid-sagittal plane)."""
     from PIL import Image
 
-    from landmark_lit.data.landmark_files import LandmarkTable
+    from landmark_lit.data.landmark_tables import LandmarkTable
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     ``DIR/list.txt``) and the references mirrored with them."""
     import argparse
 
-    from landmark_lit.data.landmark_files import write_landmark_table
+    from landmark_lit.data.landmark_tables import write_landmark_table
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("data_dir")

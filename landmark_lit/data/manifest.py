@@ -17,7 +17,7 @@ JSON::
      "meta": {...} (optional, free-form)}
 
 Images: anything :func:`~landmark_lit.data.io.load_image` reads (NIfTI, NRRD, MHA/MHD, a DICOM series
-folder, ...). Landmarks: inline, or a file :func:`~landmark_lit.data.landmark_files.read_point_list` reads
+folder, ...). Landmarks: inline, or a file :func:`~landmark_lit.data.point_files.read_point_list` reads
 (Slicer ``.mrk.json`` and ``.fcsv`` state their own coordinate system; CSV files follow the row's). World
 coordinates are RAS or LPS mm; ``voxel`` means indices of the image array as ``load_image`` returns it.
 Relative paths are resolved against the manifest's folder. Everything but the images is read and checked
@@ -37,13 +37,10 @@ from typing import Any
 import numpy as np
 
 from landmark_lit.data.cases import Case
-from landmark_lit.data.io import ImageReadError, atomic_write_text, load_image
-from landmark_lit.data.landmark_files import (
-    PointList,
-    coordinate_system_of,
-    parse_point,
-    read_point_list,
-)
+from landmark_lit.data.io import ImageReadError, load_image
+from landmark_lit.data.landmark_tables import parse_point
+from landmark_lit.data.point_files import PointList, coordinate_system_of, read_point_list
+from landmark_lit.utils import atomic_write_text
 
 _JSON_KEYS = {"coordinate_system", "landmarks", "cases", "meta"}
 _CASE_KEYS = {"case", "image", "landmarks", "split", "coordinate_system", "meta"}
@@ -441,9 +438,9 @@ def write_manifest(
 
 
 def reference_table(source: ManifestCases):
-    """A manifest's landmarks in world mm RAS as a :class:`~landmark_lit.data.landmark_files.LandmarkTable`
+    """A manifest's landmarks in world mm RAS as a :class:`~landmark_lit.data.landmark_tables.LandmarkTable`
     for ``landmark-evaluate`` (images are read only for landmarks stated in voxel indices)."""
-    from landmark_lit.data.landmark_files import LandmarkTable
+    from landmark_lit.data.landmark_tables import LandmarkTable
 
     coords, images = {}, {}
     for row in source.rows:
@@ -464,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
     ``landmark-predict input=LIST.txt``."""
     import argparse
 
-    from landmark_lit.data.landmark_files import write_landmark_table
+    from landmark_lit.data.landmark_tables import write_landmark_table
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("manifest")

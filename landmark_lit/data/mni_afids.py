@@ -36,8 +36,8 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import read_fcsv, write_slicer_markups
 from landmark_lit.data.manifest import write_manifest
+from landmark_lit.data.point_files import read_fcsv, world_to_points, write_slicer_markups
 from landmark_lit.data.transforms import spacing_of, voxel_to_world, world_to_voxel
 
 log = logging.getLogger(__name__)
@@ -391,7 +391,9 @@ def build_benchmark(
                 out / "landmarks" / f"{case}.mrk.json",
             )
             save_nifti(image_path, image, affine)
-            write_slicer_markups(points_path, template.names, fiducials, coordinate_system="LPS")
+            write_slicer_markups(
+                points_path, template.names, world_to_points(fiducials, "LPS"), coordinate_system="LPS"
+            )
             entries.append({"case": case, "image": image_path, "landmarks": points_path, "split": split})
             log.info("%s: %s in %.1f s", case, "x".join(map(str, shape)), time.perf_counter() - t0)
     meta = {

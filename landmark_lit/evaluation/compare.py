@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from landmark_lit.confidence import DEFAULT_FAILURE_MM
-from landmark_lit.data.io import atomic_write_text
-from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_table
+from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table
 from landmark_lit.evaluation.plots import plot_sdr_curve
 from landmark_lit.evaluation.report import (
     _json_safe,
@@ -37,6 +36,7 @@ from landmark_lit.evaluation.report import (
 )
 from landmark_lit.evaluation.stats import summarize_errors, wilcoxon_marker
 from landmark_lit.metrics import PAPER_THRESHOLDS_MM
+from landmark_lit.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 

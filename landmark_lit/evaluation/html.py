@@ -21,7 +21,7 @@ from typing import Any
 from jinja2 import Environment
 from PIL import Image
 
-from landmark_lit.data.io import atomic_write_text
+from landmark_lit.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.metrics import PAPER_THRESHOLDS_MM, sdr
+from landmark_lit.utils import atomic_path
 
 REFERENCE_STYLE = {"marker": "+", "color": "tab:blue", "markersize": 12, "markeredgewidth": 2}
 PREDICTION_STYLE = {"marker": "x", "color": "magenta", "markersize": 9, "markeredgewidth": 2}

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from landmark_lit.confidence import DEFAULT_FAILURE_MM, confidence_figures
-from landmark_lit.data.io import ImageReadError, atomic_write_text, load_image
-from landmark_lit.data.landmark_files import LandmarkTable, read_landmark_scores, read_landmark_table
+from landmark_lit.data.io import ImageReadError, load_image
+from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_scores, read_landmark_table
 from landmark_lit.evaluation.plots import (
     plot_confidence_curve,
     plot_error_boxplot,
@@ -32,7 +32,7 @@ from landmark_lit.evaluation.plots import (
 )
 from landmark_lit.evaluation.stats import summarize_by_landmark
 from landmark_lit.metrics import ISBI_THRESHOLDS_MM, PAPER_THRESHOLDS_MM, radial_errors, sdr_key
-from landmark_lit.utils import safe_file_name
+from landmark_lit.utils import atomic_write_text, safe_file_name
 
 log = logging.getLogger(__name__)
 

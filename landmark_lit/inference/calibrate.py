@@ -26,10 +26,10 @@ from landmark_lit.confidence import (
     landmark_features,
 )
 from landmark_lit.data.cases import CaseSource
-from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import match_channels
 from landmark_lit.inference.predictor import LandmarkPredictor, StageEstimate, refine_locally
 from landmark_lit.inference.stages import Stage, load_stage, torch_load
+from landmark_lit.utils import atomic_path
 
 log = logging.getLogger(__name__)
 

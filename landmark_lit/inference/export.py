@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark_lit.data.io import atomic_path
 from landmark_lit.methods import method_of_network
 from landmark_lit.networks import DisplacementOutput
-from landmark_lit.utils import first_line
+from landmark_lit.utils import atomic_path, first_line
 
 log = logging.getLogger(__name__)
 

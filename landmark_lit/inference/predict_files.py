@@ -34,37 +34,14 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from landmark_lit.data.io import NO_GEOMETRY_SUFFIXES, load_image
-from landmark_lit.data.landmark_files import (
-    LandmarkTable,
-    read_landmark_table,
-    write_landmark_table,
-    write_slicer_markups,
-)
+from landmark_lit.data.io import IMAGE_SUFFIXES, NO_GEOMETRY_SUFFIXES, load_image
+from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table, write_landmark_table
+from landmark_lit.data.point_files import write_slicer_markups
 from landmark_lit.inference.predictor import InputError, LandmarkPredictor, Prediction
 from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
 
 log = logging.getLogger(__name__)
 
-# image files of a folder input (a NIfTI / ANALYZE pair counts once, by its .hdr)
-IMAGE_SUFFIXES = (
-    ".nii",
-    ".nii.gz",
-    ".hdr",
-    ".mgh",
-    ".mgz",
-    ".mnc",
-    ".nhdr",
-    ".nrrd",
-    ".mha",
-    ".mhd",
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-)
 # per-landmark values written beside the coordinates
 SCORE_COLUMNS = ("confidence", "flagged", "radius_mm", "spread_mm", "posterior")
 
@@ -198,15 +175,17 @@ def write_case_outputs(
     write_landmark_table(out / f"{case}.json", table, voxel=voxel, extra=scores)
     d = prediction.world.shape[1]
     if Path(image_path).name.lower().endswith(NO_GEOMETRY_SUFFIXES):
-        # Slicer shows these with 1 mm pixels at LPS (column, row): state the pixel indices in LPS
+        # Slicer shows these with 1 mm pixels at LPS (column, row): the pixel indices are LPS points
         points, system = prediction.voxel, "LPS"
     else:
         points, system = prediction.world, "RAS"
     points = np.concatenate([points, np.zeros((len(points), 3 - d))], axis=1) if d == 2 else points
-    # write_slicer_markups takes RAS and states them in ``system``: LPS pixel indices are given as RAS
-    ras = points * np.array([-1.0, -1.0, 1.0]) if system == "LPS" else points
     write_slicer_markups(
-        out / f"{case}.mrk.json", names, ras, coordinate_system=system, descriptions=_descriptions(prediction)
+        out / f"{case}.mrk.json",
+        names,
+        points,
+        coordinate_system=system,
+        descriptions=_descriptions(prediction),
     )
     return table
 

@@ -29,13 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from landmark_lit.confidence import Calibration
-from landmark_lit.data.io import atomic_path
 from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing, mirror_permutation
 from landmark_lit.methods import Method, get_method, method_names
 from landmark_lit.methods.base import all_methods
 from landmark_lit.methods.displacement import DISPLACEMENT
 from landmark_lit.networks import fold_batch_norm
-from landmark_lit.utils import first_line, is_finite_number
+from landmark_lit.utils import atomic_path, first_line, is_finite_number
 
 # version 3: optional ``calibration``; version 2: ``method`` always stated; version 1: no ``method`` key
 # for the displacement method, unknown keys ignored

@@ -13,8 +13,9 @@ import torch
 
 from landmark_lit.data.datasets import GlobalTrainDataset, LocalTrainDataset, PreparedCases
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_files import read_landmark_table, write_slicer_markups
+from landmark_lit.data.landmark_tables import read_landmark_table
 from landmark_lit.data.manifest import ManifestCases, ManifestError, main, write_manifest
+from landmark_lit.data.point_files import world_to_points, write_slicer_markups
 from landmark_lit.data.transforms import Preprocessing, pad_to_min_size, voxel_to_world, world_to_voxel
 
 LPS = np.array([-1.0, -1.0, 1.0])
@@ -117,7 +118,9 @@ def study(tmp_path) -> Path:
     (tmp_path / "img").mkdir()
     for name in "abc":
         write_case(tmp_path / "img", name, affine, VOXELS[0])
-    write_slicer_markups(tmp_path / "a.mrk.json", ["P", "Q"], world, coordinate_system="LPS")
+    write_slicer_markups(
+        tmp_path / "a.mrk.json", ["P", "Q"], world_to_points(world, "LPS"), coordinate_system="LPS"
+    )
     fcsv = "# CoordinateSystem = RAS\n# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID\n"
     fcsv += "".join(
         f"{k},{x},{y},{z},0,0,0,1,1,1,0,{n},,\n"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from landmark_lit.data.landmark_files import LandmarkTable, write_landmark_table
+from landmark_lit.data.landmark_tables import LandmarkTable, write_landmark_table
 from landmark_lit.evaluation.report import evaluate_predictions, format_table
 
 NAN = math.nan

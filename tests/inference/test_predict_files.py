@@ -18,7 +18,8 @@ from PIL import Image
 
 from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.cli.predict import predict as predict_cli
-from landmark_lit.data.landmark_files import read_landmark_table, read_point_list
+from landmark_lit.data.landmark_tables import read_landmark_table
+from landmark_lit.data.point_files import read_point_list
 from landmark_lit.inference.predict_files import find_inputs, predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor, landmark_confidence
 from landmark_lit.inference.stages import StageMeta, save_bundle
