@@ -13,18 +13,17 @@ OUT=$4
 shift 4
 BIN=${BIN:-.venv/bin}
 mkdir -p "$OUT"
-"$BIN/python" -m landmark_lit.data.manifest "$MANIFEST" --split test --references "$OUT/references.csv" \
-  --images "$OUT/test_images.txt"
-common=(input="$OUT/test_images.txt" threads=${THREADS:-2})
+common=(input="$MANIFEST" input_split=test threads=${THREADS:-2})
+refs=(references="$MANIFEST" references_split=test)
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
   local_iterations="${LOCAL_ITERATIONS:-1}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
-  "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references.csv" \
+  "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" "${refs[@]}" \
     output_dir="$OUT/eval_$run" thresholds=[1,2,3,4,5] n_worst=3
 done
 "$BIN/landmark-compare" "runs={global-to-local: $OUT/pred_global_to_local/predictions.json, global: $OUT/pred_global/predictions.json}" \
-  references="$OUT/references.csv" output_dir="$OUT/compare_stages"
+  "${refs[@]}" output_dir="$OUT/compare_stages"
 if [ $# -gt 0 ]; then
   ML_GLOBAL=${ML_GLOBAL:-$GLOBAL}
   "$BIN/landmark-predict" global_checkpoint="$ML_GLOBAL" "${common[@]}" output_dir="$OUT/pred_ml"
@@ -37,5 +36,5 @@ if [ $# -gt 0 ]; then
   done
   list=$(IFS=,; echo "${sl[*]}")
   "$BIN/landmark-compare" "runs={ML: $OUT/pred_ml/predictions.json, SL: [$list]}" \
-    references="$OUT/references.csv" output_dir="$OUT/compare_sl_ml"
+    "${refs[@]}" output_dir="$OUT/compare_sl_ml"
 fi

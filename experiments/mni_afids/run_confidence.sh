@@ -15,9 +15,7 @@ mkdir -p "$OUT"
 "$BIN/landmark-export" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
   local_iterations="${LOCAL_ITERATIONS:-3}" calibration_manifest="$MANIFEST" calibration_split=val \
   failure_mm=2 threads="$THREADS" output="$OUT/global_to_local.pt" | tee "$OUT/export.txt"
-"$BIN/python" -m landmark_lit.data.manifest "$MANIFEST" --split test --references "$OUT/references.csv" \
-  --images "$OUT/test_images.txt"
-"$BIN/landmark-predict" model="$OUT/global_to_local.pt" input="$OUT/test_images.txt" threads="$THREADS" \
+"$BIN/landmark-predict" model="$OUT/global_to_local.pt" input="$MANIFEST" input_split=test threads="$THREADS" \
   output_dir="$OUT/pred" report=true
-"$BIN/landmark-evaluate" predictions="$OUT/pred/predictions.json" references="$OUT/references.csv" \
+"$BIN/landmark-evaluate" predictions="$OUT/pred/predictions.json" references="$MANIFEST" references_split=test \
   output_dir="$OUT/eval" failure_mm=2 thresholds=[1,2,3,4] n_worst=3 report=true

@@ -33,6 +33,7 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
         landmarks=landmarks,
         thresholds=[float(t) for t in cfg.thresholds],
         failure_mm=float(cfg.get("failure_mm", 4.0)),
+        references_split=cfg.get("references_split"),
     )
     print(format_comparison(result))
     out = to_absolute_path(str(cfg.output_dir))

@@ -39,6 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         n_worst=int(cfg.n_worst),
         failure_mm=float(cfg.get("failure_mm", DEFAULT_FAILURE_MM)),
         report=bool(cfg.get("report", False)),
+        references_split=cfg.get("references_split"),
     )
     print(format_table(summary))
     if summary.get("confidence"):

@@ -21,164 +21,38 @@ folder, ...). Landmarks: inline, or a file :func:`~landmark_lit.data.point_files
 (Slicer ``.mrk.json`` and ``.fcsv`` state their own coordinate system; CSV files follow the row's). World
 coordinates are RAS or LPS mm; ``voxel`` means indices of the image array as ``load_image`` returns it.
 Relative paths are resolved against the manifest's folder. Everything but the images is read and checked
-when the source is built, so a broken manifest fails at once, with the manifest and row in the message.
+when the source is built (:mod:`landmark_lit.data.manifest_rows`), so a broken manifest fails at once, with
+the manifest and row in the message.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from landmark_lit.data.cases import Case
 from landmark_lit.data.io import ImageReadError, load_image
-from landmark_lit.data.landmark_tables import parse_point
-from landmark_lit.data.point_files import PointList, coordinate_system_of, read_point_list
+from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table
+from landmark_lit.data.manifest_rows import (
+    ManifestError,
+    ManifestRow,
+    is_manifest,
+    manifest_images,
+    parse_manifest,
+)
+from landmark_lit.data.point_files import PointList, coordinate_system_of
 from landmark_lit.utils import atomic_write_text
 
-_JSON_KEYS = {"coordinate_system", "landmarks", "cases", "meta"}
-_CASE_KEYS = {"case", "image", "landmarks", "split", "coordinate_system", "meta"}
-_AXES = ("x", "y", "z")
-
-
-class ManifestError(ValueError):
-    """A manifest, or one of its rows, is unusable; the message names the manifest and the row."""
-
-
-@dataclass
-class ManifestRow:
-    """One case of a manifest, checked but with its image not yet read.
-
-    Attributes:
-        case: case id.
-        image: image file or DICOM folder.
-        points: the case's landmarks as stated (names, (K, D) coordinates, coordinate system).
-        split: split name, if the manifest has splits.
-        where: the row, for messages ("line 3 (case 'p001')").
-    """
-
-    case: str
-    image: Path
-    points: PointList
-    split: str | None
-    where: str
-
-
-@dataclass
-class _Entry:
-    """One row of a manifest as written: its cells (CSV) or keys (JSON), and where it is."""
-
-    values: dict[str, Any]
-    location: str  # "line 3" (CSV) or "case #2" (JSON)
-
-    @property
-    def case(self) -> str:
-        return str(self.values.get("case") or "").strip()
-
-    @property
-    def split(self) -> str | None:
-        value = self.values.get("split")
-        text = str(value).strip() if value is not None else ""
-        return text or None
-
-    @property
-    def where(self) -> str:
-        # "line 3 (case 'p001')" / "case #2 ('p001')"
-        label = repr(self.case) if self.location.startswith("case") else f"case {self.case!r}"
-        return f"{self.location} ({label})"
-
-
-@dataclass
-class _ManifestFile:
-    """A manifest's rows, read and checked the same way for training (:class:`ManifestCases`) and for
-    prediction (:func:`manifest_images`): the file, its form (CSV header / JSON structure and keys), one
-    image per row, unique case ids and the split selection."""
-
-    path: Path
-    entries: list[_Entry]
-    header: list[str] | None  # CSV columns
-    top: dict[str, Any]  # JSON top level (without "cases")
-
-    @classmethod
-    def read(cls, manifest: str | os.PathLike) -> _ManifestFile:
-        path = Path(manifest).expanduser()
-        if not path.is_file():
-            raise ManifestError(f"{path}: manifest not found")
-        suffix = path.suffix.lower()
-        if suffix not in (".csv", ".json"):
-            raise ManifestError(f"{path}: unknown manifest type {path.suffix!r} (expected .csv or .json)")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path}: cannot read ({exc})") from None
-        if suffix == ".csv":
-            reader = csv.DictReader(io.StringIO(text))
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            reader.fieldnames = header
-            if "image" not in header:
-                raise ManifestError(f"{path}: missing columns ['image'] (header is {header})")
-            entries = []
-            for line, cells in enumerate(reader, start=2):
-                if None in cells:
-                    raise ManifestError(f"{path}: line {line}: more values than columns")
-                entries.append(_Entry(dict(cells), f"line {line}"))
-            top: dict[str, Any] = {}
-        else:
-            header = None
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}: invalid JSON ({exc})") from None
-            if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
-                raise ManifestError(f"{path}: expected an object with a 'cases' list")
-            unknown = sorted(set(data) - _JSON_KEYS)
-            if unknown:
-                raise ManifestError(f"{path}: unknown keys {unknown} (expected {sorted(_JSON_KEYS)})")
-            entries = []
-            for n, entry in enumerate(data["cases"], start=1):
-                if not isinstance(entry, dict):
-                    raise ManifestError(f"{path}: case #{n}: expected an object")
-                row = _Entry(entry, f"case #{n}")
-                unknown = sorted(set(entry) - _CASE_KEYS)
-                if unknown:
-                    raise ManifestError(
-                        f"{path}: {row.where}: unknown keys {unknown} (expected {sorted(_CASE_KEYS)})"
-                    )
-                entries.append(row)
-            top = {k: v for k, v in data.items() if k != "cases"}
-        if not entries:
-            raise ManifestError(f"{path}: no cases")
-        seen: dict[str, str] = {}
-        for row in entries:
-            if not str(row.values.get("image") or "").strip():
-                raise ManifestError(f"{path}: {row.where}: no image")
-            if row.case and row.case in seen:
-                raise ManifestError(f"{path}: {row.where}: duplicate case id (first at {seen[row.case]})")
-            seen[row.case] = row.where
-        return cls(path, entries, header, top)
-
-    def image_path(self, row: _Entry) -> Path:
-        """The row's image, relative paths resolved against the manifest's folder (not checked)."""
-        path = Path(str(row.values.get("image")).strip()).expanduser()
-        return path if path.is_absolute() else self.path.parent / path
-
-    def select(self, rows: list[Any], split: str | None, split_of: Any) -> list[Any]:
-        """The rows of ``split`` (all for None); a ManifestError if the manifest has no splits or none
-        of its rows is in it."""
-        if split is None:
-            return rows
-        if all(split_of(row) is None for row in rows):
-            raise ManifestError(f"{self.path}: no split column or key, cannot select split {split!r}")
-        rows = [row for row in rows if split_of(row) == str(split)]
-        if not rows:
-            raise ManifestError(f"{self.path}: no cases in split {split!r}")
-        return rows
+__all__ = [
+    "ManifestCases",
+    "ManifestError",
+    "ManifestRow",
+    "manifest_images",
+    "reference_table",
+    "write_manifest",
+]
 
 
 class ManifestCases:
@@ -204,18 +78,11 @@ class ManifestCases:
         landmark_names: list[str] | None = None,
         coordinate_system: str = "RAS",
     ) -> None:
-        file = _ManifestFile.read(manifest)
-        self.path = file.path
-        default_system = self._system(coordinate_system, "coordinate_system argument")
-        parse = self._parse_csv if file.header is not None else self._parse_json
-        rows, declared = parse(file, default_system)
-        dims = {row.points.points.shape[1] for row in rows}
-        if len(dims) > 1:
-            raise ManifestError(f"{self.path}: cases mix 2D and 3D landmarks")
-        self.spatial_dims = dims.pop()
-        rows = file.select(rows, split, lambda row: row.split)
-        self.rows = rows
-        self.landmark_names = self._names(rows, declared, landmark_names)
+        parsed = parse_manifest(manifest, split, landmark_names, coordinate_system)
+        self.path = parsed.path
+        self.rows = parsed.rows
+        self.landmark_names = parsed.landmark_names
+        self.spatial_dims = parsed.spatial_dims
 
     @property
     def cases(self) -> list[str]:
@@ -245,164 +112,6 @@ class ManifestCases:
             image_path=str(row.image),
             meta={"split": row.split, "manifest": str(self.path)},
         )
-
-    # -- parsing -------------------------------------------------------------------------------------------
-
-    def _system(self, value: Any, where: str) -> str:
-        try:
-            return coordinate_system_of(value)
-        except ValueError as exc:
-            raise ManifestError(f"{self.path}: {where}: {exc}") from None
-
-    def _file(self, value: Any, where: str, what: str) -> Path:
-        text = str(value).strip() if value is not None else ""
-        if not text:
-            raise ManifestError(f"{self.path}: {where}: no {what}")
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else self.path.parent / path
-        if not path.exists():
-            raise ManifestError(f"{self.path}: {where}: {what} not found: {path}")
-        return path
-
-    def _point_file(self, value: Any, case: str, system: str, where: str) -> PointList:
-        path = self._file(value, where, "landmark file")
-        try:
-            return read_point_list(path, system, case=case)
-        except ValueError as exc:
-            raise ManifestError(f"{self.path}: {where}: {exc}") from None
-
-    def _inline(self, names: list[str], values: list[Any], dims: int, system: str, where: str) -> PointList:
-        points = []
-        for name, value in zip(names, values, strict=True):
-            try:
-                points.append(parse_point(value, dims))
-            except ValueError as exc:
-                raise ManifestError(f"{self.path}: {where}, landmark {name!r}: {exc}") from None
-        return PointList(list(names), np.asarray(points, dtype=np.float64).reshape(len(names), dims), system)
-
-    def _case(self, row: _Entry) -> str:
-        if not row.case:
-            raise ManifestError(f"{self.path}: {row.location}: no case id")
-        return row.case
-
-    def _parse_csv(
-        self, file: _ManifestFile, default_system: str
-    ) -> tuple[list[ManifestRow], list[str] | None]:
-        header = file.header
-        if "case" not in header:
-            raise ManifestError(f"{self.path}: missing columns ['case'] (header is {header})")
-        inline = [h[:-2] for h in header if h.endswith("_x")]
-        if ("landmarks" in header) == bool(inline):
-            raise ManifestError(
-                f"{self.path}: give either a 'landmarks' column (point files) or inline columns "
-                f"<name>_x,<name>_y[,<name>_z] (header is {header})"
-            )
-        dims = 3 if any(f"{n}_z" in header for n in inline) else 2
-        for name in inline:
-            absent = [f"{name}_{a}" for a in _AXES[:dims] if f"{name}_{a}" not in header]
-            if absent:
-                raise ManifestError(
-                    f"{self.path}: landmark {name!r} lacks columns {absent} ({dims}D manifest)"
-                )
-        rows = []
-        for entry in file.entries:
-            cells, case, where = entry.values, self._case(entry), entry.where
-            system = default_system
-            if (cells.get("coordinate_system") or "").strip():
-                system = self._system(cells["coordinate_system"], where)
-            image = self._file(cells.get("image"), where, "image")
-            if inline:
-                values = [[cells.get(f"{n}_{a}") for a in _AXES[:dims]] for n in inline]
-                points = self._inline(inline, values, dims, system, where)
-            else:
-                points = self._point_file(cells.get("landmarks"), case, system, where)
-            rows.append(ManifestRow(case, image, points, entry.split, where))
-        return rows, (inline or None)
-
-    def _parse_json(
-        self, file: _ManifestFile, default_system: str
-    ) -> tuple[list[ManifestRow], list[str] | None]:
-        top = file.top
-        system_all = (
-            self._system(top["coordinate_system"], "top level") if "coordinate_system" in top else None
-        )
-        declared = top.get("landmarks")
-        if declared is not None and (
-            not isinstance(declared, list) or not all(isinstance(n, str) and n for n in declared)
-        ):
-            raise ManifestError(f"{self.path}: 'landmarks' must be a list of names")
-        if declared is not None and len(set(declared)) != len(declared):
-            raise ManifestError(f"{self.path}: duplicate landmark names in 'landmarks'")
-        rows = []
-        for entry in file.entries:
-            values, case, where = entry.values, self._case(entry), entry.where
-            system = system_all or default_system
-            if values.get("coordinate_system") is not None:
-                system = self._system(values["coordinate_system"], where)
-            image = self._file(values.get("image"), where, "image")
-            points = self._json_points(values.get("landmarks"), declared, case, system, where)
-            rows.append(ManifestRow(case, image, points, entry.split, where))
-        return rows, declared
-
-    def _json_points(
-        self, value: Any, declared: list[str] | None, case: str, system: str, where: str
-    ) -> PointList:
-        if isinstance(value, str):
-            return self._point_file(value, case, system, where)
-        if isinstance(value, dict):
-            names, values = list(value), list(value.values())
-        elif isinstance(value, list):
-            if declared is None:
-                raise ManifestError(
-                    f"{self.path}: {where}: an inline point list needs the top-level 'landmarks'"
-                )
-            if len(value) != len(declared):
-                raise ManifestError(
-                    f"{self.path}: {where}: {len(value)} points for {len(declared)} landmarks {declared}"
-                )
-            names, values = declared, value
-        else:
-            raise ManifestError(f"{self.path}: {where}: 'landmarks' must be a file path, a list or an object")
-        known = next((v for v in values if v is not None), None)
-        dims = len(known) if isinstance(known, (list, tuple)) and len(known) in (2, 3) else 3
-        return self._inline(names, values, dims, system, where)
-
-    def _names(
-        self, rows: list[ManifestRow], declared: list[str] | None, requested: list[str] | None
-    ) -> list[str]:
-        """The landmark list: requested, else declared, else the files' in order of first appearance."""
-        if declared is not None:
-            for row in rows:
-                unknown = [n for n in row.points.names if n not in declared]
-                if unknown:
-                    raise ManifestError(
-                        f"{self.path}: {row.where}: unknown landmarks {unknown} (the manifest lists {declared})"
-                    )
-            available = list(declared)
-        else:
-            available = list(dict.fromkeys(n for row in rows for n in row.points.names))
-        if requested is None:
-            return available
-        requested = [str(n) for n in requested]
-        unknown = [n for n in requested if n not in available]
-        if unknown:
-            raise ManifestError(f"{self.path}: unknown landmarks {unknown} (the manifest has {available})")
-        if len(set(requested)) != len(requested):
-            raise ManifestError(f"{self.path}: landmark_names lists a landmark twice: {requested}")
-        return requested
-
-
-def manifest_images(manifest: str | os.PathLike, split: str | None = None) -> list[tuple[str | None, Path]]:
-    """(case, image path) of every row of a manifest, for prediction: landmarks are not needed or read.
-
-    The manifest is read and checked as by :class:`ManifestCases` (the same forms, keys, duplicate-case
-    and split rules), except that a ``case`` column or key is optional (None: the image's file name then
-    names the case) and images are not checked here (prediction reports a missing image and goes on);
-    relative paths are resolved against the manifest's folder.
-    """
-    file = _ManifestFile.read(manifest)
-    rows = file.select(file.entries, split, lambda row: row.split)
-    return [(row.case or None, file.image_path(row)) for row in rows]
 
 
 def write_manifest(
@@ -437,11 +146,9 @@ def write_manifest(
     atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
 
 
-def reference_table(source: ManifestCases):
+def reference_table(source: ManifestCases) -> LandmarkTable:
     """A manifest's landmarks in world mm RAS as a :class:`~landmark_lit.data.landmark_tables.LandmarkTable`
     for ``landmark-evaluate`` (images are read only for landmarks stated in voxel indices)."""
-    from landmark_lit.data.landmark_tables import LandmarkTable
-
     coords, images = {}, {}
     for row in source.rows:
         affine = None
@@ -455,30 +162,15 @@ def reference_table(source: ManifestCases):
     return LandmarkTable(names=list(source.landmark_names), coords=coords, images=images)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m landmark_lit.data.manifest MANIFEST --split test --references REFS.csv --images LIST.txt``:
-    write a split's reference landmarks (world mm) for ``landmark-evaluate`` and its image list for
-    ``landmark-predict input=LIST.txt``."""
-    import argparse
+def read_references(path: str | os.PathLike, split: str | None = None) -> LandmarkTable:
+    """Reference landmarks for ``landmark-evaluate`` / ``landmark-compare``: a landmark table (.csv /
+    .json), or a manifest's landmarks in world mm RAS (only the rows of ``split`` if given).
 
-    from landmark_lit.data.landmark_tables import write_landmark_table
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("manifest")
-    parser.add_argument("--split", default=None, help="only this split (default: every case)")
-    parser.add_argument("--references", default=None, help="output landmark table (.csv or .json)")
-    parser.add_argument("--images", default=None, help="output .txt list of image paths, one per line")
-    args = parser.parse_args(argv)
-    try:
-        source = ManifestCases(args.manifest, split=args.split)
-        if args.references:
-            write_landmark_table(args.references, reference_table(source))
-    except ManifestError as exc:
-        parser.exit(2, f"error: {exc}\n")
-    if args.images:
-        atomic_write_text(args.images, "".join(f"{row.image.resolve()}\n" for row in source.rows))
-    print(f"{len(source)} cases of {args.manifest}" + (f" (split {args.split})" if args.split else ""))
-
-
-if __name__ == "__main__":
-    main()
+    Raises:
+        ValueError: one line naming the file and the problem (a ``split`` for a table among them).
+    """
+    if is_manifest(path):
+        return reference_table(ManifestCases(path, split=split))
+    if split is not None:
+        raise ValueError(f"{path}: a landmark table, not a manifest: it has no splits (got split {split!r})")
+    return read_landmark_table(path)

@@ -25,6 +25,7 @@ import numpy as np
 
 from landmark_lit.confidence import DEFAULT_FAILURE_MM
 from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table
+from landmark_lit.data.manifest import read_references
 from landmark_lit.evaluation.plots import plot_sdr_curve
 from landmark_lit.evaluation.report import (
     _json_safe,
@@ -82,18 +83,21 @@ def compare_runs(
     landmarks: Sequence[str] | None = None,
     thresholds: Sequence[float] = PAPER_THRESHOLDS_MM,
     failure_mm: float = DEFAULT_FAILURE_MM,
+    references_split: str | None = None,
 ) -> dict[str, Any]:
     """Compare runs on the reference cases and write the table, CSV, JSON and SDR plot.
 
     Args:
         runs: run name -> predictions file (.csv or .json), or a list of files merged by landmark.
-        references: reference landmark table; every run must predict every reference case.
+        references: reference landmark table, or a manifest (its landmarks, of ``references_split`` if
+            given); every run must predict every reference case.
         output_dir: folder for the outputs (created).
         reference_run: the run the others are tested against (default: the first).
         landmarks: the landmarks to compare (default: the reference landmarks that every run predicts).
         thresholds: thresholds (mm) of the SDR curve and the SDR columns of the JSON.
         failure_mm: an error above this is a failure, for the confidence figures of the runs whose
             predictions carry ``confidence`` (one predictions file per run).
+        references_split: the split of a manifest given as ``references``.
 
     Returns:
         ``{"runs", "reference_run", "landmarks", "cells": {run: {landmark: summary + p_value + marker}},
@@ -105,7 +109,7 @@ def compare_runs(
     reference_run = reference_run or names_of_runs[0]
     if reference_run not in runs:
         raise ValueError(f"reference run {reference_run!r} is not one of the runs {names_of_runs}")
-    ref = read_landmark_table(references)
+    ref = read_references(references, references_split)
     tables = {}
     for name, files in runs.items():
         files = [files] if isinstance(files, str | os.PathLike) else list(files)

@@ -24,6 +24,7 @@ import torch
 from landmark_lit.confidence import DEFAULT_FAILURE_MM, confidence_figures
 from landmark_lit.data.io import ImageReadError, load_image
 from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_scores, read_landmark_table
+from landmark_lit.data.manifest import read_references
 from landmark_lit.evaluation.plots import (
     plot_confidence_curve,
     plot_error_boxplot,
@@ -47,6 +48,7 @@ def evaluate_predictions(
     n_worst: int = 3,
     failure_mm: float = DEFAULT_FAILURE_MM,
     report: bool = False,
+    references_split: str | None = None,
 ) -> dict[str, Any]:
     """Compare predicted with reference landmarks (both world mm) and write the evaluation outputs.
 
@@ -59,7 +61,7 @@ def evaluate_predictions(
         predictions: predictions table (.csv or .json); a JSON may carry ``image`` paths (for the worst-case
             overlays; relative paths are tried from the working directory, then from the file's folder)
             and ``seconds`` / ``seconds_without_io`` per image.
-        references: reference table (.csv or .json).
+        references: reference table (.csv or .json), or a manifest (its landmarks).
         output_dir: folder for the outputs (created).
         thresholds: SDR thresholds in mm shown in the Markdown table (the JSON also holds 0.5..5 mm).
         n_worst: number of worst (case, landmark) errors to draw.
@@ -67,13 +69,14 @@ def evaluate_predictions(
             and ``radius_mm`` (when the table has them) find the failures, overall and per landmark
             (``confidence`` in the summary, ``confidence_curve.png``).
         report: also write ``report.html``, one self-contained page of the tables and figures.
+        references_split: the split of a manifest given as ``references`` (None: all its rows).
 
     Returns:
         The summary written to ``summary.json`` (NaN as None): ``per_landmark`` and ``overall`` statistics
         (see :func:`landmark_lit.evaluation.stats.summarize_errors`), ``time_s`` (or None) and the inputs.
     """
     predictions, references, output_dir = Path(predictions), Path(references), Path(output_dir)
-    pred, ref = read_landmark_table(predictions), read_landmark_table(references)
+    pred, ref = read_landmark_table(predictions), read_references(references, references_split)
     errors = match_errors(pred, ref, predictions)
     cases, names = ref.cases, ref.names
 

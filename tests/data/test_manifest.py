@@ -13,8 +13,9 @@ import torch
 
 from landmark_lit.data.datasets import GlobalTrainDataset, LocalTrainDataset, PreparedCases
 from landmark_lit.data.io import save_nifti
-from landmark_lit.data.landmark_tables import read_landmark_table
-from landmark_lit.data.manifest import ManifestCases, ManifestError, main, write_manifest
+from landmark_lit.data.landmark_tables import write_landmark_table
+from landmark_lit.data.manifest import ManifestCases, ManifestError, read_references, write_manifest
+from landmark_lit.data.manifest_rows import is_manifest
 from landmark_lit.data.point_files import world_to_points, write_slicer_markups
 from landmark_lit.data.transforms import Preprocessing, pad_to_min_size, voxel_to_world, world_to_voxel
 
@@ -242,27 +243,25 @@ def test_errors_name_the_manifest_and_the_row(tmp_path, study):
     assert world_to_voxel(np.zeros(3), np.eye(4)).shape == (3,)
 
 
-def test_export_of_a_split_as_references_and_image_list(study, tmp_path, capsys):
+def test_a_manifest_split_as_references(study, tmp_path):
+    """landmark-evaluate / landmark-compare references=MANIFEST references_split=val: the split's landmarks
+    in world mm; a landmark table stays a table, and a split for it is a one-line error."""
     world = voxel_to_world(VOXELS, AFFINES["lps_oblique"])
-    main(
-        [
-            str(study / "m.csv"),
-            "--split",
-            "val",
-            "--references",
-            str(tmp_path / "r.csv"),
-            "--images",
-            str(tmp_path / "l.txt"),
-        ]
-    )
-    table = read_landmark_table(tmp_path / "r.csv")
-    # case c states its landmark in voxel indices: exported in world mm through the image's affine
+    assert is_manifest(study / "m.csv")
+    table = read_references(study / "m.csv", split="val")
+    # case c states its landmark in voxel indices: world mm through the image's affine
     assert list(table.coords) == ["c"] and table.names == ["P"]
     np.testing.assert_allclose(table.coords["c"][0], world[0], atol=1e-6)
-    assert (tmp_path / "l.txt").read_text() == f"{(study / 'img' / 'c.nii.gz').resolve()}\n"
-    with pytest.raises(SystemExit):
-        main([str(study / "m.csv"), "--split", "nope", "--references", str(tmp_path / "x.csv")])
-    assert "no cases in split 'nope'" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
+    assert table.images == {"c": str(study / "img" / "c.nii.gz")}
+    write_landmark_table(tmp_path / "r.csv", table)
+    write_landmark_table(tmp_path / "r.json", table)
+    for name in ("r.csv", "r.json"):
+        assert not is_manifest(tmp_path / name)
+        np.testing.assert_allclose(read_references(tmp_path / name).coords["c"], table.coords["c"])
+    with pytest.raises(ValueError, match=r"r\.csv: a landmark table, not a manifest: it has no splits"):
+        read_references(tmp_path / "r.csv", split="val")
+    with pytest.raises(ManifestError, match="no cases in split 'nope'"):
+        read_references(study / "m.csv", split="nope")
 
 
 def test_prediction_reads_manifests_with_the_same_checks(tmp_path):
