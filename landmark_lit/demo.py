@@ -12,10 +12,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import compose_config
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.landmark_tables import LandmarkTable, write_landmark_table
 from landmark_lit.evaluation.report import evaluate_predictions, format_table
@@ -27,16 +26,10 @@ log = logging.getLogger("landmark_lit.demo")
 
 
 def _compose(stage: str, output_dir: Path, overrides: list[str]):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                "experiment=demo3d",
-                f"stage={stage}",
-                f"paths.output_dir={output_dir / stage}",
-                *overrides,
-            ],
-        )
+    return compose_config(
+        "train",
+        ["experiment=demo3d", f"stage={stage}", f"paths.output_dir={output_dir / stage}", *overrides],
+    )
 
 
 def write_cases(source, folder: Path) -> LandmarkTable:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.networks import GlobalNet, LocalNet
 
 DATASETS = ["synthetic2d", "synthetic3d"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.point_files import world_to_points, write_slicer_markups
@@ -162,10 +164,10 @@ def test_optimized_metric_is_monitored_and_returned(tmp_path, monkeypatch):
     assert instantiate(default.callbacks.model_checkpoint).monitor == default.optimized_metric == "val/mre_mm"
     metrics = {"best_val/median_mm": 1.5, "val/median_mm": 2.0, "best_val/mre_mm": 9.0, "val/mre_mm": 9.5}
     monkeypatch.setattr(cli_train, "train", lambda c: {"metrics": dict(metrics)})
-    assert cli_train.main.__wrapped__(cfg) == 1.5  # the best checkpoint's value
+    assert cli_train.run.__wrapped__(cfg) == 1.5  # the best checkpoint's value
     del metrics["best_val/median_mm"]
-    assert cli_train.main.__wrapped__(cfg) == 2.0  # no checkpoint monitored it: the last validation's
-    assert cli_train.main.__wrapped__(default) == 9.0
+    assert cli_train.run.__wrapped__(cfg) == 2.0  # no checkpoint monitored it: the last validation's
+    assert cli_train.run.__wrapped__(default) == 9.0
 
 
 def stand_in_study(
@@ -295,3 +297,20 @@ def test_isbi2015_flip_keeps_the_landmark_names(tmp_path):
     cfg = compose_train(["experiment=isbi2015_global", f"paths.output_dir={tmp_path}"])
     flip = instantiate(cfg.data.flip).for_landmarks([f"L{k}" for k in range(cfg.dataset.num_landmarks)])
     assert flip.axes == (0,) and flip.permutation(19) == list(range(19))
+
+
+def test_importing_the_commands_registers_no_resolvers():
+    """The configs' resolvers are registered where configs are composed (each command's main, compose_config),
+    not as a side effect of an import."""
+    code = (
+        "from omegaconf import OmegaConf\n"
+        "import landmark_lit.cli.train, landmark_lit.cli.predict, landmark_lit.cli.export\n"
+        "assert not any(OmegaConf.has_resolver(n) for n in ('cwd', 'data_root', 'sweep_id'))\n"
+        "from landmark_lit.config import compose_config\n"
+        "cfg = compose_config('train', ['paths.output_dir=/tmp/x'])\n"
+        "assert all(OmegaConf.has_resolver(n) for n in ('cwd', 'data_root', 'sweep_id'))\n"
+        "print(cfg.paths.data_dir)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("data")

@@ -26,7 +26,7 @@ from helpers import (
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.io import save_nifti
 from landmark_lit.inference.predict_files import predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor
@@ -371,7 +371,7 @@ def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path):
     from hydra.core.hydra_config import HydraConfig
 
-    from landmark_lit.cli import sweep_id
+    from landmark_lit.config import sweep_id
 
     overrides = ["logger=wandb", "sweep=ablation", f"paths.output_dir={tmp_path}"]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -454,7 +454,7 @@ import sys
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning import Trainer
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.lit.modules import LandmarkModule
 from landmark_lit.inference.stages import StageMeta, checkpoint_parts
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         nets = [load_exported(f"{stem}.global.{suffix}")]
         nets += [load_exported(f"{stem}.local{n}.{suffix}") for n in range(len(reference.local_stages))]
         stages = [Stage(net, StageMeta.from_dict(net.meta, str(net.path)), str(net.path)) for net in nets]
-        predictor = LandmarkPredictor(stages[0], stages[1:], reference.local_iterations)
+        predictor = LandmarkPredictor(stages[0], stages[1:], reference.settings)
         diff = np.abs(predictor.predict(image, affine).world - ref).max()
         seconds = median_seconds(predictor, image, affine, args.runs)
         print(f"{suffix}: {seconds:.3f} s, largest landmark difference from PyTorch {diff:.2e} mm")

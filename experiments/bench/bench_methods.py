@@ -86,6 +86,7 @@ def run_method(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from landmark_lit.data.io import load_image
+
     try:
         from landmark_lit.inference.predictor import LandmarkPredictor
     except ModuleNotFoundError:  # a checkout from before landmark_lit.inference (NAME=BUNDLE@SRC)

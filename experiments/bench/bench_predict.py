@@ -38,7 +38,7 @@ def run_case(args: argparse.Namespace) -> dict:
 
     predictor = LandmarkPredictor.from_bundle(args.model)
     if args.local_iterations:
-        predictor.local_iterations = args.local_iterations
+        predictor.configure(local_iterations=args.local_iterations)
     image_path = Path(args.image)
     tmp = None
     if args.pad_to:

@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
                 if stage == "global":
                     predictor = LandmarkPredictor.from_checkpoints(path)
                 else:
-                    predictor = LandmarkPredictor.from_checkpoints(global_path, path, args.local_iterations)
+                    predictor = LandmarkPredictor.from_checkpoints(
+                        global_path, path, local_iterations=args.local_iterations
+                    )
                 cache[key] = test1_mre(predictor, source)
             mre, med = cache[key]
             rows.append({"method": method, "stage": stage, "step": step, "checkpoint": str(path),

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
-from landmark_lit.inference.predictor import LandmarkPredictor, MirrorAverage
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.settings import MirrorAverage
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
 
@@ -82,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         paths = spec.split(",")
         for it in args.iterations:
             for local_k in args.local_top_k:
-                predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, paths, it)
+                predictor = LandmarkPredictor.from_checkpoints(
+                    args.global_checkpoint, paths, local_iterations=it
+                )
                 predictor.set_vote_top_k(args.global_top_k, local_k or None)
                 label = " -> ".join(
                     f"local {s.meta.spacing:g} mm, {'x'.join(map(str, s.meta.crop_size))}"
@@ -94,7 +97,10 @@ def main(argv: list[str] | None = None) -> None:
                 pipelines[f"global -> {label}{extra}"] = predictor
                 for scope in args.test_time_mirror:
                     mirrored = LandmarkPredictor.from_checkpoints(
-                        args.global_checkpoint, paths, it, mirror=MirrorAverage((0,), (), scope == "whole")
+                        args.global_checkpoint,
+                        paths,
+                        local_iterations=it,
+                        mirror=MirrorAverage((0,), (), scope == "whole"),
                     )
                     mirrored.set_vote_top_k(args.global_top_k, local_k or None)
                     pipelines[f"global -> {label}{extra}, test-time mirror ({scope})"] = mirrored

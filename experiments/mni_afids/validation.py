@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
             pipelines[f"global only, top {k} cells"].set_vote_top_k(k)
         for spec in args.local:
             for it in args.iterations:
-                predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint, spec.split(","), it)
+                predictor = LandmarkPredictor.from_checkpoints(
+                    args.global_checkpoint, spec.split(","), local_iterations=it
+                )
                 predictor.set_vote_top_k(args.global_top_k, args.local_top_k)
                 pipelines[f"global -> {spec}" + (f" ({it} passes)" if it > 1 else "")] = predictor
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}

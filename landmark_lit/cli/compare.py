@@ -9,7 +9,7 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli import CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR, register_resolvers
 from landmark_lit.evaluation.compare import compare_runs, format_comparison, log_comparison_to_wandb
 
 
@@ -56,8 +56,14 @@ def compare(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="compare")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     compare(cfg)
+
+
+def main() -> None:
+    """Console entry point: the configs' resolvers, then Hydra."""
+    register_resolvers()
+    run()
 
 
 if __name__ == "__main__":

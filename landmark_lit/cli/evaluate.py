@@ -14,8 +14,8 @@ import hydra
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig
 
-from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.confidence import DEFAULT_FAILURE_MM
+from landmark_lit.config import CONFIG_DIR, register_resolvers
 from landmark_lit.evaluation.report import (
     confidence_rows,
     evaluate_predictions,
@@ -51,9 +51,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    """Console entry point."""
+def run(cfg: DictConfig) -> None:
     evaluate(cfg)
+
+
+def main() -> None:
+    """Console entry point: the configs' resolvers, then Hydra."""
+    register_resolvers()
+    run()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.cli.common import load_predictor, plain
 from landmark_lit.confidence import DEFAULT_COVERAGE, DEFAULT_FAILURE_MM, DEFAULT_GOAL, Calibration
-from landmark_lit.inference.predictor import LandmarkPredictor
-from landmark_lit.inference.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage, Stage, save_bundle
+from landmark_lit.config import PREDICT_CONFIG_DIR, register_resolvers
+from landmark_lit.inference.stages import Stage, save_bundle
 from landmark_lit.utils import first_line
 
 FORMATS = ("bundle", "torchscript", "onnx")
@@ -37,30 +37,10 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     if unknown:
         raise ValueError(f"formats: unknown {unknown} (expected any of {list(FORMATS)})")
     out, written = Path(cfg.output), {}
-    model, global_ckpt = cfg.get("model"), cfg.get("global_checkpoint")
-    if bool(model) == bool(global_ckpt):
-        raise ValueError(
-            "give either model=BUNDLE or global_checkpoint=CKPT (with optional local_checkpoint)"
-        )
-    if model:
-        if "bundle" in formats:
-            raise ValueError("model=BUNDLE is already a bundle: export its networks with formats=[onnx] etc.")
-        predictor = LandmarkPredictor.from_bundle(model)
-    else:
-        local = cfg.get("local_checkpoint")
-        local = OmegaConf.to_container(local) if OmegaConf.is_list(local) else ([local] if local else [])
-        threshold = cfg.get("confidence_threshold")
-        threshold = None if threshold is None else float(threshold)  # None: the method's default
-        iterations = cfg.get("local_iterations")
-        iterations = 1 if iterations is None else iterations  # 0 is refused below, not turned into 1
-        scale = cfg.get("confidence_scale")
-        scale = DEFAULT_CONFIDENCE_SCALE if scale is None else float(scale)
-        predictor = LandmarkPredictor.from_checkpoints(global_ckpt, local, iterations, threshold, scale)
-        mirror = cfg.get("mirror")
-        if mirror is not None:
-            mirror = OmegaConf.to_container(mirror) if OmegaConf.is_config(mirror) else mirror
-            mirror = MirrorAverage.from_dict(mirror, predictor.landmark_names)
-        predictor.mirror = mirror
+    if cfg.get("model") and "bundle" in formats:
+        raise ValueError("model=BUNDLE is already a bundle: export its networks with formats=[onnx] etc.")
+    predictor = load_predictor(cfg)  # the bundle's, or the checkpoints' with the run settings checked
+    if not cfg.get("model"):
         calibration = None
         if cfg.get("calibration_dataset") or cfg.get("calibration_manifest"):
             from landmark_lit.inference.calibrate import calibrate_predictor, calibration_source
@@ -81,7 +61,9 @@ def export(cfg: DictConfig) -> dict[str, Path]:
             )
             written["calibration"] = _calibration_line(calibration)
         if "bundle" in formats:
-            save_bundle(out, global_ckpt, local, iterations, threshold, scale, mirror, calibration)
+            local = plain(cfg.get("local_checkpoint")) or []
+            local = [local] if isinstance(local, str) else local
+            save_bundle(out, cfg.global_checkpoint, local, predictor.settings, calibration)
             written["bundle"] = out
     stages = {"global": predictor.global_stage} | {
         f"local{n}": s for n, s in enumerate(predictor.local_stages)
@@ -113,7 +95,7 @@ def _calibration_line(cal: Calibration) -> str:
 
 
 @hydra.main(version_base="1.3", config_path=PREDICT_CONFIG_DIR, config_name="export")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     try:
         written = export(cfg)
     except (ValueError, RuntimeError, FileNotFoundError) as exc:
@@ -121,6 +103,12 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     for key, path in written.items():
         print(f"{key}: {path}")
+
+
+def main() -> None:
+    """Console entry point: the configs' resolvers, then Hydra."""
+    register_resolvers()
+    run()
 
 
 if __name__ == "__main__":

@@ -17,64 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli import PREDICT_CONFIG_DIR
+from landmark_lit.cli.common import load_predictor, plain
+from landmark_lit.config import PREDICT_CONFIG_DIR, compose_config
 from landmark_lit.inference.predict_files import predict_files, summary_line
-from landmark_lit.inference.predictor import LandmarkPredictor
-from landmark_lit.inference.stages import DEFAULT_CONFIDENCE_SCALE, MirrorAverage
 from landmark_lit.utils import first_line
-
-
-def _plain(value):
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def load_predictor(cfg: DictConfig) -> LandmarkPredictor:
-    """The predictor of ``cfg.model`` (a bundle) or ``cfg.global_checkpoint`` (+ ``local_checkpoint``);
-    ``local_iterations``, ``confidence_threshold``, ``confidence_scale`` and the vote decoders'
-    ``global_top_k`` / ``local_top_k``, when set, override the stored ones."""
-    model, global_ckpt = cfg.get("model"), cfg.get("global_checkpoint")
-    if bool(model) == bool(global_ckpt):
-        raise ValueError(
-            "give either model=BUNDLE or global_checkpoint=CKPT (with optional local_checkpoint)"
-        )
-    iterations, threshold = cfg.get("local_iterations"), cfg.get("confidence_threshold")
-    scale = cfg.get("confidence_scale")
-    if model:
-        if cfg.get("local_checkpoint"):
-            raise ValueError("local_checkpoint goes with global_checkpoint, not with a model bundle")
-        # the bundle's settings, changed with the same checks as the checkpoint path's
-        predictor = LandmarkPredictor.from_bundle(model).configure(iterations, threshold, scale)
-    else:
-        predictor = LandmarkPredictor.from_checkpoints(
-            global_ckpt,
-            _plain(cfg.get("local_checkpoint")),
-            int(iterations) if iterations is not None else 1,
-            None if threshold is None else float(threshold),  # None: the calibration's
-            float(scale) if scale is not None else DEFAULT_CONFIDENCE_SCALE,
-        )
-    predictor.set_vote_top_k(cfg.get("global_top_k"), cfg.get("local_top_k"))
-    mirror = cfg.get("mirror")
-    if mirror is not None:
-        predictor.mirror = mirror_setting(_plain(mirror), predictor)
-    return predictor
-
-
-def mirror_setting(value, predictor: LandmarkPredictor) -> MirrorAverage | None:
-    """``mirror=`` of the command line: "none" (off), "local" or "whole" (the model's axes and pairs, or
-    array axis 0 without pairs when it stores none), or a mapping ``{axes, pairs, whole}``."""
-    if value == "none":
-        return None
-    if value in ("local", "whole"):
-        stored = predictor.mirror or MirrorAverage()
-        mirror = MirrorAverage(stored.axes, stored.pairs, value == "whole")
-    else:
-        mirror = MirrorAverage.from_dict(value, predictor.landmark_names)
-    mirror.check(len(predictor.landmark_names), predictor.spatial_dims)
-    return mirror
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -83,10 +32,10 @@ def predict(cfg: DictConfig) -> dict:
     predictor = load_predictor(cfg).to(cfg.get("device") or "cpu")
     return predict_files(
         predictor,
-        _plain(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input),
+        plain(cfg.input) if OmegaConf.is_list(cfg.input) else str(cfg.input),
         cfg.output_dir,
         root=cfg.get("input_root"),
-        spacing=_plain(cfg.get("spacing")),
+        spacing=plain(cfg.get("spacing")),
         split=cfg.get("input_split"),
         pictures=bool(cfg.get("pictures", False)),
         report=bool(cfg.get("report", False)),
@@ -166,8 +115,7 @@ def config_from_args(argv: Sequence[str]) -> DictConfig:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"unexpected argument {bad[0]!r}: options are flags (see --help) or key=value")
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
-        cfg = compose("predict", overrides=list(args.overrides))
+    cfg = compose_config("predict", args.overrides, PREDICT_CONFIG_DIR)
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
         if value is None:

@@ -246,7 +246,7 @@ def mirror_permutation(pairs: Sequence[Sequence[int]], num_landmarks: int) -> li
     """Landmark order after a left-right mirror that swaps the index ``pairs``: row k of the mirrored
     landmarks is row perm[k] (an involution). The one rule of the training flip
     (:class:`~landmark_lit.data.augment.RandomFlip`) and the test-time mirror
-    (:class:`~landmark_lit.inference.stages.MirrorAverage`)."""
+    (:class:`~landmark_lit.inference.settings.MirrorAverage`)."""
     perm = list(range(num_landmarks))
     for i, j in pairs:
         if not isinstance(i, int) or not isinstance(j, int):

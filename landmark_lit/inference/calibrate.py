@@ -27,7 +27,8 @@ from landmark_lit.confidence import (
 )
 from landmark_lit.data.cases import CaseSource
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.inference.predictor import LandmarkPredictor, StageEstimate, refine_locally
+from landmark_lit.inference.passes import StageEstimate, refine_locally
+from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.inference.stages import Stage, load_stage, torch_load
 from landmark_lit.utils import atomic_path
 
@@ -180,7 +181,7 @@ def calibration_source(
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from landmark_lit.cli import CONFIG_DIR
+    from landmark_lit.config import CONFIG_DIR, register_resolvers
 
     if bool(dataset) == bool(manifest):
         raise ValueError("calibrate on either calibration_dataset=NAME or calibration_manifest=PATH")
@@ -192,6 +193,7 @@ def calibration_source(
     if not os.path.isfile(path):
         names = sorted(f[:-5] for f in os.listdir(os.path.dirname(path)) if f.endswith(".yaml"))
         raise ValueError(f"calibration_dataset: unknown dataset {dataset!r} (one of {names})")
+    register_resolvers()  # paths.data_dir: ${data_root:}
     paths = OmegaConf.load(os.path.join(CONFIG_DIR, "paths", "default.yaml"))
     cfg = OmegaConf.create({"paths": {"data_dir": paths.data_dir}, "dataset": OmegaConf.load(path)})
     if split not in cfg.dataset or cfg.dataset[split] is None:

@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from PIL import Image
 
-from landmark_lit.cli import CONFIG_DIR, PROJECT_ROOT
+from landmark_lit.config import CONFIG_DIR, PROJECT_ROOT
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
 from landmark_lit.data.transforms import Preprocessing, world_to_voxel
 

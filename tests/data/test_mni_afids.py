@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from landmark_lit.cli import PROJECT_ROOT
+from landmark_lit.config import PROJECT_ROOT
 from landmark_lit.data import mni_afids
 from landmark_lit.data.io import load_image
 from landmark_lit.data.manifest import ManifestCases

@@ -250,7 +250,7 @@ def test_one_mirror_rule_for_training_and_prediction():
 
     from landmark_lit.data.augment import RandomFlip
     from landmark_lit.data.transforms import mirror_permutation
-    from landmark_lit.inference.stages import MirrorAverage
+    from landmark_lit.inference.settings import MirrorAverage
 
     pairs = ((0, 3), (1, 4))
     perm = mirror_permutation(pairs, 6)

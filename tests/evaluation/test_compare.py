@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from landmark_lit.cli import CONFIG_DIR
 from landmark_lit.cli.compare import compare
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.landmark_tables import LandmarkTable, write_landmark_table
 from landmark_lit.evaluation.compare import compare_runs
 

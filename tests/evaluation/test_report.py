@@ -171,7 +171,8 @@ def test_missing_predictions_are_errors(tmp_path: Path) -> None:
 def test_cli_compose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from hydra import compose, initialize_config_dir
 
-    from landmark_lit.cli.evaluate import CONFIG_DIR, evaluate
+    from landmark_lit.cli.evaluate import evaluate
+    from landmark_lit.config import CONFIG_DIR
 
     preds, refs = _write_2d(tmp_path, images=False)
     overrides = [f"predictions={preds}", f"references={refs}", f"output_dir={tmp_path / 'cli'}", "n_worst=1"]

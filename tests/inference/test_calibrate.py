@@ -19,6 +19,7 @@ from landmark_lit.inference.calibrate import (
     calibration_source,
 )
 from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.settings import RunSettings
 from landmark_lit.inference.stages import load_bundle, load_stage, save_bundle
 
 
@@ -84,7 +85,7 @@ def test_bundle_stores_the_pipeline_calibration(models, tmp_path):
     predictor = LandmarkPredictor.from_checkpoints(g, loc, local_iterations=2)
     cal = calibrate_predictor(predictor, RandomCases(), failure_mm=2.5)
     assert cal.fitted_on["pipeline"] == {"local_stages": 1, "local_iterations": 2, "mirror": None}
-    summary = save_bundle(tmp_path / "model.pt", g, [loc], local_iterations=2, calibration=cal)
+    summary = save_bundle(tmp_path / "model.pt", g, [loc], RunSettings(local_iterations=2), cal)
     assert summary["version"] == 2 and summary["confidence_threshold"] is None
     bundle = load_bundle(tmp_path / "model.pt")
     assert bundle.calibration == cal
@@ -92,11 +93,13 @@ def test_bundle_stores_the_pipeline_calibration(models, tmp_path):
     assert bundled.confidence_threshold == cal.threshold
     case = RandomCases(seed=2)[0]
     a = bundled.predict(case.image, case.affine)
-    b = LandmarkPredictor.from_checkpoints(g, loc, 2, calibration=cal).predict(case.image, case.affine)
+    b = LandmarkPredictor.from_checkpoints(g, loc, calibration=cal, local_iterations=2).predict(
+        case.image, case.affine
+    )
     np.testing.assert_array_equal(a.confidence, b.confidence)
     np.testing.assert_array_equal(a.radius_mm, b.radius_mm)
     # an explicit threshold overrides the calibration's
-    save_bundle(tmp_path / "strict.pt", g, [loc], 2, confidence_threshold=1.01, calibration=cal)
+    save_bundle(tmp_path / "strict.pt", g, [loc], RunSettings(2, confidence_threshold=1.01), cal)
     assert (
         LandmarkPredictor.from_bundle(tmp_path / "strict.pt").predict(case.image, case.affine).flagged.all()
     )
@@ -117,8 +120,8 @@ def test_uncalibrated_model_warns_once_and_flags_nothing(models, caplog):
 
 def test_calibration_of_another_pipeline_warns(models, caplog):
     g, loc = models
-    cal = calibrate_predictor(LandmarkPredictor.from_checkpoints(g, loc, 1), RandomCases())
-    predictor = LandmarkPredictor.from_checkpoints(g, loc, 2, calibration=cal)
+    cal = calibrate_predictor(LandmarkPredictor.from_checkpoints(g, loc), RandomCases())
+    predictor = LandmarkPredictor.from_checkpoints(g, loc, calibration=cal, local_iterations=2)
     case = RandomCases()[0]
     with caplog.at_level(logging.WARNING, logger="landmark_lit.inference.predictor"):
         predictor.predict(case.image, case.affine)
@@ -127,7 +130,7 @@ def test_calibration_of_another_pipeline_warns(models, caplog):
 
 def test_version_1_bundle_keeps_its_threshold(models, tmp_path):
     g, loc = models
-    save_bundle(tmp_path / "model.pt", g, [loc], confidence_threshold=0.3)
+    save_bundle(tmp_path / "model.pt", g, [loc], RunSettings(confidence_threshold=0.3))
     data = torch.load(tmp_path / "model.pt", weights_only=True)
     data["version"] = 1
     del data["calibration"]

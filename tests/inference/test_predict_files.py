@@ -16,12 +16,14 @@ from helpers import NAMES, stage_description, write_checkpoint
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from landmark_lit.cli import PREDICT_CONFIG_DIR
 from landmark_lit.cli.predict import predict as predict_cli
+from landmark_lit.config import PREDICT_CONFIG_DIR
 from landmark_lit.data.landmark_tables import read_landmark_table
 from landmark_lit.data.point_files import read_point_list
 from landmark_lit.inference.predict_files import find_inputs, predict_files
-from landmark_lit.inference.predictor import LandmarkPredictor, landmark_confidence
+from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.scoring import landmark_confidence
+from landmark_lit.inference.settings import RunSettings
 from landmark_lit.inference.stages import StageMeta, save_bundle
 from landmark_lit.methods.displacement import vote_statistics
 from landmark_lit.networks import DisplacementOutput
@@ -49,14 +51,16 @@ def _nifti(path: Path, shape=(20, 24, 18), seed: int = 0, affine=None) -> Path:
 
 def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
     d, g, loc = checkpoints
-    summary = save_bundle(tmp_path / "model.pt", g, [loc], local_iterations=2, confidence_threshold=0.2)
+    summary = save_bundle(
+        tmp_path / "model.pt", g, [loc], RunSettings(local_iterations=2, confidence_threshold=0.2)
+    )
     assert (
         summary["landmark_names"] == NAMES
         and summary["spatial_dims"] == d
         and summary["local_iterations"] == 2
     )
     bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
-    direct = LandmarkPredictor.from_checkpoints(g, loc, 2)
+    direct = LandmarkPredictor.from_checkpoints(g, loc, local_iterations=2)
     assert bundled.local_iterations == 2 and bundled.confidence_threshold == 0.2
     # without a threshold or calibration: no method-wide constant, nothing flagged
     assert direct.confidence_threshold is None and direct.calibration is None
@@ -71,11 +75,14 @@ def test_bundle_predicts_exactly_as_the_checkpoints(checkpoints, tmp_path):
 
 def test_bundle_stores_the_test_time_mirror_and_the_command_line_overrides_it(checkpoints, tmp_path):
     from landmark_lit.cli.predict import config_from_args, load_predictor
-    from landmark_lit.inference.stages import CheckpointError, MirrorAverage
+    from landmark_lit.inference.settings import MirrorAverage
+    from landmark_lit.inference.stages import CheckpointError
 
     d, g, loc = checkpoints
     mirror = MirrorAverage(axes=(d - 1,), pairs=((0, 1),), whole=False)
-    assert save_bundle(tmp_path / "model.pt", g, [loc], mirror=mirror)["mirror"] == mirror.to_dict()
+    assert (
+        save_bundle(tmp_path / "model.pt", g, [loc], RunSettings(mirror=mirror))["mirror"] == mirror.to_dict()
+    )
     bundled = LandmarkPredictor.from_bundle(tmp_path / "model.pt")
     assert bundled.mirror == mirror
     image = np.random.default_rng(2).normal(size=(1, *[24] * d)).astype(np.float32)
@@ -98,7 +105,7 @@ def test_bundle_stores_the_test_time_mirror_and_the_command_line_overrides_it(ch
     with pytest.raises(ValueError, match="not a landmark index or name"):
         loaded("mirror={pairs: [[nose, 1]]}")
     with pytest.raises(CheckpointError, match="out of range for 2 landmarks"):
-        save_bundle(tmp_path / "bad.pt", g, [loc], mirror=MirrorAverage(pairs=((0, 4),)))
+        save_bundle(tmp_path / "bad.pt", g, [loc], RunSettings(mirror=MirrorAverage(pairs=((0, 4),))))
     assert not (tmp_path / "bad.pt").exists()
 
 
@@ -388,7 +395,7 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     scripted = LandmarkPredictor(
         Stage(nets["global"], StageMeta.from_dict(nets["global"].meta, "g"), "g"),
         [Stage(nets["local0"], StageMeta.from_dict(nets["local0"].meta, "l"), "l")],
-        2,
+        local_iterations=2,
     )
     image = np.random.default_rng(3).normal(size=(1, 30, 34)).astype(np.float32)
     np.testing.assert_allclose(

@@ -8,7 +8,8 @@ from PIL import Image
 from landmark_lit.data.transforms import match_channels
 from landmark_lit.inference.predict_files import case_id_of, find_images, predict_file, predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor, Prediction, refine_locally
-from landmark_lit.inference.stages import CheckpointError, MirrorAverage, Stage, StageMeta
+from landmark_lit.inference.settings import MirrorAverage
+from landmark_lit.inference.stages import CheckpointError, Stage, StageMeta
 from landmark_lit.networks import GlobalNet, LocalNet
 
 NAMES = ["a", "b"]

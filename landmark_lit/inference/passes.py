@@ -1,0 +1,117 @@
+"""One stage's network on an image: the whole working image (global) or one sub-image per landmark
+(:func:`refine_locally`), optionally averaged with the mirrored pass, decoded to a :class:`StageEstimate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from landmark_lit.data.transforms import (
+    local_crop_starts,
+    spacing_of,
+    stack_local_crops,
+    voxel_to_world,
+    world_to_voxel,
+)
+from landmark_lit.inference.settings import MirrorAverage
+from landmark_lit.inference.stages import Stage
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage's answer: landmarks (K, D) in world mm, how far its votes (or heatmap mass) spread (K,) mm,
+    its highest posterior (K,), and with a test-time mirror how far the mirrored pass's answer lay from
+    the unmirrored one (K,) mm."""
+
+    world: np.ndarray
+    spread_mm: np.ndarray
+    posterior: np.ndarray
+    mirror_gap_mm: np.ndarray | None = None
+
+
+def decode_stage(
+    stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: MirrorAverage | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor | None]:
+    """A stage's network on a batch ``x`` (B, ..., *spatial) -> coords (B, K, D) in input voxels, spread and
+    posterior (B, K), the network output of the unmirrored pass, and the mirror gap; with ``mirror``,
+    each averaged with the pass on the mirrored input (mirrored back, pairs swapped), and the gap (B, K)
+    mm between the two passes' answers (None without mirror)."""
+    out = stage.net(x)
+    coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
+    if mirror is None:
+        return coords, spread, posterior, out, None
+    d = coords.shape[-1]
+    if max(mirror.axes) >= d:
+        raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a {d}D image")
+    dims = [x.ndim - d + a for a in mirror.axes]
+    perm = mirror.permutation(coords.shape[1])
+    if x.ndim == d + 3:  # local stages: (B, K, C, *crop), network k reads sub-image k
+        x_m = torch.flip(x, dims)[:, perm]
+    else:
+        x_m = torch.flip(x, dims)
+    c_m, s_m, p_m = stage.decoder.statistics(stage.net(x_m), stage.net.stride, scale)
+    c_m, s_m, p_m = c_m[:, perm].clone(), s_m[:, perm], p_m[:, perm]
+    for a in mirror.axes:
+        c_m[..., a] = (x.shape[x.ndim - d + a] - 1) - c_m[..., a]
+    gap = ((coords - c_m) * scale).norm(dim=-1)
+    return (coords + c_m) / 2, (spread + s_m) / 2, (posterior + p_m) / 2, out, gap
+
+
+@torch.inference_mode()
+def refine_locally(
+    stage: Stage,
+    image: torch.Tensor,
+    affine: np.ndarray,
+    world: np.ndarray,
+    iterations: int = 1,
+    mirror: MirrorAverage | None = None,
+) -> tuple[StageEstimate, np.ndarray]:
+    """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
+    mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
+    mean of that and of the mirrored sub-image's answer).
+
+    Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
+    """
+    x, aff = stage.preprocessing(image, affine)
+    device = network_device(stage.net)
+    scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
+    centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
+    crop = stage.meta.crop_size
+    shift = np.zeros(len(world))
+    spread = posterior = gap = None
+    for _ in range(int(iterations)):
+        starts = local_crop_starts(centres, crop)
+        crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
+        coords, spread, posterior, _, gap = decode_stage(
+            stage, crops[None].to(device), scale.to(device), mirror
+        )
+        new = coords[0].cpu() + starts
+        shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
+        centres = new
+    return stage_estimate(centres, spread, posterior, gap, aff), shift
+
+
+def stage_estimate(
+    coords: torch.Tensor,
+    spread: torch.Tensor,
+    posterior: torch.Tensor,
+    gap: torch.Tensor | None,
+    affine: np.ndarray,
+) -> StageEstimate:
+    """A stage's estimate from its decoded voxel coordinates (K, D) or (1, K, D) and (1, K) statistics
+    in the voxels of the image whose affine is ``affine``."""
+
+    return StageEstimate(
+        voxel_to_world(coords.reshape(-1, coords.shape[-1]).double().cpu().numpy(), affine),
+        spread.reshape(-1).double().cpu().numpy(),
+        posterior.reshape(-1).double().cpu().numpy(),
+        None if gap is None else gap.reshape(-1).double().cpu().numpy(),
+    )
+
+
+def network_device(net: torch.nn.Module) -> torch.device:
+    """Where a network's parameters are (the CPU for exported networks without torch parameters)."""
+    return next(iter(net.parameters()), torch.empty(0)).device
