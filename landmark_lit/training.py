@@ -66,6 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"the {method.name} method trains with {method.loss_class.__name__}, loss builds {type(loss).__name__}"
         )
     meta = StageMeta.from_config(cfg, datamodule.landmark_names, decoder)
+    # one source of preprocessing: the images are prepared as the stored description says prediction will
+    datamodule.use_preprocessing(meta.preprocessing)
     module = LandmarkModule(
         net=instantiate(cfg.stage.net, **net_overrides),
         loss=loss,

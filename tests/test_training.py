@@ -4,6 +4,7 @@ saved checkpoints, and run the CLI entry points."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -548,3 +549,20 @@ def test_pyramid_global_stage_with_flips_trains_and_predicts_with_its_decoder(tm
     assert predictor.global_stage.decoder.top_k == 1
     with pytest.raises(ValueError, match="top_k"):
         predictor.set_vote_top_k(0)
+
+
+def test_training_and_prediction_preprocess_alike_with_a_non_default_antialias(tmp_path):
+    """data.antialias=false: the datamodule prepares its images with the stage description's preprocessing,
+    and the predictor rebuilt from the checkpoint uses the same (no silent difference between the two)."""
+    cfg = compose_train([*tiny_overrides("synthetic2d", tmp_path), "data.antialias=false", "run_test=false"])
+    res = train(cfg)
+    meta = torch.load(res["best_checkpoint"], weights_only=True)["landmark_lit"]
+    assert meta["antialias"] is False
+    trained = res["datamodule"].preprocessing
+    predictor = LandmarkPredictor.from_checkpoints(res["best_checkpoint"])
+    assert predictor.global_stage.preprocessing == trained and trained.antialias is False
+    case = instantiate(cfg.dataset.val)[0]
+    x_train, _ = trained(case.image, case.affine)
+    x_pred, _ = predictor.global_stage.preprocessing(case.image, case.affine)
+    smoothed, _ = dataclasses.replace(trained, antialias=True)(case.image, case.affine)
+    assert torch.equal(x_train, x_pred) and not torch.allclose(x_train, smoothed, atol=1e-3)

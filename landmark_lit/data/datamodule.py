@@ -100,6 +100,13 @@ class LandmarkDataModule(L.LightningDataModule):
             self.local_offset_sd = [float(v) for v in np.ravel(sd)]
         self._prepared: dict[str, PreparedCases] = {}
 
+    def use_preprocessing(self, preprocessing: Preprocessing) -> None:
+        """Prepare every image with ``preprocessing`` (training passes its stage description's, so training
+        and prediction preprocess alike); before any image is prepared."""
+        if self._prepared:
+            raise RuntimeError("use_preprocessing must come before any image is prepared")
+        self.preprocessing = preprocessing
+
     @property
     def landmark_names(self) -> list[str]:
         return list(self.sources["train"].landmark_names)

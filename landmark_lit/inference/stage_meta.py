@@ -29,9 +29,9 @@ from landmark_lit.methods.base import all_methods
 from landmark_lit.methods.displacement import DISPLACEMENT
 from landmark_lit.utils import first_line, is_finite_number
 
-# version 3: optional ``calibration``; version 2: ``method`` always stated; version 1: no ``method`` key
+# version 4: optional ``antialias``; version 3: optional ``calibration``; version 2: ``method`` always stated; version 1: no ``method`` key
 # for the displacement method, unknown keys ignored
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 STAGES = ("global", "local")
 
 
@@ -69,6 +69,8 @@ class StageMeta:
     # how this stage's confidence maps to its errors (landmark_lit.confidence.Calibration.to_dict), fitted
     # on the validation images at the end of training; None for models trained before it existed
     calibration: dict[str, Any] | None = None
+    # Gaussian pre-smoothing of down-sampled axes (data.antialias), the same in training and prediction
+    antialias: bool = True
     format_version: int = FORMAT_VERSION
 
     # --- building ----------------------------------------------------------------------------------
@@ -93,6 +95,7 @@ class StageMeta:
             )
         net["num_landmarks"] = len(landmark_names)  # the data decides K
         min_size = OmegaConf.select(cfg, "data.min_size", default=None)
+        antialias = OmegaConf.select(cfg, "data.antialias", default=True)
         meta = cls(
             stage=stage,
             method=method.name,
@@ -106,6 +109,7 @@ class StageMeta:
             min_size=_plain(min_size),
             dataset=str(cfg.dataset.name),
             ablation=str(cfg.ablation.name) if "ablation" in cfg else None,
+            antialias=antialias,
         )
         return cls.from_dict(meta.to_dict(), f"config of the {stage} stage")  # the same checks as files
 
@@ -170,6 +174,8 @@ class StageMeta:
             self.crop_size, dims, int, where, "crop_size", allow_none=self.stage == "global"
         )
         _check_positive_per_axis(self.min_size, dims, int, where, "min_size", allow_none=True)
+        if not isinstance(self.antialias, bool):
+            raise CheckpointError(f"{where}: antialias must be true or false, got {self.antialias!r}")
         if self.intensity not in INTENSITY_METHODS:
             raise CheckpointError(
                 f"{where}: intensity must be one of {INTENSITY_METHODS}, got {self.intensity!r}"
@@ -199,6 +205,7 @@ class StageMeta:
         return Preprocessing(
             spacing=self.spacing,
             intensity=self.intensity,
+            antialias=self.antialias,
             channels=self.net["in_channels"],
             min_size=self.min_size,
         )

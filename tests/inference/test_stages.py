@@ -98,8 +98,13 @@ def test_heatmap_descriptions_are_validated():
 def test_descriptions_state_their_format_and_older_ones_still_load():
     old = stage_description("global", 2, 1.0, 8)  # format 1: no "method" key for the displacement method
     meta = StageMeta.from_dict(old, "old.ckpt")
-    assert meta.method == "displacement" and meta.format_version == FORMAT_VERSION == 3
+    assert meta.method == "displacement" and meta.format_version == FORMAT_VERSION == 4
     assert meta.calibration is None  # formats 1 and 2 had none
+    assert meta.antialias is True  # formats 1 to 3 were trained with it
+    v3 = {**old, "method": "displacement", "format_version": 3}
+    assert StageMeta.from_dict(v3, "v3.ckpt").preprocessing.antialias is True
+    with pytest.raises(CheckpointError, match=r"v3\.ckpt: antialias must be true or false, got 'no'"):
+        StageMeta.from_dict({**v3, "antialias": "no"}, "v3.ckpt")
     v2 = {**old, "method": "displacement", "format_version": 2}
     assert StageMeta.from_dict(v2, "v2.ckpt").calibration is None
     assert (
@@ -107,7 +112,7 @@ def test_descriptions_state_their_format_and_older_ones_still_load():
     )
     # what is written now says its format and method, and reads back equal
     stored = meta.to_dict()
-    assert stored["format_version"] == 3 and stored["method"] == "displacement"
+    assert stored["format_version"] == 4 and stored["method"] == "displacement"
     assert StageMeta.from_dict(stored, "new.ckpt") == meta
     with pytest.raises(CheckpointError, match=r"new\.ckpt: unknown model description keys \['extra'\]"):
         StageMeta.from_dict({**stored, "extra": 1}, "new.ckpt")
@@ -115,9 +120,9 @@ def test_descriptions_state_their_format_and_older_ones_still_load():
         StageMeta.from_dict({**stored, "calibration": [1, 2]}, "new.ckpt")
     with pytest.raises(CheckpointError, match=r"new\.ckpt: model description lacks \['method'\]"):
         StageMeta.from_dict({k: v for k, v in stored.items() if k != "method"}, "new.ckpt")
-    with pytest.raises(CheckpointError, match=r"future\.ckpt: written by a newer landmark_lit \(model format 4; "
-                       r"this one reads formats 1 to 3\)"):  # fmt: skip
-        StageMeta.from_dict({**stored, "format_version": 4}, "future.ckpt")
+    with pytest.raises(CheckpointError, match=r"future\.ckpt: written by a newer landmark_lit \(model format 5; "
+                       r"this one reads formats 1 to 4\)"):  # fmt: skip
+        StageMeta.from_dict({**stored, "format_version": 5}, "future.ckpt")
     with pytest.raises(CheckpointError, match="invalid format_version 'two'"):
         StageMeta.from_dict({**stored, "format_version": "two"}, "x.ckpt")
 
