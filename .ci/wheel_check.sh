@@ -13,7 +13,7 @@ B="$WORK/venv/bin"
 "$B/pip" install --quiet -c "$ROOT/constraints.txt" "$WORK"/dist/landmark_lit-*.whl
 mkdir "$WORK/user" && cd "$WORK/user"
 export OMP_NUM_THREADS=1
-"$B/landmark-train" dataset=synthetic2d model=small trainer=ci run_test=false \
+"$B/landmark-train" dataset=synthetic2d net=small trainer=ci run_test=false \
   dataset.train.num_cases=2 dataset.val.num_cases=1 stage.samples_per_epoch=4 \
   dataset.train.size=40 dataset.val.size=40 dataset.test.size=40
 ckpt=$(ls "$WORK"/user/outputs/train/synthetic2d/global-Rlog+C/*/checkpoints/last.ckpt)  # outputs under the current folder

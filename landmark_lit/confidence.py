@@ -239,22 +239,8 @@ def fit_calibration(
     """Fit a calibration on N validation landmarks: ``features`` (N, len(FEATURES)), their errors (N,) mm
     and landmark names (N,). Landmarks without a reference (NaN error) are left out; cues constant over
     the validation landmarks (e.g. the local shift of a global-only model) are not used."""
-    x = np.asarray(features, np.float64)
-    err = np.asarray(errors_mm, np.float64)
-    names = np.asarray(list(names), dtype=object)
-    if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(err) != len(x) or len(names) != len(x):
-        raise CalibrationError(f"calibration: features {x.shape}, errors {err.shape}, names {names.shape}")
-    if not (failure_mm > 0 and 0 < goal < 1 and 0 < coverage < 1):
-        raise CalibrationError(
-            f"calibration: failure_mm > 0, goal and coverage in (0, 1) needed; got {failure_mm}, {goal}, {coverage}"
-        )
-    keep = np.isfinite(err) & np.all(np.isfinite(x), axis=1)
-    x, err, names = x[keep], err[keep], names[keep]
+    x, err, names = _calibration_data(features, errors_mm, names, failure_mm, goal, coverage)
     n = len(err)
-    if n < MIN_LANDMARKS:
-        raise CalibrationError(
-            f"calibration: {n} validation landmarks with references, at least {MIN_LANDMARKS} needed"
-        )
     y = np.log(np.maximum(err, 1e-3))
     sd = x.std(axis=0)
     used = [i for i in range(x.shape[1]) if sd[i] > 1e-9]
@@ -262,14 +248,7 @@ def fit_calibration(
     z = (xs - mean) / scale
     landmarks = list(dict.fromkeys(names))
     onehot = (names[:, None] == np.asarray(landmarks, dtype=object)[None, :]).astype(np.float64)
-    best = None
-    for ridge in RIDGES:
-        for group_ridge in LANDMARK_RIDGES:
-            coef, intercept, offsets, loo = _loo_ridge(z, onehot, y, ridge, group_ridge)
-            score = float(np.mean(loo**2))
-            if best is None or score < best[0] - 1e-12:
-                best = (score, ridge, group_ridge, coef, intercept, offsets, loo)
-    _, ridge, group_ridge, coef, intercept, offsets, loo = best
+    ridge, group_ridge, coef, intercept, offsets, loo = _best_ridge(z, onehot, y)
     residuals = np.sort(loo)
     # Silverman's rule of thumb
     spread = min(residuals.std(), (np.quantile(residuals, 0.75) - np.quantile(residuals, 0.25)) / 1.34)
@@ -309,6 +288,45 @@ def fit_calibration(
     report = confidence_figures(err, conf, conf < threshold, radius, failure_mm)
     report["expected_failures_caught"] = float(p_fail[conf < threshold].sum() / max(p_fail.sum(), 1e-12))
     return dataclasses.replace(cal, validation={"n_landmarks": n, **report})
+
+
+def _calibration_data(
+    features: np.ndarray,
+    errors_mm: np.ndarray,
+    names: Sequence[str],
+    failure_mm: float,
+    goal: float,
+    coverage: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The checked (features, errors, names) of the validation landmarks with references."""
+    x = np.asarray(features, np.float64)
+    err = np.asarray(errors_mm, np.float64)
+    names = np.asarray(list(names), dtype=object)
+    if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(err) != len(x) or len(names) != len(x):
+        raise CalibrationError(f"calibration: features {x.shape}, errors {err.shape}, names {names.shape}")
+    if not (failure_mm > 0 and 0 < goal < 1 and 0 < coverage < 1):
+        raise CalibrationError(
+            f"calibration: failure_mm > 0, goal and coverage in (0, 1) needed; got {failure_mm}, {goal}, {coverage}"
+        )
+    keep = np.isfinite(err) & np.all(np.isfinite(x), axis=1)
+    if keep.sum() < MIN_LANDMARKS:
+        raise CalibrationError(
+            f"calibration: {keep.sum()} validation landmarks with references, at least {MIN_LANDMARKS} needed"
+        )
+    return x[keep], err[keep], names[keep]
+
+
+def _best_ridge(z: np.ndarray, onehot: np.ndarray, y: np.ndarray) -> tuple:
+    """(ridge, landmark ridge, coef, intercept, offsets, leave-one-out residuals) of the penalties with the
+    lowest leave-one-out squared error."""
+    best = None
+    for ridge in RIDGES:
+        for group_ridge in LANDMARK_RIDGES:
+            coef, intercept, offsets, loo = _loo_ridge(z, onehot, y, ridge, group_ridge)
+            score = float(np.mean(loo**2))
+            if best is None or score < best[0] - 1e-12:
+                best = (score, ridge, group_ridge, coef, intercept, offsets, loo)
+    return best[1:]
 
 
 def _threshold_for_goal(conf: np.ndarray, p_fail: np.ndarray, goal: float) -> float:

@@ -15,9 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 # the configs: conf/ at the top of the checkout, shipped in the wheel as the package data of
 # landmark_lit.conf (pyproject.toml), so an editable install and an installed wheel both find them
 CONFIG_DIR = str(importlib.resources.files("landmark_lit.conf"))
-# landmark-predict's and landmark-export's configs sit in their own folder: there `model=PATH` names a
-# model bundle, whereas in conf/ `model` is the training config group of network shapes
-PREDICT_CONFIG_DIR = str(Path(CONFIG_DIR) / "predict")
 # the source checkout the package sits in (with `make install`, an editable install), if it does
 _CHECKOUT = Path(__file__).resolve().parents[1]
 PROJECT_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None

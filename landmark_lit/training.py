@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.inference.stages import StageMeta
+from landmark_lit.data.datamodule import LandmarkDataModule
+from landmark_lit.inference.stage_meta import StageMeta
 from landmark_lit.lit.modules import LandmarkModule
 from landmark_lit.methods import get_method
 
@@ -39,20 +40,11 @@ def _finish_runs(loggers: list, ok: bool) -> None:
             lg.experiment.finish(exit_code=0 if ok else 1)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train one stage as configured; test the best checkpoint if a test split exists.
-
-    Returns a dict with ``metrics`` (floats from the trainer), ``best_checkpoint``, ``last_checkpoint``,
-    ``output_dir`` and the ``trainer``, ``module`` and ``datamodule`` objects.
-    """
-    L.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
+def build(cfg: DictConfig) -> tuple[LandmarkDataModule, LandmarkModule]:
+    """The datamodule and the Lightning module of the stage ``cfg`` trains, checked against each other: the
+    network's K follows the data, the loss and decoder must be the method's, and the images are prepared
+    with the stage description's preprocessing (the one prediction uses)."""
     datamodule = instantiate(cfg.data)
-    num_landmarks = len(datamodule.landmark_names)
-    # K follows the data (a manifest's landmarks, a landmark_indices selection), not dataset.num_landmarks
-    net_overrides = {"num_landmarks": num_landmarks}
     if datamodule.spatial_dims != cfg.dataset.spatial_dims:
         raise ValueError(
             f"dataset.spatial_dims={cfg.dataset.spatial_dims} but the data is {datamodule.spatial_dims}D"
@@ -69,56 +61,69 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # one source of preprocessing: the images are prepared as the stored description says prediction will
     datamodule.use_preprocessing(meta.preprocessing)
     module = LandmarkModule(
-        net=instantiate(cfg.stage.net, **net_overrides),
+        # K follows the data (a manifest's landmarks, a landmark_indices selection), not dataset.num_landmarks
+        net=instantiate(cfg.stage.net, num_landmarks=len(datamodule.landmark_names)),
         loss=loss,
         decoder=decoder,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         meta=meta,
     )
+    return datamodule, module
+
+
+def _calibrate(cfg: DictConfig, best: str, last: str, datamodule: LandmarkDataModule) -> dict[str, float]:
+    """Calibrate the best checkpoint on the validation images (stored in ``best`` and ``last``); its
+    validation figures as metrics, none when calibration is off or impossible (a warning)."""
+    from landmark_lit.confidence import CalibrationError
+    from landmark_lit.inference.calibrate import calibrate_checkpoint
+
+    try:
+        cal = calibrate_checkpoint(
+            best,
+            [last],
+            datamodule.sources["val"],
+            OmegaConf.to_container(cfg.calibration, resolve=True),
+            offset_sd_mm=OmegaConf.select(cfg, "data.local_offset_sd_mm", default=None),
+            description=f"{cfg.dataset.name} validation",
+        )
+    except CalibrationError as exc:  # e.g. too few validation landmarks: the model stays usable
+        log.warning("%s: not calibrated: %s", best, exc)
+        return {}
+    return {f"calibration/{k}": float(v) for k, v in cal.validation.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}  # fmt: skip
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train one stage as configured; calibrate and test the best checkpoint (as configured).
+
+    Returns a dict with ``metrics`` (floats from the trainer), ``best_checkpoint``, ``last_checkpoint``,
+    ``output_dir`` and the ``trainer``, ``module`` and ``datamodule`` objects.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    datamodule, module = build(cfg)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values()]
     for lg in loggers:
         if hasattr(lg, "log_hyperparams"):
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-
-    log.info(
-        "training %s stage on %s (%s), output in %s",
-        cfg.stage.name,
-        cfg.dataset.name,
-        cfg.method_name,
-        output_dir,
-    )
+    log.info("training %s stage on %s (%s), output in %s", cfg.stage.name, cfg.dataset.name, cfg.method_name,
+             output_dir)  # fmt: skip
     ok = False
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-
         ckpt_cb = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
         best = ckpt_cb.best_model_path if ckpt_cb else ""
         if ckpt_cb is not None and ckpt_cb.best_model_score is not None:
             metrics[f"best_{ckpt_cb.monitor}"] = float(ckpt_cb.best_model_score)
             _summarise_best(loggers, module.val_history, ckpt_cb.monitor, float(ckpt_cb.best_model_score))
         last = ckpt_cb.last_model_path if ckpt_cb else ""
-        calibration = cfg.get("calibration") or {}
-        if best and calibration.get("enabled", False) and trainer.is_global_zero:
-            from landmark_lit.confidence import CalibrationError
-            from landmark_lit.inference.calibrate import calibrate_checkpoint
-
-            try:
-                cal = calibrate_checkpoint(
-                    best,
-                    [last],
-                    datamodule.sources["val"],
-                    OmegaConf.to_container(calibration, resolve=True),
-                    offset_sd_mm=OmegaConf.select(cfg, "data.local_offset_sd_mm", default=None),
-                    description=f"{cfg.dataset.name} validation",
-                )
-                metrics.update({f"calibration/{k}": float(v) for k, v in cal.validation.items()
-                                if isinstance(v, int | float) and not isinstance(v, bool)})  # fmt: skip
-            except CalibrationError as exc:  # e.g. too few validation landmarks: the model stays usable
-                log.warning("%s: not calibrated: %s", best, exc)
+        if best and (cfg.get("calibration") or {}).get("enabled", False) and trainer.is_global_zero:
+            metrics.update(_calibrate(cfg, best, last, datamodule))
         if cfg.get("run_test") and cfg.data.get("test") is not None:
             test_metrics = trainer.test(
                 module, datamodule=datamodule, ckpt_path=best or None, weights_only=True, verbose=False

@@ -25,6 +25,13 @@ def safe_file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def plain(value: Any) -> Any:
+    """A config value as plain Python (lists, dicts, scalars; interpolations resolved); anything else as it is."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
 def is_finite_number(value: Any) -> bool:
     """An int or float (not a bool) that is finite."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

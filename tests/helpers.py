@@ -27,7 +27,7 @@ TINY = {
 def tiny_overrides(dataset: str, out: Path) -> list[str]:
     return [
         f"dataset={dataset}",
-        "model=small",
+        "net=small",
         "trainer=ci",
         "dataset.train.num_cases=3",
         "dataset.val.num_cases=2",

@@ -206,7 +206,7 @@ def smoke(dataset: str, manifest: Path, out: Path, extra: list[str]) -> tuple[di
                 f"dataset={dataset}",
                 f"stage={stage}",
                 f"dataset.manifest={manifest}",
-                "model=small",
+                "net=small",
                 "trainer=ci",
                 "stage.samples_per_epoch=8",
                 "stage.batch_size=2",

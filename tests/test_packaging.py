@@ -117,3 +117,28 @@ def test_the_wheel_holds_every_config(tmp_path):
     assert len(configs) > 50
     assert [c for c in configs if f"landmark_lit/conf/{c}" not in names] == []
     assert "landmark_lit/conf/__init__.py" in names and not any(n.startswith("conf/") for n in names)
+
+
+def test_no_long_rooms():
+    """The house rule: no module over 450 lines, no class over 150, no function over 60 (a definition's own
+    docstring not counted: documentation does not make a room long)."""
+
+    def code_lines(node: ast.AST) -> int:
+        n = node.end_lineno - node.lineno + 1
+        if ast.get_docstring(node, clean=False) is not None:
+            n -= node.body[0].end_lineno - node.body[0].lineno + 1
+        return n
+
+    too_long = []
+    for path in sorted((Path(__file__).resolve().parents[1] / "landmark_lit").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 450:
+            too_long.append(f"{path.name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            limit = 150 if isinstance(node, ast.ClassDef) else 60
+            if (
+                isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                and code_lines(node) > limit
+            ):
+                too_long.append(f"{path.name}: {node.name} {code_lines(node)} lines (limit {limit})")
+    assert not too_long, too_long

@@ -159,7 +159,7 @@ def run_train_cli(tmp_path: Path, *args: str, steps: int = 2, val_cases: int = 1
     """``python -m landmark_lit.cli.train ARGS`` on tiny synthetic 2D data in ``tmp_path`` (outputs below
     it), with ``env`` added to the environment; fails the test with the end of stderr if it fails."""
     cmd = [
-        sys.executable, "-m", "landmark_lit.cli.train", *args, "dataset=synthetic2d", "model=small",
+        sys.executable, "-m", "landmark_lit.cli.train", *args, "dataset=synthetic2d", "net=small",
         "trainer=ci", f"trainer.max_steps={steps}", "run_test=false", "dataset.train.num_cases=2",
         f"dataset.val.num_cases={val_cases}", "stage.samples_per_epoch=4", *TINY["synthetic2d"],
     ]  # fmt: skip
@@ -481,7 +481,7 @@ def test_ddp_with_two_cpu_processes_trains_and_syncs_the_validation_metrics(tmp_
     processes (each sees half of the validation images, the torchmetrics state is synced) gives exactly
     the MRE of one process on all images."""
     env = {**os.environ, "LANDMARK_LIT_ROOT": str(tmp_path), "OMP_NUM_THREADS": "1"}
-    data = ["dataset=synthetic2d", "model=small", "dataset.train.num_cases=2", "dataset.val.num_cases=4",
+    data = ["dataset=synthetic2d", "net=small", "dataset.train.num_cases=2", "dataset.val.num_cases=4",
             "stage.samples_per_epoch=8", "stage.batch_size=2", *TINY["synthetic2d"]]  # fmt: skip
     out = tmp_path / "ddp"
     cmd = [
@@ -521,13 +521,13 @@ def test_optuna_sweep_runs_two_trials_and_reports_the_best(tmp_path):
 
 
 def test_pyramid_global_stage_with_flips_trains_and_predicts_with_its_decoder(tmp_path):
-    """model=pyramid (stride-4 cells), random flips, foreground-weighted regression and top-k votes: the
+    """net=pyramid (stride-4 cells), random flips, foreground-weighted regression and top-k votes: the
     checkpoint describes all of it and the predictor decodes with the stored top k."""
     cfg = compose_train(
         [
             *tiny_overrides("synthetic2d", tmp_path),
-            "model=pyramid",
-            "model.global_net.pool_before=[true,true,true,true]",
+            "net=pyramid",
+            "net.global_net.pool_before=[true,true,true,true]",
             "stage.foreground_weight=10",
             "stage.presence_radius=2.5",
             "stage.vote_top_k=9",

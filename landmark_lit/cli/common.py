@@ -1,21 +1,15 @@
 """What ``landmark-predict`` and ``landmark-export`` share: the model options of their configs
-(conf/predict/) turned into one checked predictor."""
+(conf/predict.yaml, conf/export.yaml) turned into one checked predictor."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.utils import plain
 
 # the run settings (landmark_lit.inference.settings.RunSettings) a config may change; null keeps them
 SETTING_KEYS = ("local_iterations", "confidence_threshold", "confidence_scale", "mirror")
-
-
-def plain(value: Any) -> Any:
-    """A config value as plain Python (lists, dicts, scalars), interpolations resolved."""
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def load_predictor(cfg: DictConfig) -> LandmarkPredictor:

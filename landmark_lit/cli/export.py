@@ -9,11 +9,11 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli.common import load_predictor, plain
+from landmark_lit.cli.common import load_predictor
 from landmark_lit.confidence import DEFAULT_COVERAGE, DEFAULT_FAILURE_MM, DEFAULT_GOAL, Calibration
-from landmark_lit.config import PREDICT_CONFIG_DIR, register_resolvers
+from landmark_lit.config import CONFIG_DIR, register_resolvers
 from landmark_lit.inference.stages import Stage, save_bundle
-from landmark_lit.utils import first_line
+from landmark_lit.utils import first_line, plain
 
 FORMATS = ("bundle", "torchscript", "onnx")
 
@@ -94,7 +94,7 @@ def _calibration_line(cal: Calibration) -> str:
     )
 
 
-@hydra.main(version_base="1.3", config_path=PREDICT_CONFIG_DIR, config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def run(cfg: DictConfig) -> None:
     try:
         written = export(cfg)

@@ -1,6 +1,6 @@
 """``landmark-predict``: run a trained model (a bundle, or global + local checkpoints) on image files.
 
-Two forms, the same options (conf/predict/predict.yaml):
+Two forms, the same options (conf/predict.yaml):
 
     landmark-predict -i scans/ -o predictions/ -m model.pt [--spacing 0.1] [--pictures] [--threads 2]
     landmark-predict model=model.pt input=scans/ output_dir=predictions/      # key=value, as in scripts
@@ -20,10 +20,10 @@ import torch
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from landmark_lit.cli.common import load_predictor, plain
-from landmark_lit.config import PREDICT_CONFIG_DIR, compose_config
+from landmark_lit.cli.common import load_predictor
+from landmark_lit.config import compose_config
 from landmark_lit.inference.predict_files import predict_files, summary_line
-from landmark_lit.utils import first_line
+from landmark_lit.utils import first_line, plain
 
 
 def predict(cfg: DictConfig) -> dict:
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
         description="Find the landmarks of a trained model in image files. Per image: <case>.csv, "
         "<case>.json (world mm, voxel indices, confidence, flags) and <case>.mrk.json (3D Slicer); "
         "predictions.csv/.json for all.",
-        epilog="Every option of conf/predict/predict.yaml can also be given as key=value after the flags "
+        epilog="Every option of conf/predict.yaml can also be given as key=value after the flags "
         "(e.g. confidence_threshold=0.05 global_top_k=9), or alone: landmark-predict model=model.pt "
         "input=scans/ output_dir=out/.",
     )
@@ -92,9 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], help="where the networks run (default cpu)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: on a terminal only)")  # fmt: skip
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="further options of conf/predict/predict.yaml"
-    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="further options of conf/predict.yaml")
     return p
 
 
@@ -115,7 +113,7 @@ def config_from_args(argv: Sequence[str]) -> DictConfig:
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         raise ValueError(f"unexpected argument {bad[0]!r}: options are flags (see --help) or key=value")
-    cfg = compose_config("predict", args.overrides, PREDICT_CONFIG_DIR)
+    cfg = compose_config("predict", args.overrides)
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
         if value is None:

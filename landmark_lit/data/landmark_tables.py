@@ -275,58 +275,49 @@ def _read_json(text: str) -> LandmarkTable:
         raise LandmarkFileError(f"duplicate landmark names in {names}")
     if not isinstance(cases, dict):
         raise LandmarkFileError("'cases' must be an object mapping case id -> entry")
-
-    coords, images, seconds, seconds_without_io = {}, {}, {}, {}
-    dims: int | None = None
-    for case, entry in cases.items():
-        if not isinstance(entry, dict) or "world_mm" not in entry:
-            raise LandmarkFileError(f"case {case!r}: missing 'world_mm'")
-        points = entry["world_mm"]
-        if not isinstance(points, list) or len(points) != len(names):
-            raise LandmarkFileError(
-                f"case {case!r}: 'world_mm' must list {len(names)} points, one per landmark"
-            )
-        array = []
-        for name, point in zip(names, points, strict=True):
-            where = f"case {case!r}, landmark {name!r}"
-            if point is None:
-                array.append(None)
-                continue
-            if not isinstance(point, list) or len(point) not in (2, 3):
-                raise LandmarkFileError(
-                    f"{where}: a point must be a list of 2 or 3 numbers or null, got {point!r}"
-                )
-            if dims is None:
-                dims = len(point)
-            if len(point) != dims:
-                raise LandmarkFileError(
-                    f"{where}: inconsistent dimensionality, {len(point)} values, expected {dims}"
-                )
-            array.append(complete_or_missing([parse_coordinate(v, where) for v in point], where))
-        coords[case] = array
+    table = LandmarkTable(names=list(names), coords={})
+    points = {case: _json_points(case, entry, names) for case, entry in cases.items()}
+    dims = {len(p) for case_points in points.values() for p in case_points if p is not None}
+    if len(dims) > 1:
+        raise LandmarkFileError(f"inconsistent dimensionality: points of {sorted(dims)} values")
+    if not dims and points:
+        raise LandmarkFileError("every landmark is missing, cannot tell 2D from 3D")
+    d = dims.pop() if dims else 0
+    for case, case_points in points.items():
+        table.coords[case] = np.array([p if p is not None else [math.nan] * d for p in case_points]).reshape(
+            -1, d
+        )
+        entry = cases[case]
         if entry.get("image") is not None:
-            images[case] = str(entry["image"])
-        for key, target in (("seconds", seconds), ("seconds_without_io", seconds_without_io)):
+            table.images[case] = str(entry["image"])
+        for key, target in (("seconds", table.seconds), ("seconds_without_io", table.seconds_without_io)):
             if entry.get(key) is not None:
                 value = entry[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise LandmarkFileError(f"case {case!r}: {key!r} must be a number, got {value!r}")
                 target[case] = float(value)
-    if dims is None and coords:
-        raise LandmarkFileError("every landmark is missing, cannot tell 2D from 3D")
-    arrays = {
-        case: np.array([p if p is not None else [math.nan] * dims for p in points], dtype=np.float64).reshape(
-            len(names), dims
+    table.__post_init__()  # the coordinates' checks
+    return table
+
+
+def _json_points(case: str, entry: Any, names: list[str]) -> list[list[float] | None]:
+    """One case's ``world_mm`` points (None: missing), each checked."""
+    if not isinstance(entry, dict) or "world_mm" not in entry:
+        raise LandmarkFileError(f"case {case!r}: missing 'world_mm'")
+    points = entry["world_mm"]
+    if not isinstance(points, list) or len(points) != len(names):
+        raise LandmarkFileError(f"case {case!r}: 'world_mm' must list {len(names)} points, one per landmark")
+    out: list[list[float] | None] = []
+    for name, point in zip(names, points, strict=True):
+        where = f"case {case!r}, landmark {name!r}"
+        if point is not None and (not isinstance(point, list) or len(point) not in (2, 3)):
+            raise LandmarkFileError(
+                f"{where}: a point must be a list of 2 or 3 numbers or null, got {point!r}"
+            )
+        out.append(
+            None if point is None else complete_or_missing([parse_coordinate(v, where) for v in point], where)
         )
-        for case, points in coords.items()
-    }
-    return LandmarkTable(
-        names=list(names),
-        coords=arrays,
-        images=images,
-        seconds=seconds,
-        seconds_without_io=seconds_without_io,
-    )
+    return out
 
 
 def _format_number(value: float) -> str:

@@ -28,6 +28,14 @@ def voxel_to_world(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return apply_affine(np.asarray(affine, dtype=np.float64), np.asarray(points, dtype=np.float64))
 
 
+def batch_voxel_to_world(points: Tensor, affine: Tensor) -> Tensor:
+    """:func:`voxel_to_world` of a batch in torch: (B, K, D) voxel indices with per-item affines
+    (B, D + 1, D + 1) -> (B, K, D) world mm, float64."""
+    d = points.shape[-1]
+    a = affine.to(torch.float64)
+    return points.to(torch.float64) @ a[:, :d, :d].transpose(1, 2) + a[:, None, :d, d]
+
+
 def world_to_voxel(points: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """(..., D) world mm -> voxel indices of the image with this affine. NaN stays NaN."""
     return apply_affine(np.linalg.inv(np.asarray(affine, dtype=np.float64)), np.asarray(points, np.float64))

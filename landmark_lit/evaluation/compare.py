@@ -75,6 +75,38 @@ def merge_tables(paths: Sequence[str | os.PathLike]) -> LandmarkTable:
     return LandmarkTable(names=names, coords=coords)
 
 
+def _compared_references(
+    ref: LandmarkTable,
+    tables: list[LandmarkTable],
+    landmarks: Sequence[str] | None,
+    references: str | os.PathLike,
+) -> LandmarkTable:
+    """The references of the compared landmarks: ``landmarks``, or those every run predicts."""
+    if landmarks is None:
+        landmarks = [n for n in ref.names if all(n in t.names for t in tables)]
+        if not landmarks:
+            raise ValueError(f"{references}: no reference landmark is predicted by every run")
+    else:
+        unknown = [n for n in landmarks if n not in ref.names]
+        if unknown:
+            raise ValueError(f"{references}: no reference for landmark(s) {unknown}")
+    keep = [ref.names.index(n) for n in landmarks]
+    return LandmarkTable(names=list(landmarks), coords={c: v[keep] for c, v in ref.coords.items()})
+
+
+def _cells(
+    err: np.ndarray, base: np.ndarray, landmarks: list[str], thresholds: Sequence[float], is_reference: bool
+) -> dict[str, dict[str, Any]]:
+    """One run's summary per landmark and overall (:data:`ALL`), with the Wilcoxon test against ``base``."""
+    row = {}
+    for k, landmark in enumerate([*landmarks, ALL]):
+        e, b = (err, base) if landmark == ALL else (err[:, k], base[:, k])
+        summary: dict[str, Any] = summarize_errors(e, thresholds)
+        summary["p_value"], summary["marker"] = (None, "") if is_reference else wilcoxon_marker(e, b)
+        row[landmark] = summary
+    return row
+
+
 def compare_runs(
     runs: Mapping[str, str | os.PathLike | Sequence[str | os.PathLike]],
     references: str | os.PathLike,
@@ -109,55 +141,25 @@ def compare_runs(
     reference_run = reference_run or names_of_runs[0]
     if reference_run not in runs:
         raise ValueError(f"reference run {reference_run!r} is not one of the runs {names_of_runs}")
-    ref = read_references(references, references_split)
-    tables = {}
-    for name, files in runs.items():
-        files = [files] if isinstance(files, str | os.PathLike) else list(files)
-        tables[name] = (merge_tables(files), files[0])
-    if landmarks is None:
-        landmarks = [n for n in ref.names if all(n in t.names for t, _ in tables.values())]
-        if not landmarks:
-            raise ValueError(f"{references}: no reference landmark is predicted by every run")
-    else:
-        unknown = [n for n in landmarks if n not in ref.names]
-        if unknown:
-            raise ValueError(f"{references}: no reference for landmark(s) {unknown}")
-    landmarks = list(landmarks)
-    keep = [ref.names.index(n) for n in landmarks]
-    ref = LandmarkTable(names=landmarks, coords={c: v[keep] for c, v in ref.coords.items()})
+    files = {name: [f] if isinstance(f, str | os.PathLike) else list(f) for name, f in runs.items()}
+    tables = {name: (merge_tables(paths), paths[0]) for name, paths in files.items()}
+    ref = _compared_references(
+        read_references(references, references_split), [t for t, _ in tables.values()], landmarks, references
+    )
+    landmarks = ref.names
     errors = {name: match_errors(table, ref, source) for name, (table, source) in tables.items()}
-
-    cells: dict[str, dict[str, dict[str, Any]]] = {}
-    base = errors[reference_run]
-    for name, err in errors.items():
-        row = {}
-        for k, landmark in enumerate([*landmarks, ALL]):
-            e, b = (err, base) if landmark == ALL else (err[:, k], base[:, k])
-            summary: dict[str, Any] = summarize_errors(e, thresholds)
-            if name == reference_run:
-                summary["p_value"], summary["marker"] = None, ""
-            else:
-                summary["p_value"], summary["marker"] = wilcoxon_marker(e, b)
-            row[landmark] = summary
-        cells[name] = row
+    cells = {name: _cells(err, errors[reference_run], landmarks, thresholds, name == reference_run)
+             for name, err in errors.items()}  # fmt: skip
     confidence = {}
     for name, (table, source) in tables.items():
-        if len([runs[name]] if isinstance(runs[name], str | os.PathLike) else runs[name]) != 1:
-            continue
-        scores = prediction_scores(Path(source), table, ref)
+        scores = prediction_scores(Path(source), table, ref) if len(files[name]) == 1 else {}
         if "confidence" in scores:
             confidence[name] = confidence_summary(errors[name], landmarks, scores, failure_mm)["overall"]
     result = _json_safe(
         {
             "references": str(references),
             "n_cases": len(ref.cases),
-            "runs": {
-                name: [
-                    str(f)
-                    for f in ([runs[name]] if isinstance(runs[name], str | os.PathLike) else runs[name])
-                ]
-                for name in names_of_runs
-            },
+            "runs": {name: [str(f) for f in files[name]] for name in names_of_runs},
             "reference_run": reference_run,
             "landmarks": landmarks,
             "cells": cells,

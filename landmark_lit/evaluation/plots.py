@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -231,6 +232,43 @@ def plot_vector_field(
     return int(on.sum())
 
 
+@dataclass
+class _Marks:
+    """How :func:`plot_landmarks` draws landmark k on axes whose x and y are array axes a and b."""
+
+    names: list[str]
+    pred: np.ndarray
+    ref: np.ndarray | None
+    flags: np.ndarray
+    radii: np.ndarray
+    spacing: np.ndarray
+
+    def circle(self, ax: Axes, k: int, a: int, b: int, off_mm: float = 0.0) -> None:
+        """The uncertainty radius' sphere cut by the drawn plane, ``off_mm`` from the landmark."""
+        from matplotlib.patches import Ellipse
+
+        radii, pred, spacing = self.radii, self.pred, self.spacing
+        r = float(np.sqrt(max(radii[k] ** 2 - off_mm**2, 0.0))) if np.isfinite(radii[k]) else 0.0
+        if r > 0:
+            colour = "orange" if self.flags[k] else PREDICTION_STYLE["color"]
+            ax.add_patch(Ellipse((pred[k, a], pred[k, b]), 2 * r / spacing[a], 2 * r / spacing[b],
+                                 fill=False, edgecolor=colour, linewidth=0.8, alpha=0.8))  # fmt: skip
+
+    def mark(self, ax: Axes, k: int, a: int, b: int, label: bool) -> None:
+        """The reference (+), the prediction (x, orange when flagged) and, with ``label``, its name."""
+        ref, pred, flags = self.ref, self.pred, self.flags
+        if ref is not None and np.all(np.isfinite(ref[k])):
+            ax.plot(ref[k, a], ref[k, b], linestyle="none", **REFERENCE_STYLE)
+        if np.all(np.isfinite(pred[k])):
+            style = {**PREDICTION_STYLE, "color": "orange" if flags[k] else PREDICTION_STYLE["color"]}
+            ax.plot(pred[k, a], pred[k, b], linestyle="none", **style)
+            if label:
+                ax.annotate(
+                    self.names[k] + (" (?)" if flags[k] else ""), (pred[k, a], pred[k, b]), xytext=(4, 4),
+                    textcoords="offset points", color=style["color"], fontsize=7,
+                )  # fmt: skip
+
+
 def plot_landmarks(
     image: np.ndarray,
     affine: np.ndarray,
@@ -261,8 +299,6 @@ def plot_landmarks(
         title: figure title.
         radius_mm: optional (K,) uncertainty radii in mm (NaN: none drawn).
     """
-    from matplotlib.patches import Ellipse
-
     volume = np.asarray(image, dtype=np.float64).mean(axis=0)
     dims = volume.ndim
     affine = np.asarray(affine, dtype=np.float64)
@@ -278,25 +314,8 @@ def plot_landmarks(
     spacing = np.linalg.norm(affine[:-1, :-1], axis=0)
     radii = np.full(len(names), np.nan) if radius_mm is None else np.asarray(radius_mm, np.float64)
 
-    def circle(ax: Axes, k: int, a: int, b: int, off_mm: float = 0.0) -> None:
-        # the radius' sphere cut by the drawn plane, ``off_mm`` from the landmark
-        r = float(np.sqrt(max(radii[k] ** 2 - off_mm**2, 0.0))) if np.isfinite(radii[k]) else 0.0
-        if r > 0:
-            colour = "orange" if flags[k] else PREDICTION_STYLE["color"]
-            ax.add_patch(Ellipse((pred[k, a], pred[k, b]), 2 * r / spacing[a], 2 * r / spacing[b],
-                                 fill=False, edgecolor=colour, linewidth=0.8, alpha=0.8))  # fmt: skip
-
-    def mark(ax: Axes, k: int, a: int, b: int, label: bool) -> None:
-        if ref is not None and np.all(np.isfinite(ref[k])):
-            ax.plot(ref[k, a], ref[k, b], linestyle="none", **REFERENCE_STYLE)
-        if np.all(np.isfinite(pred[k])):
-            style = {**PREDICTION_STYLE, "color": "orange" if flags[k] else PREDICTION_STYLE["color"]}
-            ax.plot(pred[k, a], pred[k, b], linestyle="none", **style)
-            if label:
-                ax.annotate(
-                    names[k] + (" (?)" if flags[k] else ""), (pred[k, a], pred[k, b]), xytext=(4, 4),
-                    textcoords="offset points", color=style["color"], fontsize=7,
-                )  # fmt: skip
+    marks = _Marks(list(names), pred, ref, flags, radii, spacing)
+    circle, mark = marks.circle, marks.mark
 
     if dims == 2:
         fig = _new_figure(8, 8 * volume.shape[1] * spacing[1] / max(volume.shape[0] * spacing[0], 1e-9))

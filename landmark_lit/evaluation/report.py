@@ -99,20 +99,36 @@ def evaluate_predictions(
         summary["confidence"] = confidence_summary(errors, names, scores, failure_mm)
     summary = _json_safe(summary)
 
+    _write_outputs(output_dir, summary, pred, ref, errors, scores, predictions, failure_mm, n_worst, report)
+    log.info("evaluation of %s against %s written to %s", predictions, references, output_dir)
+    return summary
+
+
+def _write_outputs(
+    output_dir: Path,
+    summary: dict[str, Any],
+    pred: LandmarkTable,
+    ref: LandmarkTable,
+    errors: np.ndarray,
+    scores: dict[str, dict[str, np.ndarray]],
+    predictions: Path,
+    failure_mm: float,
+    n_worst: int,
+    report: bool,
+) -> None:
+    """errors.csv, summary.json / .md, the plots, the worst cases' overlays and (with ``report``) report.html."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    _write_errors_csv(output_dir / "errors.csv", cases, names, errors)
+    _write_errors_csv(output_dir / "errors.csv", ref.cases, ref.names, errors)
     atomic_write_text(output_dir / "summary.json", json.dumps(summary, indent=1, allow_nan=False) + "\n")
     atomic_write_text(output_dir / "summary.md", format_markdown(summary))
     plot_sdr_curve({predictions.stem: errors}, output_dir / "sdr_curve.png")
-    plot_error_boxplot(errors, names, output_dir / "boxplot.png")
+    plot_error_boxplot(errors, ref.names, output_dir / "boxplot.png")
     if scores.get("confidence") is not None:
         plot_confidence_curve(errors, scores["confidence"], failure_mm, output_dir / "confidence_curve.png",
                               flagged=scores.get("flagged"))  # fmt: skip
     worst = _plot_worst(pred, ref, errors, predictions, output_dir, n_worst)
     if report:
         _write_report(output_dir, summary, worst)
-    log.info("evaluation of %s against %s written to %s", predictions, references, output_dir)
-    return summary
 
 
 def match_errors(

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landmark_lit.inference.passes import network_device
 from landmark_lit.methods import method_of_network
 from landmark_lit.networks import DisplacementOutput
 from landmark_lit.utils import atomic_path, first_line
@@ -104,7 +105,7 @@ def export_torchscript(
     other = _other_example(example, int(getattr(net, "pad_multiple", net.stride)), info["spatial_dims"])
     with _eval_mode(net), torch.no_grad():
         wrapped = _Exportable(net).eval()
-        example = example.to(_device_of(net))
+        example = example.to(network_device(net))
         with warnings.catch_warnings():
             # the networks' own padding branch (`if any(pads)`) becomes a constant in the trace; it is
             # always False behind _Exportable, and the check at a second size (check_inputs) covers the rest
@@ -151,7 +152,7 @@ def export_onnx(
     spatial_axes = range(example.ndim - d, example.ndim)
     dynamic = {"x": {0: Dim.DYNAMIC, **{a: Dim.DYNAMIC for a in spatial_axes}}}
     with _eval_mode(net), torch.no_grad(), _quiet_onnx_exporter():
-        example = example.to(_device_of(net))
+        example = example.to(network_device(net))
         program = torch.onnx.export(
             _Exportable(net).eval(),
             (example,),
@@ -271,7 +272,7 @@ def _export_info(net: nn.Module, example: Tensor, meta: dict | None) -> dict:
         method = method_of_network(net)
     except ValueError:  # not a registered method's network class (e.g. a wrapper): exported as it is
         method = None
-    if method is not None and not method.has_votes:  # one output, padded to its own multiple
+    if method is not None and not method.exportable:
         raise ValueError(
             f"{type(net).__name__}: TorchScript / ONNX export of {method.name} networks is not supported"
         )
@@ -328,7 +329,7 @@ def _verify_onnx(net: nn.Module, file: str, path: str | os.PathLike, x: Tensor) 
             f"{path}: the ONNX model does not run at input size {tuple(x.shape)}: {first_line(exc)}"
         ) from exc
     with _eval_mode(net), torch.no_grad():
-        ref = net(x.to(_device_of(net)))
+        ref = net(x.to(network_device(net)))
     for name, g, r in zip(OUTPUT_NAMES, got, ref, strict=True):
         r = r.float().cpu()
         g = torch.from_numpy(g)
@@ -384,11 +385,6 @@ def _check_input(x: Tensor, input_shape: Sequence[int | None], path: str) -> Non
 def _require_file(path: str) -> None:
     if not os.path.isfile(path):
         raise ExportFileError(f"{path}: file not found")
-
-
-def _device_of(net: nn.Module) -> torch.device:
-    p = next(iter(net.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 @contextlib.contextmanager

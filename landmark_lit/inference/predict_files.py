@@ -95,11 +95,6 @@ def find_inputs(
     return [(case_id_of(f), f) for f in files]
 
 
-def find_images(spec: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Path]:
-    """The image paths of :func:`find_inputs`."""
-    return [f for _, f in find_inputs(spec, root)]
-
-
 def _resolve_entry(base: Path, entry: str, listing: Path) -> Path:
     path = Path(entry) if Path(entry).is_absolute() else base / entry
     if path.exists():
@@ -274,10 +269,7 @@ def predict_files(
             predict_file(predictor, items[0][1], spacing)
         except Exception:  # reported below, when the file comes up in turn
             pass
-    table = LandmarkTable(names=names, coords={})
-    voxels: dict[str, np.ndarray] = {}
-    scores: dict[str, dict[str, np.ndarray]] = {key: {} for key in SCORE_COLUMNS}
-    failed: dict[str, str] = {}
+    results = _Results(LandmarkTable(names=names, coords={}))
     seen: dict[str, Path] = {}
     # tqdm's disable=None: a bar only on a terminal
     bar = tqdm(items, desc="predicting", unit="image", disable=None if progress is None else not progress)
@@ -297,35 +289,55 @@ def predict_files(
                 )
         except Exception as exc:  # one bad file must not stop the batch
             reason = first_line(exc)
-            failed[str(f)] = reason if str(f) in reason else f"{f}: {reason}"
-            log.error("%s", failed[str(f)])
+            results.failed[str(f)] = reason if str(f) in reason else f"{f}: {reason}"
+            log.error("%s", results.failed[str(f)])
             continue
+        results.add(case, f, prediction)
+    return results.write(out, report)
+
+
+@dataclasses.dataclass
+class _Results:
+    """The images done and failed so far, and what :func:`predict_files` writes and returns of them."""
+
+    table: LandmarkTable
+    voxels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    scores: dict[str, dict[str, np.ndarray]] = dataclasses.field(
+        default_factory=lambda: {key: {} for key in SCORE_COLUMNS}
+    )
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def add(self, case: str, path: Path, prediction: Prediction) -> None:
+        table = self.table
         table.coords[case] = prediction.world
-        voxels[case] = prediction.voxel
-        table.images[case] = str(Path(f).resolve())
+        self.voxels[case] = prediction.voxel
+        table.images[case] = str(Path(path).resolve())
         table.seconds[case] = float(prediction.seconds)
         table.seconds_without_io[case] = float(prediction.seconds_without_io)
         for key, value in _scores(prediction).items():
-            scores[key][case] = value
-    if table.coords:
-        write_landmark_table(out / "predictions.csv", table, voxel=voxels, extra=scores)
-        write_landmark_table(out / "predictions.json", table, voxel=voxels, extra=scores)
-    if report and table.coords:
-        write_prediction_report(out, table, scores)
-    times = list(table.seconds.values())
-    times_no_io = list(table.seconds_without_io.values())
-    flagged = int(sum(int(np.sum(v)) for v in scores["flagged"].values()))
-    summary = {
-        "table": table,
-        "failed": failed,
-        "done": len(table.coords),
-        "median_seconds": float(np.median(times)) if times else None,
-        "median_seconds_without_io": float(np.median(times_no_io)) if times_no_io else None,
-        "peak_memory_mb": peak_memory_mb(),
-        "flagged": flagged,
-    }
-    log.info("%s", summary_line(summary))
-    return summary
+            self.scores[key][case] = value
+
+    def write(self, out: Path, report: bool) -> dict:
+        """``predictions.csv`` / ``.json`` (and ``report.html``) of the images done; the summary."""
+        table, scores = self.table, self.scores
+        if table.coords:
+            write_landmark_table(out / "predictions.csv", table, voxel=self.voxels, extra=scores)
+            write_landmark_table(out / "predictions.json", table, voxel=self.voxels, extra=scores)
+        if report and table.coords:
+            write_prediction_report(out, table, scores)
+        times = list(table.seconds.values())
+        times_no_io = list(table.seconds_without_io.values())
+        summary = {
+            "table": table,
+            "failed": self.failed,
+            "done": len(table.coords),
+            "median_seconds": float(np.median(times)) if times else None,
+            "median_seconds_without_io": float(np.median(times_no_io)) if times_no_io else None,
+            "peak_memory_mb": peak_memory_mb(),
+            "flagged": int(sum(int(np.sum(v)) for v in scores["flagged"].values())),
+        }
+        log.info("%s", summary_line(summary))
+        return summary
 
 
 def write_prediction_report(

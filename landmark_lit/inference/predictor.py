@@ -103,25 +103,36 @@ def check_image(image: np.ndarray | torch.Tensor, affine: np.ndarray, spatial_di
         raise InputError(f"the image is constant (every voxel is {lo:g}): no structure to find landmarks in")
 
 
+def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> tuple:
+    """The image (C, *spatial) checked and in the global stage's channels (``x0``, for every stage), and
+    its working image and affine at the stage's spacing; :class:`InputError` (one line) if the model
+    cannot run on it."""
+    x0 = torch.as_tensor(image, dtype=torch.float32)
+    check_image(x0, affine, int(stage.meta.spatial_dims))
+    try:
+        # one grey conversion (RGB -> grey) for all stages, done once on the full-size image
+        x0 = match_channels(x0, stage.meta.net["in_channels"])
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    x, aff = stage.preprocessing(x0, affine)
+    stride = stage.net.stride
+    if any(n < stride for n in x.shape[1:]):
+        raise InputError(
+            f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
+            f"{stage.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
+        )
+    return x0, x, aff
+
+
 class LandmarkPredictor:
     """Global network on the whole image, then (optionally) each landmark's local network on a sub-image.
 
-    Several local stages (e.g. a coarse one with a wide window, then a fine one) run in turn, each on
-    sub-images centred on the previous stage's answer; how they run is one checked :class:`RunSettings`
-    (``settings``, changed by keyword, e.g. ``local_iterations=2``, and by :meth:`configure`).
-
-    Every landmark gets a confidence in [0, 1] and an uncertainty radius from the model's calibration
-    (:mod:`landmark_lit.confidence`: ``calibration``, default the one stored with the last stage; a bundle
-    stores one for its whole pipeline); landmarks below the confidence threshold (the settings', else the
-    calibration's) are flagged as likely failures. A model without calibration warns once; its confidence
-    is then :func:`landmark_confidence` (it ranks landmarks, it is no probability), nothing is flagged
-    unless a threshold is set, and the radius is NaN.
-
-    Example:
-        >>> predictor = LandmarkPredictor.from_checkpoints("global/best.ckpt", "local/best.ckpt")
-        >>> from landmark_lit.inference.predict_files import predict_file
-        >>> prediction, image, affine = predict_file(predictor, "image.nii.gz")
-        >>> prediction.world  # (K, D) landmark coordinates in world mm
+    Several local stages (coarse to fine) run in turn, each on sub-images centred on the previous stage's
+    answer, as one checked :class:`RunSettings` says (``settings``, changed by keyword, e.g.
+    ``local_iterations=2``, or by :meth:`configure`). Every landmark gets a confidence, a flag and an
+    uncertainty radius from ``calibration`` (default: the last stage's; see
+    :mod:`landmark_lit.inference.scoring` for a model without one). Files:
+    :func:`landmark_lit.inference.predict_files.predict_file`.
     """
 
     def __init__(
@@ -160,13 +171,8 @@ class LandmarkPredictor:
     ) -> LandmarkPredictor:
         """``local_checkpoint``: one local stage, or several run in the given order (coarse to fine);
         ``calibration``: None for the one stored with the last stage."""
-        if local_checkpoint is None or local_checkpoint == "":
-            paths = []
-        elif isinstance(local_checkpoint, str | os.PathLike):
-            paths = [local_checkpoint]
-        else:
-            paths = list(local_checkpoint)
-        locals_ = [load_stage(p, "local") for p in paths]
+        given = [local_checkpoint] if isinstance(local_checkpoint, str | os.PathLike) else local_checkpoint
+        locals_ = [load_stage(p, "local") for p in given or [] if str(p)]
         return cls(load_stage(global_checkpoint, "global"), locals_, settings, calibration, **changes)
 
     @classmethod
@@ -221,10 +227,6 @@ class LandmarkPredictor:
             stage.net.to(device)
         return self
 
-    def check_input(self, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> None:
-        """Raise :class:`InputError` (one line) if the model cannot run on this image."""
-        check_image(image, affine, self.spatial_dims)
-
     @torch.inference_mode()
     def predict(
         self, image: np.ndarray | torch.Tensor, affine: np.ndarray, keep_global_view: bool = False
@@ -234,21 +236,8 @@ class LandmarkPredictor:
         Raises:
             InputError: the model cannot run on this image (see :func:`check_image`).
         """
-        x0 = torch.as_tensor(image, dtype=torch.float32)
-        self.check_input(x0, affine)
         g = self.global_stage
-        try:
-            # one grey conversion (RGB -> grey) for all stages, done once on the full-size image
-            x0 = match_channels(x0, g.meta.net["in_channels"])
-        except ValueError as exc:
-            raise InputError(str(exc)) from None
-        x, aff = g.preprocessing(x0, affine)
-        stride = g.net.stride
-        if any(n < stride for n in x.shape[1:]):
-            raise InputError(
-                f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
-                f"{g.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
-            )
+        x0, x, aff = global_input(g, image, affine)
         device = network_device(g.net)
         scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
         whole = self.mirror if self.mirror is not None and self.mirror.whole else None
@@ -286,14 +275,8 @@ class LandmarkPredictor:
             message = calibration_warning(self.calibration, threshold, self.pipeline(), last.path)
             if message:
                 log.warning("%s", message)
-        spacing = float(np.mean(last.meta.spacing))
+        spacing, cal = float(np.mean(last.meta.spacing)), self.calibration
+        threshold, scale = self.confidence_threshold, self.confidence_scale
         return score_landmarks(
-            estimate,
-            global_estimate,
-            shift_mm,
-            spacing,
-            self.landmark_names,
-            self.calibration,
-            self.confidence_threshold,
-            self.confidence_scale,
+            estimate, global_estimate, shift_mm, spacing, self.landmark_names, cal, threshold, scale
         )

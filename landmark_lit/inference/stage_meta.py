@@ -27,7 +27,7 @@ from landmark_lit.data.transforms import INTENSITY_METHODS, Preprocessing
 from landmark_lit.methods import Method, get_method, method_names
 from landmark_lit.methods.base import all_methods
 from landmark_lit.methods.displacement import DISPLACEMENT
-from landmark_lit.utils import first_line, is_finite_number
+from landmark_lit.utils import first_line, is_finite_number, plain
 
 # version 4: optional ``antialias``; version 3: optional ``calibration``; version 2: ``method`` always stated; version 1: no ``method`` key
 # for the displacement method, unknown keys ignored
@@ -82,7 +82,7 @@ class StageMeta:
         method = get_method(str(cfg.method.name))
         stage = str(cfg.stage.name)
         expected = network_target(method.network_class(stage))
-        net = _plain(cfg.stage.net)
+        net = plain(cfg.stage.net)
         if net.get("_target_") != expected:
             raise ValueError(
                 f"stage.net._target_ must be {expected} for the {stage} stage of the {method.name} method, "
@@ -102,11 +102,11 @@ class StageMeta:
             net=net,
             landmark_names=list(landmark_names),
             spatial_dims=int(cfg.dataset.spatial_dims),
-            spacing=_plain(cfg.stage.spacing),
+            spacing=plain(cfg.stage.spacing),
             intensity=str(cfg.dataset.intensity),
             decoder=method.describe_decoder(decoder),
             crop_size=[int(c) for c in cfg.stage.crop_size],
-            min_size=_plain(min_size),
+            min_size=plain(min_size),
             dataset=str(cfg.dataset.name),
             ablation=str(cfg.ablation.name) if "ablation" in cfg else None,
             antialias=antialias,
@@ -145,47 +145,8 @@ class StageMeta:
         values.setdefault("method", DISPLACEMENT.name)  # format 1 stated only the heatmap method
         values["format_version"] = FORMAT_VERSION  # read into this version's form
         meta = cls(**values)
-        meta._validate(where)
+        _check_description(meta, where)
         return meta
-
-    def _validate(self, where: str) -> None:
-        if self.stage not in STAGES:
-            raise CheckpointError(f"{where}: stage must be 'global' or 'local', got {self.stage!r}")
-        if self.method not in method_names():
-            raise CheckpointError(f"{where}: method must be one of {method_names()}, got {self.method!r}")
-        method = get_method(self.method)
-        if self.stage not in method.networks:
-            raise CheckpointError(f"{where}: the {self.method} method has no {self.stage} stage")
-        dims = self.spatial_dims
-        if dims not in (2, 3) or isinstance(dims, bool):
-            raise CheckpointError(f"{where}: spatial_dims must be 2 or 3, got {dims!r}")
-        _check_network(self.net, method, self.stage, dims, where)
-        names = self.landmark_names
-        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
-            raise CheckpointError(f"{where}: landmark_names must be a non-empty list of names")
-        if len(set(names)) != len(names):
-            raise CheckpointError(f"{where}: duplicate landmark names in {names}")
-        if self.net.get("num_landmarks") != len(names):
-            raise CheckpointError(
-                f"{where}: {len(names)} landmark names for a network of {self.net.get('num_landmarks')}"
-            )
-        _check_positive_per_axis(self.spacing, dims, float, where, "spacing")
-        _check_positive_per_axis(
-            self.crop_size, dims, int, where, "crop_size", allow_none=self.stage == "global"
-        )
-        _check_positive_per_axis(self.min_size, dims, int, where, "min_size", allow_none=True)
-        if not isinstance(self.antialias, bool):
-            raise CheckpointError(f"{where}: antialias must be true or false, got {self.antialias!r}")
-        if self.intensity not in INTENSITY_METHODS:
-            raise CheckpointError(
-                f"{where}: intensity must be one of {INTENSITY_METHODS}, got {self.intensity!r}"
-            )
-        try:
-            method.decoder_from_description(self.decoder)
-            if self.calibration is not None:
-                Calibration.from_dict(self.calibration, "calibration")
-        except ValueError as exc:
-            raise CheckpointError(f"{where}: {first_line(exc)}") from None
 
     # --- using -------------------------------------------------------------------------------------
 
@@ -214,8 +175,44 @@ class StageMeta:
 # --- description checks ----------------------------------------------------------------------------
 
 
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+def _check_description(meta: StageMeta, where: str) -> None:
+    """A one-line :class:`CheckpointError` naming ``where`` unless ``meta`` is a description this
+    landmark_lit can use."""
+    if meta.stage not in STAGES:
+        raise CheckpointError(f"{where}: stage must be 'global' or 'local', got {meta.stage!r}")
+    if meta.method not in method_names():
+        raise CheckpointError(f"{where}: method must be one of {method_names()}, got {meta.method!r}")
+    method = get_method(meta.method)
+    if meta.stage not in method.networks:
+        raise CheckpointError(f"{where}: the {meta.method} method has no {meta.stage} stage")
+    dims = meta.spatial_dims
+    if dims not in (2, 3) or isinstance(dims, bool):
+        raise CheckpointError(f"{where}: spatial_dims must be 2 or 3, got {dims!r}")
+    _check_network(meta.net, method, meta.stage, dims, where)
+    names = meta.landmark_names
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise CheckpointError(f"{where}: landmark_names must be a non-empty list of names")
+    if len(set(names)) != len(names):
+        raise CheckpointError(f"{where}: duplicate landmark names in {names}")
+    if meta.net.get("num_landmarks") != len(names):
+        raise CheckpointError(
+            f"{where}: {len(names)} landmark names for a network of {meta.net.get('num_landmarks')}"
+        )
+    _check_positive_per_axis(meta.spacing, dims, float, where, "spacing")
+    _check_positive_per_axis(meta.crop_size, dims, int, where, "crop_size", allow_none=meta.stage == "global")
+    _check_positive_per_axis(meta.min_size, dims, int, where, "min_size", allow_none=True)
+    if not isinstance(meta.antialias, bool):
+        raise CheckpointError(f"{where}: antialias must be true or false, got {meta.antialias!r}")
+    if meta.intensity not in INTENSITY_METHODS:
+        raise CheckpointError(
+            f"{where}: intensity must be one of {INTENSITY_METHODS}, got {meta.intensity!r}"
+        )
+    try:
+        method.decoder_from_description(meta.decoder)
+        if meta.calibration is not None:
+            Calibration.from_dict(meta.calibration, "calibration")
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {first_line(exc)}") from None
 
 
 def _check_network(net: Any, method: Method, stage: str, dims: int, where: str) -> None:

@@ -15,15 +15,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from landmark_lit.inference.stages import StageMeta
+from landmark_lit.data.transforms import batch_voxel_to_world
+from landmark_lit.inference.stage_meta import StageMeta
 from landmark_lit.metrics import RadialErrorMetric
-
-
-def voxels_to_world(points: Tensor, affine: Tensor) -> Tensor:
-    """(B, K, D) voxel coordinates -> world mm with per-item affines (B, D + 1, D + 1)."""
-    d = points.shape[-1]
-    a = affine.to(torch.float64)
-    return points.to(torch.float64) @ a[:, :d, :d].transpose(1, 2) + a[:, None, :d, d]
 
 
 class LandmarkModule(L.LightningModule):
@@ -97,7 +91,7 @@ class LandmarkModule(L.LightningModule):
         """Decoded landmarks in world mm (B, K, D) for a batch."""
         out = self.net(batch["image"]) if out is None else out
         voxels = self.decoder(out, self.net.stride) + batch["origin"].to(torch.float32)
-        return voxels_to_world(voxels, batch["affine"])
+        return batch_voxel_to_world(voxels, batch["affine"])
 
     def _eval_step(self, batch: dict, metric: RadialErrorMetric, split: str) -> dict[str, Any]:
         out, losses = self._step(batch)

@@ -28,6 +28,8 @@ class Method(ABC):
             stages this method has.
         loss_class, decoder_class: the loss and decoder types the configs must build.
         has_votes: whether the method's outputs are cell votes that :meth:`vote_field` can draw.
+        exportable: whether its networks export to TorchScript / ONNX
+            (:mod:`landmark_lit.inference.export`: two outputs, displacements and presence logits).
         string_network_arguments: per network class, the network arguments that are strings and their
             allowed values (all other arguments are integers, booleans or lists of them).
     """
@@ -37,6 +39,7 @@ class Method(ABC):
     loss_class: ClassVar[type]
     decoder_class: ClassVar[type]
     has_votes: ClassVar[bool] = False
+    exportable: ClassVar[bool] = False
     string_network_arguments: ClassVar[Mapping[type[nn.Module], Mapping[str, tuple[str, ...]]]] = {}
 
     def network_class(self, stage: str) -> type[nn.Module]:

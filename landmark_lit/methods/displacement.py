@@ -30,6 +30,8 @@ from landmark_lit.methods.base import Method, register, valid_mask
 from landmark_lit.networks import DisplacementOutput, GlobalNet, LocalNet
 
 REGRESSION_MODES = ("none", "linear", "log")
+# the base b of the log transform t(d) = sign(d) log_b(1 + |d|) (the paper's 10; `ablation.log_base` in configs)
+DEFAULT_LOG_BASE = 10.0
 
 # --- targets ---------------------------------------------------------------------------------------
 
@@ -118,7 +120,7 @@ def vote_weights(logits: Tensor, top_k: int | None = None) -> Tensor:
 
 
 def cell_votes(
-    output: DisplacementOutput, stride: int, regression: str = "log", log_base: float = 10.0
+    output: DisplacementOutput, stride: int, regression: str = "log", log_base: float = DEFAULT_LOG_BASE
 ) -> Tensor:
     """Where every cell places every landmark: (B, K, D, N) input voxels (cell centres for "none")."""
     disp = output[0]
@@ -135,7 +137,7 @@ def decode(
     stride: int,
     regression: str = "log",
     classification: bool = True,
-    log_base: float = 10.0,
+    log_base: float = DEFAULT_LOG_BASE,
     top_k: int | None = None,
 ) -> Tensor:
     """Landmark coordinates (B, K, D) in input voxels from a network output on the cell grid."""
@@ -152,7 +154,7 @@ class VoteDecoder:
 
     regression: str = "log"
     classification: bool = True
-    log_base: float = 10.0
+    log_base: float = DEFAULT_LOG_BASE
     top_k: int | None = None
 
     def __post_init__(self) -> None:
@@ -175,7 +177,7 @@ def vote_statistics(
     stride: int,
     regression: str = "log",
     classification: bool = True,
-    log_base: float = 10.0,
+    log_base: float = DEFAULT_LOG_BASE,
     spacing: Tensor | None = None,
     top_k: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -231,7 +233,7 @@ class DisplacementLoss(nn.Module):
         regression: str = "log",
         classification: bool = True,
         alpha: float = 1.0,
-        log_base: float = 10.0,
+        log_base: float = DEFAULT_LOG_BASE,
         presence_radius: float = 0.0,
         pos_weight: float = 1.0,
         foreground_weight: float = 0.0,
@@ -301,6 +303,7 @@ class DisplacementMethod(Method):
     loss_class = DisplacementLoss
     decoder_class = VoteDecoder
     has_votes = True
+    exportable = True
 
     def describe_decoder(self, decoder: VoteDecoder) -> dict[str, Any]:
         description: dict[str, Any] = {
@@ -316,7 +319,7 @@ class DisplacementMethod(Method):
         keys = {"regression", "classification", "log_base", "top_k"}
         if not isinstance(description, dict) or set(description) - keys:
             raise ValueError(f"invalid decoder {description!r}")
-        log_base = description.get("log_base", 10.0)
+        log_base = description.get("log_base", DEFAULT_LOG_BASE)
         classification = description.get("classification", True)
         if (
             not isinstance(log_base, int | float)

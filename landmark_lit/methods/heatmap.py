@@ -104,13 +104,12 @@ class HeatmapLoss(nn.Module):
     Args:
         sigma: Gaussian standard deviation in working voxels (one value or one per axis).
         amplitude: peak height of the targets. Heatmaps are mostly background, and how fast the peaks are
-            learnt depends on this scale: on synthetic2d (model=small, 300 steps) peak 100 reached 1.2 mm
-            validation MRE, peak 1 35 mm (18.6 mm with foreground_weight 100), peak 1000 9.2 mm.
+            learnt depends on this scale (100 chosen on synthetic2d validation, experiments/bench/RESULTS.md).
         foreground_weight: optional extra weight ``1 + foreground_weight * target / amplitude`` per voxel.
         truncated: targets are zero beyond ``truncated * sigma`` (MONAI's ``truncated``).
         subvoxel: exact sub-voxel Gaussian centres (see :func:`heatmap_targets`).
     Channels of missing (NaN) landmarks are masked out; the mean runs over annotated channels and voxels.
-    Returns ``{"loss": ..., "loss_heatmap": ...}`` (the same total, for logging like ``LandmarkLoss``).
+    Returns ``{"loss": ..., "loss_heatmap": ...}`` (the same total, logged as :class:`~landmark_lit.methods.displacement.DisplacementLoss` logs its terms).
     """
 
     def __init__(
@@ -252,7 +251,7 @@ class HeatmapDecoder:
     def statistics(
         self, heatmaps: Tensor, stride: int = 1, spacing: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """As :func:`landmark_lit.decoding.vote_statistics`: coords (B, K, D) voxels; spread (B, K), the RMS
+        """As :func:`landmark_lit.methods.displacement.vote_statistics`: coords (B, K, D) voxels; spread (B, K), the RMS
         distance to coords of the positive heatmap mass within ``window`` of the peak (mm with ``spacing``
         (D,) mm per voxel, else voxels; 0 without positive mass); posterior (B, K), the peak value over
         ``amplitude`` clipped to [0, 1]."""

@@ -52,6 +52,32 @@ class _FCNBase(nn.Module):
         return DisplacementOutput(reg.view(b, self.num_landmarks, self.spatial_dims, *grid), cls)
 
 
+def _encoder(
+    spatial_dims: int,
+    in_channels: int,
+    stem_channels: int,
+    stage_channels: Sequence[int],
+    stage_blocks: Sequence[int],
+    pool_before: Sequence[bool],
+) -> tuple[nn.Sequential, list[int], list[int]]:
+    """The global network's encoder: a stride-2 stem, then residual stages, each after an optional average
+    pool. Returns it and, per level (stride 2^(i+1)), the index of its last layer and its channels."""
+    layers: list[nn.Module] = [ConvBNReLU(spatial_dims, in_channels, stem_channels, 7, stride=2)]
+    level_ends, level_channels = [], []
+    cin = stem_channels
+    for cout, n_blocks, pool in zip(stage_channels, stage_blocks, pool_before, strict=True):
+        if pool:
+            level_ends.append(len(layers) - 1)
+            level_channels.append(cin)
+            layers.append(avg_pool(spatial_dims))
+        for _ in range(n_blocks):
+            layers.append(BasicBlock(spatial_dims, cin, cout))
+            cin = cout
+    level_ends.append(len(layers) - 1)
+    level_channels.append(cin)
+    return nn.Sequential(*layers), level_ends, level_channels
+
+
 class GlobalNet(_FCNBase):
     """ResNet34-like global network (Noothout et al. 2020, Fig. 2), one class for 2D and 3D.
 
@@ -104,22 +130,10 @@ class GlobalNet(_FCNBase):
                 f"got {pyramid_stride}"
             )
         self.stride = int(pyramid_stride) if pyramid_stride is not None else self.encoder_stride
-        layers: list[nn.Module] = [ConvBNReLU(spatial_dims, in_channels, stem_channels, 7, stride=2)]
-        # the features at stride 2^(i+1) end after layers[level_ends[i]], with level_channels[i] channels
-        level_ends, level_channels = [], []
-        cin = stem_channels
-        for cout, n_blocks, pool in zip(stage_channels, stage_blocks, pool_before, strict=True):
-            if pool:
-                level_ends.append(len(layers) - 1)
-                level_channels.append(cin)
-                layers.append(avg_pool(spatial_dims))
-            for _ in range(n_blocks):
-                layers.append(BasicBlock(spatial_dims, cin, cout))
-                cin = cout
-        level_ends.append(len(layers) - 1)
-        level_channels.append(cin)
-        self.features = nn.Sequential(*layers)
-        head_in = cin
+        self.features, level_ends, level_channels = _encoder(
+            spatial_dims, in_channels, stem_channels, stage_channels, stage_blocks, pool_before
+        )
+        head_in = level_channels[-1]
         self.pyramid: nn.ModuleDict | None = None
         self._taps: list[int] = []
         if pyramid_stride is not None and self.stride < self.encoder_stride:

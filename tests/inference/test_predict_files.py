@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from landmark_lit.cli.predict import predict as predict_cli
-from landmark_lit.config import PREDICT_CONFIG_DIR
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.landmark_tables import read_landmark_table
 from landmark_lit.data.point_files import read_point_list
 from landmark_lit.inference.predict_files import find_inputs, predict_files
@@ -114,14 +114,14 @@ def test_cli_runs_a_bundle_without_training_config(checkpoints, tmp_path):
     save_bundle(tmp_path / "model.pt", g, [loc])
     (tmp_path / "in").mkdir()
     image = _png(tmp_path / "in" / "x.png") if d == 2 else _nifti(tmp_path / "in" / "x.nii.gz")
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("predict", overrides=[f"model={tmp_path / 'model.pt'}", f"input={image.parent}",
                                             f"output_dir={tmp_path / 'out'}", "spacing=0.5", "local_iterations=3"])  # fmt: skip
     result = predict_cli(cfg)
     assert result["done"] == 1 and not result["failed"]
     table = read_landmark_table(tmp_path / "out" / "x.csv")
     assert table.names == NAMES and table.coords["x"].shape == (2, d)
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         both = compose(
             "predict", overrides=[f"model={tmp_path / 'model.pt'}", f"global_checkpoint={g}", "input=x"]
         )
@@ -386,7 +386,7 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
     overrides = [f"global_checkpoint={g}", f"local_checkpoint={loc}", "local_iterations=2",
                  f"output={tmp_path / 'm.pt'}", "formats=[bundle,torchscript]"]  # fmt: skip
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         written = export(compose("export", overrides=overrides))
     assert set(written) == {"bundle", "torchscript/global", "torchscript/local0"}
     bundle = LandmarkPredictor.from_bundle(written["bundle"])
@@ -403,7 +403,7 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
         bundle.predict(image, np.eye(3)).world,
         atol=1e-4,
     )
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         bad = compose("export", overrides=[f"global_checkpoint={g}", "formats=[pickle]"])
     with pytest.raises(ValueError, match="unknown \\['pickle'\\]"):
         export(bad)
@@ -412,7 +412,7 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
         f"output={tmp_path / 'mirrored.pt'}",
         f"mirror={{pairs: [[{NAMES[0]}, {NAMES[1]}]]}}",
     ]
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         written = export(compose("export", overrides=mirrored))
     stored = LandmarkPredictor.from_bundle(written["bundle"]).mirror
     assert stored is not None and stored.pairs == ((0, 1),) and stored.axes == (0,) and not stored.whole
@@ -437,7 +437,7 @@ def test_bundle_settings_are_checked_as_the_checkpoints_are(tmp_path, override, 
     loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
     save_bundle(tmp_path / "model.pt", g, [loc])
     image = _png(tmp_path / "x.png")
-    with initialize_config_dir(config_dir=PREDICT_CONFIG_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("predict", overrides=[f"model={tmp_path / 'model.pt'}", f"input={image}",
                                             f"output_dir={tmp_path / 'out'}", "spacing=0.5", override])  # fmt: skip
         with pytest.raises(ValueError, match=message):

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from landmark_lit.data.transforms import match_channels
-from landmark_lit.inference.predict_files import case_id_of, find_images, predict_file, predict_files
+from landmark_lit.inference.predict_files import case_id_of, find_inputs, predict_file, predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor, Prediction, refine_locally
 from landmark_lit.inference.settings import MirrorAverage
 from landmark_lit.inference.stages import CheckpointError, Stage, StageMeta
@@ -51,10 +51,10 @@ def test_txt_lists_resolve_names_without_suffix(tmp_path):
         (images / name).write_bytes(b"x")
     listing = tmp_path / "test.txt"
     listing.write_text("151\n\n152.png\n")
-    assert find_images(listing, root=images) == [images / "151.jpg", images / "152.png"]
+    assert [f for _, f in find_inputs(listing, root=images)] == [images / "151.jpg", images / "152.png"]
     listing.write_text("999\n")
     with pytest.raises(FileNotFoundError, match="no image for entry '999'"):
-        find_images(listing, root=images)
+        [f for _, f in find_inputs(listing, root=images)]
     assert case_id_of("x/case.nii.gz") == "case" and case_id_of("151.jpg") == "151"
 
 
@@ -95,8 +95,8 @@ def test_dicom_series_folders_count_as_one_image_each(tmp_path):
         for n in range(3):
             (tmp_path / series / f"{n:03d}.dcm").write_bytes(b"x")
     (tmp_path / "c.nii.gz").write_bytes(b"x")
-    assert find_images(tmp_path / "a") == [tmp_path / "a"]
-    assert find_images(tmp_path) == [tmp_path / "c.nii.gz", tmp_path / "a", tmp_path / "b"]
+    assert [f for _, f in find_inputs(tmp_path / "a")] == [tmp_path / "a"]
+    assert [f for _, f in find_inputs(tmp_path)] == [tmp_path / "c.nii.gz", tmp_path / "a", tmp_path / "b"]
 
 
 def _image(seed: int = 3) -> np.ndarray:

@@ -207,7 +207,7 @@ def test_a_heatmap_global_stage_runs_in_front_of_local_stages():
 
 
 def test_train_heatmap_then_predict_and_bundle(tmp_path):
-    """A tiny `landmark-train method=heatmap dataset=synthetic2d model=small trainer=ci` run through train()."""
+    """A tiny `landmark-train method=heatmap dataset=synthetic2d net=small trainer=ci` run through train()."""
     out = tmp_path / "run"
     cfg = compose_train([*tiny_overrides(out), "method=heatmap", "trainer.max_steps=2"])
     assert cfg.method_name == cfg.method.name == "heatmap" and "ablation" not in cfg
