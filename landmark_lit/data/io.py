@@ -205,8 +205,13 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
-def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+def load_image(path: str | os.PathLike, jpeg_reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file, or a DICOM series folder (see the module docstring for the readers).
+
+    ``jpeg_reduce`` (1, 2, 4 or 8): a JPEG is decoded at 1 / ``jpeg_reduce`` of its size in the DCT domain
+    (Pillow's draft mode, far cheaper than decoding every pixel); its affine then maps the reduced pixels to
+    the full-size pixel grid (pixel j of the reduced image covers full-size pixels j*r .. j*r + r - 1: size
+    r, centre j*r + (r - 1) / 2), so positions keep their meaning. Other formats ignore it.
 
     Returns:
         image: float32 array (C, *spatial), channel first.
@@ -220,9 +225,9 @@ def load_image(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_file() and path.name.lower().endswith(_PIL_SUFFIXES):
-        array = _read_pil(path)
+        array, reduced = _read_pil(path, jpeg_reduce)
         if array is not None:
-            return _checked(path, array, np.eye(3))
+            return _checked(path, array, reduced_affine(reduced))
     if path.is_file() and path.name.lower().endswith(NIBABEL_SUFFIXES):
         return _checked(path, *_read_nibabel(path))
     if path.is_file() and (path.name.lower().endswith(".dcm") or _has_dicom_preamble(path)):
@@ -286,14 +291,32 @@ _PIL_SUFFIXES = NO_GEOMETRY_SUFFIXES
 _PIL_MODES = ("L", "RGB", "RGBA", "I", "I;16", "F")
 
 
-def _read_pil(path: Path) -> np.ndarray | None:
-    """(C, x, y) float32 array of a PNG / JPEG / BMP file; None for modes left to MONAI (e.g. palette)."""
+def reduced_affine(reduce: int, spacing: Sequence[float] = (1.0, 1.0)) -> np.ndarray:
+    """The (3, 3) affine of a 2D image decoded at 1 / ``reduce`` of a grid of ``spacing`` mm pixels: pixel j
+    covers the full-size pixels j*r .. j*r + r - 1 (size r x spacing, centre (j*r + (r - 1) / 2) x spacing)."""
+    scale = float(reduce) * np.asarray(spacing, np.float64)
+    affine = np.diag([*scale, 1.0])
+    affine[:2, 2] = (reduce - 1) / 2 * np.asarray(spacing, np.float64)
+    return affine
+
+
+def _read_pil(path: Path, jpeg_reduce: int = 1) -> tuple[np.ndarray | None, int]:
+    """(C, x, y) float32 array of a PNG / JPEG / BMP file (None for modes left to MONAI, e.g. palette) and
+    the factor a JPEG was reduced by in decoding (see :func:`load_image`; 1 for everything else)."""
     from PIL import Image, UnidentifiedImageError
 
+    if jpeg_reduce not in (1, 2, 4, 8):
+        raise ImageReadError(f"{path}: jpeg_reduce must be 1, 2, 4 or 8, got {jpeg_reduce!r}")
+    reduced = 1
     try:
         with Image.open(path) as img:
             if img.mode not in _PIL_MODES or getattr(img, "n_frames", 1) > 1:
-                return None
+                return None, 1
+            if jpeg_reduce > 1 and img.format == "JPEG":
+                w, h = img.size
+                drafted = img.draft(img.mode, (max(w // jpeg_reduce, 1), max(h // jpeg_reduce, 1)))
+                if drafted is not None:
+                    reduced = int(round(w / drafted[1][2]))
             data = np.asarray(img)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {first_line(exc)})") from exc
@@ -302,8 +325,8 @@ def _read_pil(path: Path) -> np.ndarray | None:
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             data = rgb[..., 0]  # grey stored as colour
     if data.ndim == 2:  # (row, column) -> (1, column, row), as MONAI's PILReader and channel-first give
-        return np.ascontiguousarray(np.ascontiguousarray(data).T).astype(np.float32)[None]
-    return np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))).astype(np.float32)
+        return np.ascontiguousarray(np.ascontiguousarray(data).T).astype(np.float32)[None], reduced
+    return np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))).astype(np.float32), reduced
 
 
 def _nrrd_to_ras(path: Path, affine: np.ndarray, space: str) -> np.ndarray:

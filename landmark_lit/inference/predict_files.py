@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from landmark_lit.data.io import IMAGE_SUFFIXES, NO_GEOMETRY_SUFFIXES, load_image
 from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table, write_landmark_table
 from landmark_lit.data.point_files import write_slicer_markups
+from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.inference.predictor import InputError, LandmarkPredictor, Prediction
 from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
 
@@ -112,28 +113,48 @@ def predict_file(
     path: str | os.PathLike,
     spacing: float | list[float] | None = None,
     keep_global_view: bool = False,
+    reduced_jpeg: bool = False,
 ) -> tuple[Prediction, np.ndarray, np.ndarray]:
     """Read an image file and predict its landmarks; returns the prediction (with ``seconds``, reading
     included, and ``seconds_without_io``), and the image and affine as read.
 
     ``spacing`` (mm) replaces the file's geometry for images that carry none (PNG, JPEG, BMP, TIFF).
+    ``reduced_jpeg``: decode a JPEG at 1/2, 1/4 or 1/8 of its size, the coarsest still at least as fine as
+    every stage's working spacing (:func:`jpeg_reduction`; positions in mm unchanged).
     Raises InputError / ImageReadError with one line naming the file.
     """
     t0 = time.perf_counter()
-    image, affine = load_image(path)
+    values = None
     if spacing is not None:
-        d = image.ndim - 1
-        values = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,))
+        values = np.asarray(spacing, dtype=np.float64).ravel()
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
-        affine = np.diag([*values, 1.0])
+    reduce = jpeg_reduction(predictor, 1.0 if values is None else float(values.max())) if reduced_jpeg else 1
+    image, affine = load_image(path, jpeg_reduce=reduce)
+    d = image.ndim - 1
+    if values is not None and len(values) not in (1, d):
+        raise InputError(f"{path}: spacing must be one value or {d}, got {spacing!r}")
+    # the full-size pixel grid in mm: a reduced JPEG's affine maps onto it; otherwise the spacing replaces
+    # the file's affine
+    full = np.eye(d + 1) if values is None else np.diag([*np.broadcast_to(values, (d,)), 1.0])
+    if values is not None or reduce > 1:
+        affine = full @ affine if reduce > 1 else full
     t1 = time.perf_counter()
     try:
         prediction = predictor.predict(image, affine, keep_global_view=keep_global_view)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
     t2 = time.perf_counter()
+    if reduce > 1:  # voxel indices of the file as it is, not of its reduced decoding
+        prediction = dataclasses.replace(prediction, voxel=world_to_voxel(prediction.world, full))
     return dataclasses.replace(prediction, seconds=t2 - t0, seconds_without_io=t2 - t1), image, affine
+
+
+def jpeg_reduction(predictor: LandmarkPredictor, pixel_mm: float) -> int:
+    """The largest of 1, 2, 4, 8 whose reduced pixels (``pixel_mm`` times it) are still no coarser than the
+    finest working spacing of the predictor's stages."""
+    finest = min(float(np.min(s.meta.spacing)) for s in (predictor.global_stage, *predictor.local_stages))
+    return next(r for r in (8, 4, 2, 1) if r == 1 or r * pixel_mm <= finest + 1e-9)
 
 
 def _scores(prediction: Prediction) -> dict[str, np.ndarray]:
@@ -236,6 +257,7 @@ def predict_files(
     references: str | os.PathLike | None = None,
     progress: bool | None = None,
     report: bool = False,
+    reduced_jpeg: bool = False,
 ) -> dict:
     """Predict every image of ``inputs`` (a file, folder, glob, ``.txt`` list, manifest, or a list of
     them) and write each image's files and the combined ``predictions.csv`` / ``predictions.json`` to
@@ -249,6 +271,7 @@ def predict_files(
         references: a landmark table (CSV / JSON) whose cases are drawn in the pictures as references.
         progress: progress bar (None: only on a terminal).
         report: write ``report.html``, a review page of every image (implies ``pictures``).
+        reduced_jpeg: decode JPEGs at a reduced size (see :func:`predict_file`).
 
     Returns ``{"table", "failed": {path: reason}, "done", "median_seconds", "median_seconds_without_io",
     "peak_memory_mb", "flagged"}``.
@@ -266,7 +289,7 @@ def predict_files(
     out.mkdir(parents=True, exist_ok=True)
     if warmup and items:
         try:
-            predict_file(predictor, items[0][1], spacing)
+            predict_file(predictor, items[0][1], spacing, reduced_jpeg=reduced_jpeg)
         except Exception:  # reported below, when the file comes up in turn
             pass
     results = _Results(LandmarkTable(names=names, coords={}))
@@ -279,7 +302,7 @@ def predict_files(
                 raise ValueError(f"{f}: case id {case!r} already used by {seen[case]}")
             seen[case] = f
             prediction, image, affine = predict_file(
-                predictor, f, spacing, keep_global_view=field is not None
+                predictor, f, spacing, keep_global_view=field is not None, reduced_jpeg=reduced_jpeg
             )
             write_case_outputs(out, case, f, names, prediction)
             reference = ref_table.coords.get(case) if ref_table is not None else None

@@ -319,3 +319,38 @@ def test_every_dicom_file_pydicom_ships_loads_as_simpleitk_reads_it():
         flip = np.diag([-1.0, -1.0, *([1.0] * (n - 1))])  # LPS -> RAS
         np.testing.assert_allclose(affine, flip @ lps, atol=1e-4, err_msg=f.name)
     assert loaded == expected and len(loaded) >= 50, (len(loaded), len(expected))
+
+
+@pytest.mark.parametrize("reduce", [2, 4, 8])
+def test_reduced_jpeg_decoding_keeps_the_geometry(tmp_path, reduce):
+    """A JPEG decoded at 1 / reduce (Pillow's draft mode): ceil(size / reduce) pixels whose affine maps them
+    onto the full-size pixel grid, so a blob's centroid in mm stays where the full decoding puts it."""
+    from PIL import Image
+
+    from landmark_lit.data.io import reduced_affine
+
+    w, h, centre = 333, 250, np.array([101.3, 157.8])  # (x, y) in full-size pixels
+    x, y = np.meshgrid(np.arange(w), np.arange(h), indexing="xy")
+    blob = 20 + 200 * np.exp(-((x - centre[0]) ** 2 + (y - centre[1]) ** 2) / (2 * 12.0**2))
+    path = tmp_path / "blob.jpg"
+    Image.fromarray(blob.astype(np.uint8)).save(path, quality=98)
+
+    def centroid_mm(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        weights = np.clip(image[0] - 20, 0, None)
+        idx = np.stack(np.meshgrid(*map(np.arange, weights.shape), indexing="ij"), -1).reshape(-1, 2)
+        vox = (idx * weights.reshape(-1, 1)).sum(0) / weights.sum()
+        return affine[:2, :2] @ vox + affine[:2, 2]
+
+    full, full_affine = load_image(path)
+    small, small_affine = load_image(path, jpeg_reduce=reduce)
+    assert full.shape == (1, w, h) and small.shape == (1, -(-w // reduce), -(-h // reduce))
+    np.testing.assert_allclose(small_affine, reduced_affine(reduce))
+    np.testing.assert_allclose(small_affine[:2, 2], [(reduce - 1) / 2] * 2)
+    np.testing.assert_allclose(centroid_mm(full, full_affine), centre, atol=0.05)
+    np.testing.assert_allclose(centroid_mm(small, small_affine), centre, atol=0.1)
+    # a PNG is not reduced: the same pixels and the identity affine
+    Image.fromarray(blob.astype(np.uint8)).save(tmp_path / "blob.png")
+    png, png_affine = load_image(tmp_path / "blob.png", jpeg_reduce=reduce)
+    assert png.shape == (1, w, h) and np.array_equal(png_affine, np.eye(3))
+    with pytest.raises(ImageReadError, match="jpeg_reduce must be 1, 2, 4 or 8, got 3"):
+        load_image(path, jpeg_reduce=3)

@@ -20,7 +20,7 @@ from landmark_lit.cli.predict import predict as predict_cli
 from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.landmark_tables import read_landmark_table
 from landmark_lit.data.point_files import read_point_list
-from landmark_lit.inference.predict_files import find_inputs, predict_files
+from landmark_lit.inference.predict_files import find_inputs, predict_file, predict_files
 from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.inference.scoring import landmark_confidence
 from landmark_lit.inference.settings import RunSettings
@@ -449,3 +449,30 @@ def test_bundle_settings_are_checked_as_the_checkpoints_are(tmp_path, override, 
             with pytest.raises(ValueError, match=message):
                 export(bad)
             assert not (tmp_path / "m.pt").exists()
+
+
+def test_reduced_jpeg_decoding_keeps_voxels_of_the_file_and_mm(tmp_path):
+    """reduced_jpeg: the coarsest reduction still as fine as every stage (stages at 2.0 and 1.0 mm, pixels
+    of 0.25 mm: 1/4); the JSON's voxel indices are the full-size file's, the world mm at the given spacing,
+    and the markups sit on the full-size image."""
+    from landmark_lit.inference.predict_files import jpeg_reduction
+
+    torch.manual_seed(0)
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
+    loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
+    predictor = LandmarkPredictor.from_checkpoints(g, loc)
+    assert [jpeg_reduction(predictor, mm) for mm in (0.1, 0.25, 0.3, 0.6, 1.5)] == [8, 4, 2, 1, 1]
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 240), dtype=np.uint8)).save(src / "x.jpg")
+    result = predict_files(predictor, src, tmp_path / "out", spacing=0.25, reduced_jpeg=True)
+    world = result["table"].coords["x"]
+    case = json.loads((tmp_path / "out" / "x.json").read_text())["cases"]["x"]
+    np.testing.assert_allclose(world, 0.25 * np.array(case["voxel"]), atol=1e-9)  # full-size pixels
+    markups = json.loads((tmp_path / "out" / "x.mrk.json").read_text())["markups"][0]
+    positions = np.array([p["position"] for p in markups["controlPoints"]])
+    np.testing.assert_allclose(positions[:, :2], np.array(case["voxel"]), atol=1e-9)
+    prediction, image, affine = predict_file(predictor, src / "x.jpg", 0.25, reduced_jpeg=True)
+    assert image.shape == (1, 60, 50) and np.allclose(np.diag(affine), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(affine[:2, 2], [0.375, 0.375])  # pixel 0 covers full-size pixels 0..3
+    np.testing.assert_allclose(prediction.world, world)
