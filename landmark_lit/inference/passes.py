@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from landmark_lit.data.transforms import (
     local_crop_starts,
@@ -39,8 +40,13 @@ def decode_stage(
     posterior (B, K), the network output of the unmirrored pass, and the mirror gap; with ``mirror``,
     each averaged with the pass on the mirrored input (mirrored back, pairs swapped), and the gap (B, K)
     mm between the two passes' answers (None without mirror)."""
-    out = stage.net(x)
-    coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
+    kind = stage.meta.stage
+    with record_function(
+        f"{kind} network"
+    ):  # labels for torch.profiler (experiments/bench/profile_predict.py)
+        out = stage.net(x)
+    with record_function(f"{kind} decoding"):
+        coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
     if mirror is None:
         return coords, spread, posterior, out, None
     d = coords.shape[-1]
@@ -75,7 +81,8 @@ def refine_locally(
 
     Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
     """
-    x, aff = stage.preprocessing(image, affine)
+    with record_function("local preprocessing"):
+        x, aff = stage.preprocessing(image, affine)
     device = network_device(stage.net)
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
@@ -83,8 +90,9 @@ def refine_locally(
     shift = np.zeros(len(world))
     spread = posterior = gap = None
     for _ in range(int(iterations)):
-        starts = local_crop_starts(centres, crop)
-        crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
+        with record_function("local sub-images"):
+            starts = local_crop_starts(centres, crop)
+            crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
         coords, spread, posterior, _, gap = decode_stage(
             stage, crops[None].to(device), scale.to(device), mirror
         )

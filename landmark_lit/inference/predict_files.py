@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
 from landmark_lit.data.io import IMAGE_SUFFIXES, NO_GEOMETRY_SUFFIXES, load_image
@@ -130,7 +131,8 @@ def predict_file(
         if not np.all(np.isfinite(values)) or np.any(values <= 0):
             raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
     reduce = jpeg_reduction(predictor, 1.0 if values is None else float(values.max())) if reduced_jpeg else 1
-    image, affine = load_image(path, jpeg_reduce=reduce)
+    with record_function("reading"):
+        image, affine = load_image(path, jpeg_reduce=reduce)
     d = image.ndim - 1
     if values is not None and len(values) not in (1, d):
         raise InputError(f"{path}: spacing must be one value or {d}, got {spacing!r}")
@@ -304,7 +306,8 @@ def predict_files(
             prediction, image, affine = predict_file(
                 predictor, f, spacing, keep_global_view=field is not None, reduced_jpeg=reduced_jpeg
             )
-            write_case_outputs(out, case, f, names, prediction)
+            with record_function("writing"):
+                write_case_outputs(out, case, f, names, prediction)
             reference = ref_table.coords.get(case) if ref_table is not None else None
             if pictures or field is not None:
                 draw_case_pictures(

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 
 from landmark_lit.confidence import Calibration
 from landmark_lit.data.transforms import match_channels, spacing_of, world_to_voxel
@@ -114,7 +115,8 @@ def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndar
         x0 = match_channels(x0, stage.meta.net["in_channels"])
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    x, aff = stage.preprocessing(x0, affine)
+    with record_function("global preprocessing"):
+        x, aff = stage.preprocessing(x0, affine)
     stride = stage.net.stride
     if any(n < stride for n in x.shape[1:]):
         raise InputError(
@@ -248,7 +250,8 @@ class LandmarkPredictor:
             estimate, shift = refine_locally(
                 stage, x0, affine, estimate.world, self.local_iterations, self.mirror
             )
-        confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)
+        with record_function("scoring"):
+            confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)
         return Prediction(
             world=estimate.world,
             voxel=world_to_voxel(estimate.world, affine),
