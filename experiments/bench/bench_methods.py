@@ -12,7 +12,8 @@ float32 GEMM rate on the same threads).
         --method g2l=outputs/models/isbi2015.pt --method heatmap=outputs/models/isbi2015_heatmap.pt \
         --method scn --json outputs/bench/methods_ceph.json
 
-``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap), ``NAME=BUNDLE@SRC``
+``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap), ``NAME=BUNDLE#reduced``
+the same with JPEGs decoded at the reduction landmark-predict picks (``reduced_jpeg``), ``NAME=BUNDLE@SRC``
 the same with landmark_lit imported from the checkout SRC (another commit's ``git worktree``); ``--method scn``
 runs landmarker's SpatialConfigurationNet as its ISBI example configures it (2D: 512 x 512 input, 19
 outputs, default widths; 3D: OriginalSpatialConfigurationNet3d at ``--scn-size``^3), untrained (the time
@@ -94,15 +95,31 @@ def run_method(args: argparse.Namespace) -> dict:
     from landmark_lit.utils import peak_memory_mb
 
     name, _, model = args.run.partition("=")
-    image, affine = load_image(args.image)
-    if args.spacing:
-        affine = np.diag([*[args.spacing] * (image.ndim - 1), 1.0])
+    model, _, option = model.partition("#")  # NAME=BUNDLE#reduced: JPEGs decoded reduced, as landmark-predict
+    reduce = 1
+
+    def read() -> tuple[np.ndarray, np.ndarray]:
+        img, aff = load_image(args.image, jpeg_reduce=reduce) if reduce > 1 else load_image(args.image)
+        if args.spacing:
+            aff = (
+                np.diag([*[args.spacing] * (img.ndim - 1), 1.0]) @ aff
+                if reduce > 1
+                else np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
+            )
+        return img, aff
+
+    image, affine = read()
     d = image.ndim - 1
     if name == "scn":
         predict, _ = _scn_pipeline(d, args.num_landmarks, args.scn_size if d == 3 else 512)
         describe = f"landmarker SpatialConfigurationNet ({'512^2' if d == 2 else f'{args.scn_size}^3'} input)"
     else:
         predictor = LandmarkPredictor.from_bundle(model)
+        if option == "reduced":
+            from landmark_lit.inference.predict_files import jpeg_reduction
+
+            reduce = jpeg_reduction(predictor, args.spacing or 1.0)
+            image, affine = read()
 
         def predict(image, affine):
             return predictor.predict(image, affine).voxel
@@ -111,21 +128,17 @@ def run_method(args: argparse.Namespace) -> dict:
         describe = " + ".join(
             f"{s.meta.method} {s.meta.stage} {np.mean(s.meta.spacing):g} mm" for s in stages
         ) + (f", local x{predictor.local_iterations}" if predictor.local_stages else "")
+        describe += f", JPEG decoded at 1/{reduce}" if reduce > 1 else ""
 
     def read_and_predict():
-        img, aff = load_image(args.image)
-        if args.spacing:
-            aff = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
-        return predict(img, aff)
+        return predict(*read())
 
     for _ in range(args.warmup):
         read_and_predict()
     with_io, without_io = [], []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        img, aff = load_image(args.image)
-        if args.spacing:
-            aff = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
+        img, aff = read()
         t1 = time.perf_counter()
         predict(img, aff)
         t2 = time.perf_counter()

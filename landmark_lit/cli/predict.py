@@ -42,7 +42,7 @@ def predict(cfg: DictConfig) -> dict:
         vector_field=cfg.get("vector_field"),
         references=cfg.get("references"),
         progress=cfg.get("progress"),
-        reduced_jpeg=bool(cfg.get("reduced_jpeg", False)),
+        reduced_jpeg=bool(cfg.get("reduced_jpeg", True)),
     )
 
 

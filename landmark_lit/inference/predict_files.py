@@ -114,7 +114,7 @@ def predict_file(
     path: str | os.PathLike,
     spacing: float | list[float] | None = None,
     keep_global_view: bool = False,
-    reduced_jpeg: bool = False,
+    reduced_jpeg: bool = True,
 ) -> tuple[Prediction, np.ndarray, np.ndarray]:
     """Read an image file and predict its landmarks; returns the prediction (with ``seconds``, reading
     included, and ``seconds_without_io``), and the image and affine as read.
@@ -259,7 +259,7 @@ def predict_files(
     references: str | os.PathLike | None = None,
     progress: bool | None = None,
     report: bool = False,
-    reduced_jpeg: bool = False,
+    reduced_jpeg: bool = True,
 ) -> dict:
     """Predict every image of ``inputs`` (a file, folder, glob, ``.txt`` list, manifest, or a list of
     them) and write each image's files and the combined ``predictions.csv`` / ``predictions.json`` to
