@@ -5,7 +5,7 @@ preprocessing, local sub-images, local network, local decoding, scoring, writing
 networks, by operator.
 
     python experiments/bench/profile_predict.py MODEL.pt IMAGE [--spacing 0.1] [--threads 2] [--runs 5]
-        [--reduced-jpeg] [--json OUT.json]
+        [--no-reduced-jpeg] [--json OUT.json]
 
 Each label's time is the median over ``--runs`` profiled predictions (after a warm-up) of its total per
 prediction (a local label sums the passes); "other" is the rest of the wall-clock time.
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--spacing", type=float, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--reduced-jpeg", action="store_true")
+    parser.add_argument("--reduced-jpeg", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
