@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                     f"local {s.meta.spacing:g} mm, {'x'.join(map(str, s.meta.crop_size))}"
                     for s in predictor.local_stages
                 )
+                if len(args.local) > 1:  # several local specs may describe alike: name their files
+                    label += f" [{spec}]"
                 extra = (f" (each {it} passes)" if it > 1 else "") + (
                     f", local top {local_k}" if local_k else ""
                 )
