@@ -25,6 +25,23 @@ def safe_file_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
 
 
+def read_table_text(
+    path: str | os.PathLike, what: str, error: type[Exception] = ValueError
+) -> tuple[Path, str, str]:
+    """(path, suffix, text) of a ``.csv`` or ``.json`` file; a one-line ``error`` naming the file and ``what``
+    it should be (missing, another suffix, unreadable) otherwise."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise error(f"{path}: unknown {what} type {path.suffix!r} (expected .csv or .json)")
+    try:
+        return path, suffix, path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read ({exc})") from None
+
+
 def plain(value: Any) -> Any:
     """A config value as plain Python (lists, dicts, scalars; interpolations resolved); anything else as it is."""
     from omegaconf import OmegaConf

@@ -100,12 +100,9 @@ def run_method(args: argparse.Namespace) -> dict:
 
     def read() -> tuple[np.ndarray, np.ndarray]:
         img, aff = load_image(args.image, jpeg_reduce=reduce) if reduce > 1 else load_image(args.image)
-        if args.spacing:
-            aff = (
-                np.diag([*[args.spacing] * (img.ndim - 1), 1.0]) @ aff
-                if reduce > 1
-                else np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
-            )
+        if args.spacing:  # as landmark-predict: the spacing scales a reduced JPEG's grid, else replaces it
+            scale = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
+            aff = scale @ aff if reduce > 1 else scale
         return img, aff
 
     image, affine = read()

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from landmark_lit.utils import atomic_write_text
+from landmark_lit.utils import atomic_write_text, read_table_text
 
 COORD_COLUMNS = ("x", "y", "z")
 VOXEL_COLUMNS = ("i", "j", "k")
@@ -93,16 +93,7 @@ def read_landmark_table(path: str | os.PathLike) -> LandmarkTable:
             columns, non-numeric or partially missing coordinates, inconsistent dimensionality, duplicate
             (case, landmark) rows, landmark order inconsistent between cases, empty table).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: landmark file not found")
-    suffix = path.suffix.lower()
-    if suffix not in (".csv", ".json"):
-        raise ValueError(f"{path}: unknown landmark file type {path.suffix!r} (expected .csv or .json)")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: cannot read ({exc})") from exc
+    path, suffix, text = read_table_text(path, "landmark file")
     reader = _read_csv if suffix == ".csv" else _read_json
     try:
         table = reader(text)

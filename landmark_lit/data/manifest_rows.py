@@ -19,6 +19,7 @@ import numpy as np
 
 from landmark_lit.data.landmark_tables import parse_point
 from landmark_lit.data.point_files import PointList, coordinate_system_of, read_point_list
+from landmark_lit.utils import read_table_text
 
 _JSON_KEYS = {"coordinate_system", "landmarks", "cases", "meta"}
 _CASE_KEYS = {"case", "image", "landmarks", "split", "coordinate_system", "meta"}
@@ -85,16 +86,7 @@ class ManifestFile:
 
     @classmethod
     def read(cls, manifest: str | os.PathLike) -> ManifestFile:
-        path = Path(manifest).expanduser()
-        if not path.is_file():
-            raise ManifestError(f"{path}: manifest not found")
-        suffix = path.suffix.lower()
-        if suffix not in (".csv", ".json"):
-            raise ManifestError(f"{path}: unknown manifest type {path.suffix!r} (expected .csv or .json)")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ManifestError(f"{path}: cannot read ({exc})") from None
+        path, suffix, text = read_table_text(manifest, "manifest", ManifestError)
         if suffix == ".csv":
             reader = csv.DictReader(io.StringIO(text))
             header = [h.strip() for h in (reader.fieldnames or [])]
