@@ -1,9 +1,14 @@
-"""Training augmentation with MONAI transforms; landmarks follow the image through its affine.
+"""Training augmentation, one sample or a whole stack of sub-images at once; landmarks follow the image.
 
-MONAI's ``RandAffine`` on a ``MetaTensor`` resamples the image and updates the tensor's affine so that
-every structure keeps its world position. A landmark's voxel coordinates after the transform are
-therefore ``inv(A_after) @ A_before @ p``, the same rule as for resampling; no separate point
-transform can drift from the image.
+The spatial transform is a small random affine per image, applied to the whole stack in one call of
+MONAI's batched ``AffineTransform`` (pull convention of ``scipy.ndimage.affine_transform``: output voxel
+``o`` samples input ``theta @ o``, bilinear, zeros outside). A landmark moves by the inverse,
+``inv(theta) @ p``, so image and landmarks cannot drift apart. The intensity changes are those of MONAI's
+``RandAdjustContrast``, ``RandScaleIntensity``, ``RandShiftIntensity`` and ``RandGaussianNoise``, each drawn
+per image and computed for the stack at once. The local stage's 19 sub-images of a case are augmented
+in one call instead of 19 (``experiments/bench/RESULTS.md``, issue 23).
+
+All randomness comes from torch's generator, so Lightning's per-worker seeding decides it.
 """
 
 from __future__ import annotations
@@ -11,30 +16,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import (
-    Compose,
-    RandAdjustContrast,
-    RandAffine,
-    RandGaussianNoise,
-    RandScaleIntensity,
-    RandShiftIntensity,
-)
+from monai.networks.layers import AffineTransform
 from torch import Tensor
 
-from landmark_lit.data.transforms import mirror_permutation, world_to_voxel
+from landmark_lit.data.transforms import mirror_permutation
+
+_WARP = AffineTransform(
+    normalized=False, mode="bilinear", padding_mode="zeros", align_corners=True, reverse_indexing=True
+)
 
 
 @dataclass
 class Augmentation:
-    """Random small affine and intensity changes of a training sample (C, *spatial).
+    """Random small affine and intensity changes of training images (C, *spatial) or stacks (N, C, *spatial).
 
     Attributes:
-        prob: probability of the spatial transform per sample.
+        prob: probability of the spatial transform per image.
         rotate_deg: maximum rotation (per plane in 3D), degrees.
-        scale: maximum relative scaling per axis (0.1 = +-10 %).
+        scale: maximum relative scaling per axis (0.1 = +-10 %), each axis drawn on its own.
         translate: maximum shift in voxels per axis.
         intensity_prob: probability of each intensity transform (contrast gamma, scale, shift, noise).
         contrast_gamma: range of the contrast gamma (intensities rescaled to [0, 1], raised to gamma,
@@ -44,8 +44,8 @@ class Augmentation:
         noise_std: additive Gaussian noise, its standard deviation drawn uniformly from [0, this].
         keep_inside: for sub-images that must keep their landmark (local stage): retry a spatial draw
             that would move a landmark closer than this many voxels to the border, else leave the
-            sample unchanged. None: no check (global stage).
-        retries: spatial draws tried per sample before leaving it unchanged (with ``keep_inside``).
+            image unchanged. None: no check (global stage).
+        retries: spatial draws tried per image before leaving it unchanged (with ``keep_inside``).
 
     The defaults are those of ``conf/augmentation/default.yaml``, which lists every one of them.
     """
@@ -65,46 +65,105 @@ class Augmentation:
     def __post_init__(self) -> None:
         gamma = self.contrast_gamma
         self.contrast_gamma = (float(gamma[0]), float(gamma[1]))  # a YAML list -> a plain tuple
-        self._intensity = Compose(
-            [
-                RandAdjustContrast(prob=self.intensity_prob, gamma=self.contrast_gamma),
-                RandScaleIntensity(factors=self.intensity_scale, prob=self.intensity_prob),
-                RandShiftIntensity(offsets=self.intensity_shift, prob=self.intensity_prob),
-                RandGaussianNoise(prob=self.intensity_prob, std=self.noise_std),
-            ]
-        )
-
-    def _spatial(self, d: int) -> RandAffine:
-        rot = math.radians(self.rotate_deg)
-        rotate_range = rot if d == 2 else (rot, rot, rot)
-        t = RandAffine(
-            prob=1.0,
-            rotate_range=rotate_range,
-            scale_range=self.scale,
-            translate_range=self.translate,
-            padding_mode="zeros",
-            mode="bilinear",
-        )
-        t.set_random_state(_torch_seed())
-        return t
 
     def __call__(self, image: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
-        """Augment one sample; ``landmarks`` (K, D) voxel coordinates of ``image`` (NaN = missing)."""
-        d = image.ndim - 1
-        if self.prob > 0 and torch.rand(()) < self.prob:
-            size = np.array(image.shape[1:], dtype=np.float64)
-            for _ in range(max(1, self.retries)):
-                out = self._spatial(d)(MetaTensor(image, affine=torch.eye(d + 1, dtype=torch.float64)))
-                moved = world_to_voxel(landmarks.double().numpy(), out.affine.numpy())
-                if self.keep_inside is None or _inside(moved, size, self.keep_inside):
-                    image = out.as_tensor().float()
-                    landmarks = torch.as_tensor(moved, dtype=landmarks.dtype)
-                    break
+        """Augment one image (C, *spatial) with (K, D) voxel landmarks, or a stack (N, C, *spatial) with
+        (N, K, D), each image drawn on its own (NaN = missing, left NaN)."""
+        single = landmarks.ndim == 2
+        images, points = (image[None], landmarks[None]) if single else (image, landmarks)
+        if images.ndim != points.shape[-1] + 2 or images.shape[0] != points.shape[0]:
+            raise ValueError(
+                f"augmentation needs (N, C, *spatial) images with (N, K, D) landmarks, got "
+                f"{tuple(image.shape)} and {tuple(landmarks.shape)}"
+            )
+        images, points = self._spatial(images.float(), points)
         if self.intensity_prob > 0:
-            self._intensity.set_random_state(_torch_seed())
-            out = self._intensity(image)
-            image = out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
-        return image.contiguous(), landmarks
+            images = self._intensity(images)
+        images = images.contiguous()
+        return (images[0], points[0]) if single else (images, points)
+
+    def _spatial(self, images: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
+        n, d = images.shape[0], points.shape[-1]
+        if self.prob <= 0:
+            return images, points
+        apply = torch.rand(n) < self.prob
+        if not bool(apply.any()):
+            return images, points
+        tries = max(1, self.retries) if self.keep_inside is not None else 1
+        size = torch.tensor(images.shape[2:], dtype=torch.float64)
+        theta = self._draw(tries * n, d, size).view(tries, n, d + 1, d + 1)
+        moved = _apply(torch.linalg.inv(theta), points.double()[None].expand(tries, -1, -1, -1))
+        ok = torch.ones(tries, n, dtype=torch.bool)
+        if self.keep_inside is not None:
+            m = float(self.keep_inside)
+            inside = (moved >= m) & (moved <= size - 1 - m) | ~torch.isfinite(moved)
+            ok = inside.all(-1).all(-1)
+        first = torch.argmax(ok.to(torch.int8), dim=0)  # the first good draw of each image
+        chosen = apply & ok.any(0)
+        idx = torch.nonzero(chosen).flatten()
+        if idx.numel() == 0:
+            return images, points
+        pick = theta[first[idx], idx]
+        images, points = images.clone(), points.clone()
+        images[idx] = _WARP(images[idx], pick.float())
+        points[idx] = moved[first[idx], idx].to(points.dtype)
+        return images, points
+
+    def _draw(self, n: int, d: int, size: Tensor) -> Tensor:
+        """(n, D + 1, D + 1) pull matrices in voxel coordinates, about the image centre: rotation,
+        scaling and shift composed as MONAI's ``RandAffine`` does (in = R (S out + t) about the centre)."""
+        rot = math.radians(self.rotate_deg)
+        angles = (torch.rand(n, 1 if d == 2 else 3, dtype=torch.float64) * 2 - 1) * rot
+        scale = 1 + (torch.rand(n, d, dtype=torch.float64) * 2 - 1) * self.scale
+        shift = (torch.rand(n, d, dtype=torch.float64) * 2 - 1) * self.translate
+        r = _rotation(angles, d)
+        linear = r @ torch.diag_embed(scale)
+        centre = (size - 1) / 2
+        theta = torch.eye(d + 1, dtype=torch.float64).repeat(n, 1, 1)
+        theta[:, :d, :d] = linear
+        theta[:, :d, d] = centre - (linear @ centre) + (r @ shift[..., None])[..., 0]
+        return theta
+
+    def _intensity(self, x: Tensor) -> Tensor:
+        """MONAI's four intensity changes, each with ``intensity_prob`` per image, on the whole stack."""
+        n = x.shape[0]
+        shape = (n,) + (1,) * (x.ndim - 1)
+
+        def on() -> Tensor:
+            return (torch.rand(n) < self.intensity_prob).view(shape)
+
+        def uniform(lo: float, hi: float) -> Tensor:
+            return (lo + (hi - lo) * torch.rand(n)).view(shape)
+
+        flat = x.reshape(n, -1)
+        lo = flat.min(1).values.view(shape)
+        span = flat.max(1).values.view(shape) - lo
+        gamma = uniform(*self.contrast_gamma)
+        x = torch.where(on(), ((x - lo) / (span + 1e-7)) ** gamma * span + lo, x)  # RandAdjustContrast
+        s, o = self.intensity_scale, self.intensity_shift
+        x = x * torch.where(on(), 1 + uniform(-s, s), 1.0)  # RandScaleIntensity
+        x = x + torch.where(on(), uniform(-o, o), 0.0)  # RandShiftIntensity
+        std = torch.where(on(), uniform(0.0, self.noise_std), 0.0)  # RandGaussianNoise, its std drawn
+        return x + torch.randn_like(x) * std
+
+
+def _rotation(angles: Tensor, d: int) -> Tensor:
+    """(n, D, D) rotations: one angle in 2D; in 3D one per plane (1, 2), (0, 2), (0, 1), composed."""
+    def plane(a: Tensor, i: int, j: int) -> Tensor:
+        r = torch.eye(d, dtype=torch.float64).repeat(a.shape[0], 1, 1)
+        c, s = torch.cos(a), torch.sin(a)
+        r[:, i, i], r[:, i, j], r[:, j, i], r[:, j, j] = c, -s, s, c
+        return r
+
+    if d == 2:
+        return plane(angles[:, 0], 0, 1)
+    return plane(angles[:, 0], 1, 2) @ plane(angles[:, 1], 0, 2) @ plane(angles[:, 2], 0, 1)
+
+
+def _apply(matrix: Tensor, points: Tensor) -> Tensor:
+    """(..., D + 1, D + 1) homogeneous matrices applied to (..., K, D) points."""
+    d = points.shape[-1]
+    return points @ matrix[..., :d, :d].transpose(-1, -2) + matrix[..., None, :d, d]
 
 
 @dataclass
@@ -182,15 +241,3 @@ class RandomFlip:
         if len(flipped) % 2 == 1 and self.pairs:
             landmarks = landmarks[self.permutation(landmarks.shape[0])]
         return image.contiguous(), landmarks
-
-
-def _torch_seed() -> int:
-    """A seed drawn from torch's generator, so MONAI's numpy-based randomness follows torch seeding
-    (Lightning seeds every DataLoader worker differently)."""
-    return int(torch.randint(0, 2**31 - 1, ()))
-
-
-def _inside(points: np.ndarray, size: np.ndarray, margin: float) -> bool:
-    finite = np.isfinite(points).all(-1)
-    p = points[finite]
-    return bool(np.all((p >= margin) & (p <= size - 1 - margin)))

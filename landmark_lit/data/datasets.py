@@ -159,8 +159,9 @@ class LocalTrainDataset(Dataset):
     sub-image's centre moved by a normal offset of ``offset_sd`` voxels per axis (the previous stage's
     error, as measured on the training images), redrawn until it is ``margin`` voxels inside.
     Missing landmarks get a random sub-image and NaN coordinates (masked out of the loss). An optional
-    ``flip`` runs on the whole working image first; an optional ``augment(image, landmarks)`` runs on each
-    sub-image and must keep the landmark inside (see
+    ``flip`` runs on the whole working image first; an optional ``augment(images, landmarks)`` runs on the
+    stack of sub-images (K, C, *crop) with their (K, 1, D) landmarks, each drawn on its own, and must keep
+    each landmark inside (see
     :attr:`~landmark_lit.data.augment.Augmentation.keep_inside`).
     """
 
@@ -202,9 +203,9 @@ class LocalTrainDataset(Dataset):
         image = stack_local_crops(prep["image"], starts, self.crop_size)
         landmarks = vox - starts
         if self.augment is not None:
-            pairs = [self.augment(image[k], landmarks[k : k + 1]) for k in range(image.shape[0])]
-            image = torch.stack([p[0] for p in pairs])
-            landmarks = torch.cat([p[1] for p in pairs])
+            # the stack (K, C, *crop) at once, each sub-image drawn on its own with its one landmark
+            image, moved = self.augment(image, landmarks[:, None])
+            landmarks = moved[:, 0]
         return _finalise(prep, image, landmarks, starts)
 
 
