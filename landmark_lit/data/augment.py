@@ -149,6 +149,7 @@ class Augmentation:
 
 def _rotation(angles: Tensor, d: int) -> Tensor:
     """(n, D, D) rotations: one angle in 2D; in 3D one per plane (1, 2), (0, 2), (0, 1), composed."""
+
     def plane(a: Tensor, i: int, j: int) -> Tensor:
         r = torch.eye(d, dtype=torch.float64).repeat(a.shape[0], 1, 1)
         c, s = torch.cos(a), torch.sin(a)

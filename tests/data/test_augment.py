@@ -163,8 +163,14 @@ def test_scaling_is_drawn_for_every_axis():
 
 
 def test_intensity_changes_are_drawn_per_image_with_their_probability():
-    shift = Augmentation(prob=0.0, intensity_prob=0.5, contrast_gamma=(1.0, 1.0), intensity_scale=0.0,
-                         intensity_shift=0.1, noise_std=0.0)
+    shift = Augmentation(
+        prob=0.0,
+        intensity_prob=0.5,
+        contrast_gamma=(1.0, 1.0),
+        intensity_scale=0.0,
+        intensity_shift=0.1,
+        noise_std=0.0,
+    )
     torch.manual_seed(0)
     x = torch.rand(400, 1, 6, 6)
     out, _ = shift(x, torch.zeros(400, 1, 2))
@@ -172,13 +178,25 @@ def test_intensity_changes_are_drawn_per_image_with_their_probability():
     assert float((delta.max(1).values - delta.min(1).values).max()) < 1e-5  # one offset per image
     changed = delta[:, 0].abs() > 1e-7
     assert 160 < int(changed.sum()) < 240 and float(delta.abs().max()) <= 0.1 + 1e-6
-    gamma = Augmentation(prob=0.0, intensity_prob=1.0, contrast_gamma=(2.0, 2.0), intensity_scale=0.0,
-                         intensity_shift=0.0, noise_std=0.0)
+    gamma = Augmentation(
+        prob=0.0,
+        intensity_prob=1.0,
+        contrast_gamma=(2.0, 2.0),
+        intensity_scale=0.0,
+        intensity_shift=0.0,
+        noise_std=0.0,
+    )
     img = torch.tensor([[[0.0, 1.0, 2.0, 4.0]]])
     out, _ = gamma(img, torch.zeros(1, 2))  # MONAI's AdjustContrast: ((x - min) / range) ** g * range + min
     torch.testing.assert_close(out, torch.tensor([[[0.0, 0.25, 1.0, 4.0]]]), atol=1e-5, rtol=0)
-    noise = Augmentation(prob=0.0, intensity_prob=1.0, contrast_gamma=(1.0, 1.0), intensity_scale=0.0,
-                         intensity_shift=0.0, noise_std=0.05)
+    noise = Augmentation(
+        prob=0.0,
+        intensity_prob=1.0,
+        contrast_gamma=(1.0, 1.0),
+        intensity_scale=0.0,
+        intensity_shift=0.0,
+        noise_std=0.05,
+    )
     out, _ = noise(torch.zeros(300, 1, 32, 32), torch.zeros(300, 1, 2))
     sd = out.reshape(300, -1).std(1)
     assert float(sd.max()) < 0.053 and 0.02 < float(sd.mean()) < 0.03  # sd uniform in [0, 0.05]

@@ -266,3 +266,24 @@ def test_one_mirror_rule_for_training_and_prediction():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        torch.rand(1, 64, 48) * 900 + 20,  # 2D, arbitrary range
+        torch.randn(2, 12, 10, 9),  # 3D, two channels, negative values
+        torch.tensor([[[0.0, 0.0, 1.0, 1.0, 1.0, 7.0]]]),  # ties and the maximum in the last bin
+        torch.full((1, 5, 5), 3.0),  # constant
+    ],
+)
+def test_histogram_equalisation_is_monais(image):
+    from monai.transforms import HistogramNormalize
+
+    from landmark_lit.data.transforms import equalize_histogram
+
+    torch.manual_seed(0)
+    want = torch.as_tensor(HistogramNormalize(num_bins=256, min=0, max=1)(image), dtype=torch.float32)
+    got = equalize_histogram(image)
+    assert got.shape == image.shape and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=2e-6, rtol=0)
