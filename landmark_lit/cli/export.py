@@ -6,12 +6,14 @@ import sys
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from landmark_lit.cli.common import load_predictor
 from landmark_lit.confidence import DEFAULT_COVERAGE, DEFAULT_FAILURE_MM, DEFAULT_GOAL, Calibration
 from landmark_lit.config import CONFIG_DIR, register_resolvers
+from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.inference.stages import Stage, save_bundle
 from landmark_lit.utils import first_line, plain
 
@@ -43,22 +45,7 @@ def export(cfg: DictConfig) -> dict[str, Path]:
     if not cfg.get("model"):
         calibration = None
         if cfg.get("calibration_dataset") or cfg.get("calibration_manifest"):
-            from landmark_lit.inference.calibrate import calibrate_predictor, calibration_source
-
-            source, failure, description = calibration_source(
-                cfg.get("calibration_dataset"),
-                cfg.get("calibration_manifest"),
-                str(cfg.get("calibration_split") or "val"),
-            )
-            failure = cfg.get("failure_mm") or failure or DEFAULT_FAILURE_MM
-            calibration = calibrate_predictor(
-                predictor,
-                source,
-                float(failure),
-                float(cfg.get("calibration_goal", DEFAULT_GOAL)),
-                float(cfg.get("radius_coverage", DEFAULT_COVERAGE)),
-                description,
-            )
+            calibration = calibrate(cfg, predictor)
             written["calibration"] = _calibration_line(calibration)
         if "bundle" in formats:
             local = plain(cfg.get("local_checkpoint")) or []
@@ -82,6 +69,62 @@ def export(cfg: DictConfig) -> dict[str, Path]:
                 export_onnx(stage.net, path, example_input(stage), meta=stage.meta.to_dict())
                 written[f"onnx/{name}"] = path
     return written
+
+
+def calibrate(cfg: DictConfig, predictor: LandmarkPredictor) -> Calibration:
+    """The calibration ``cfg`` asks for: ``predictor`` on the validation cases, or, with
+    ``calibration_folds`` (bundles of the same pipeline trained with one fold held out each), every fold's
+    pipeline on its held-out cases (run with ``predictor``'s settings), fitted as one."""
+    from landmark_lit.inference.calibrate import calibrate_cross_fitted, calibration_source
+
+    dataset, manifest = cfg.get("calibration_dataset"), cfg.get("calibration_manifest")
+    folds = plain(cfg.get("calibration_folds")) or []
+    folds = [folds] if isinstance(folds, str) else list(folds)
+    split = plain(cfg.get("calibration_split")) or "val"
+    if folds and manifest and (not isinstance(split, list) or len(split) != len(folds)):
+        raise ValueError(
+            f"calibration_folds with a manifest: calibration_split must list one split per fold "
+            f"({len(folds)}), got {split!r}"
+        )
+    if isinstance(split, list) and not (folds and manifest):
+        raise ValueError(f"calibration_split: one split unless folds come from a manifest, got {split!r}")
+    if not folds:
+        pairs = [(predictor, calibration_source(dataset, manifest, str(split)))]
+    else:
+        pairs = []
+        for k, path in enumerate(folds):
+            fold_split = split[k] if manifest else str(split)
+            source = calibration_source(dataset, manifest, fold_split, *((len(folds), k) if dataset else ()))
+            pairs.append((_fold_predictor(path, predictor, cfg), source))
+    failure = cfg.get("failure_mm") or pairs[0][1][1] or DEFAULT_FAILURE_MM
+    description = "; ".join(source[2] for _, source in pairs)
+    return calibrate_cross_fitted(
+        [(p, source[0]) for p, source in pairs],
+        float(failure),
+        float(cfg.get("calibration_goal", DEFAULT_GOAL)),
+        float(cfg.get("radius_coverage", DEFAULT_COVERAGE)),
+        description,
+    )
+
+
+def _fold_predictor(path: str, predictor: LandmarkPredictor, cfg: DictConfig) -> LandmarkPredictor:
+    """The pipeline of one cross-fitting fold's bundle, run as ``predictor`` runs (its settings, the
+    config's vote ``top_k``); it must be the same kind of pipeline (landmarks, stages, working spacings)."""
+    fold = LandmarkPredictor.from_bundle(path)
+
+    def shape(p: LandmarkPredictor) -> list:
+        stages = [p.global_stage, *p.local_stages]
+        return [(s.meta.stage, [round(float(v), 6) for v in np.atleast_1d(s.meta.spacing)]) for s in stages]
+
+    if fold.landmark_names != predictor.landmark_names or shape(fold) != shape(predictor):
+        raise ValueError(
+            f"calibration_folds: {path} is another kind of pipeline ({shape(fold)}, "
+            f"{len(fold.landmark_names)} landmarks) than the one exported ({shape(predictor)}, "
+            f"{len(predictor.landmark_names)} landmarks)"
+        )
+    fold.configure(predictor.settings)
+    fold.set_vote_top_k(cfg.get("global_top_k"), cfg.get("local_top_k"))
+    return fold
 
 
 def _calibration_line(cal: Calibration) -> str:

@@ -64,6 +64,10 @@ class ISBI2015Cephalograms:
         subset: for the train split, "train" (all but the validation images), "val" or "all".
         val_count: number of training images held out for validation (the paper: 10).
         val_seed: seed of the random choice of validation images.
+        folds: with 2 or more, cross-fitting: the split's images are dealt into ``folds`` parts by a random
+            order of seed ``val_seed``, fold ``fold`` is the "val" subset and the others "train" (each
+            image is "val" in exactly one fold). 0: ``val_count`` images are "val".
+        fold: which fold is "val" (0 .. folds - 1).
         ground_truth: "average" of the two doctors (the paper), "senior" or "junior".
         limit: use only the first ``limit`` images (tests, quick runs).
     """
@@ -77,6 +81,8 @@ class ISBI2015Cephalograms:
         subset: str = "all",
         val_count: int = 10,
         val_seed: int = 0,
+        folds: int = 0,
+        fold: int = 0,
         ground_truth: str = "average",
         limit: int | None = None,
     ) -> None:
@@ -94,8 +100,7 @@ class ISBI2015Cephalograms:
             raise FileNotFoundError(f"{split_file}: split not found (available: train, test1)")
         ids = [Path(line.strip()).stem for line in split_file.read_text().splitlines() if line.strip()]
         if subset != "all":
-            rng = np.random.default_rng(val_seed)
-            val_ids = set(rng.choice(sorted(ids), size=val_count, replace=False).tolist())
+            val_ids = _held_out(ids, val_count, val_seed, int(folds), int(fold))
             ids = [i for i in ids if (i in val_ids) == (subset == "val")]
         self.ids = ids[:limit] if limit is not None else ids
         self.root, self.ground_truth = root, ground_truth
@@ -133,6 +138,19 @@ class ISBI2015Cephalograms:
             landmarks_world=self.pixels(image_id) * SPACING_MM,
             image_path=str(path),
         )
+
+
+def _held_out(ids: list[str], count: int, seed: int, folds: int, fold: int) -> set[str]:
+    """The "val" images: ``count`` drawn with ``seed``, or with ``folds`` >= 2 fold ``fold`` of a seeded deal."""
+    rng = np.random.default_rng(seed)
+    if folds == 0:
+        return set(rng.choice(sorted(ids), size=count, replace=False).tolist())
+    if not 2 <= folds <= len(ids) or not 0 <= fold < folds:
+        raise ValueError(
+            f"folds must be 0 or 2 to {len(ids)} and fold in 0 .. folds - 1, got {folds}, {fold}"
+        )
+    order = rng.permutation(sorted(ids)).tolist()
+    return set(order[fold::folds])
 
 
 def reference_table(source: ISBI2015Cephalograms, ground_truth: str | None = None):

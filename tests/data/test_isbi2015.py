@@ -64,6 +64,27 @@ def test_validation_subset_is_disjoint_and_seeded():
     assert len(ISBI2015Cephalograms(DATA, split="test1")) == 150
 
 
+def test_cross_fitting_folds_hold_every_training_image_out_once(tmp_path):
+    vals = [ISBI2015Cephalograms(DATA, subset="val", folds=5, fold=k).ids for k in range(5)]
+    assert [len(v) for v in vals] == [30] * 5 and len(set().union(*vals)) == 150
+    train = ISBI2015Cephalograms(DATA, subset="train", folds=5, fold=3).ids
+    assert len(train) == 120 and not set(train) & set(vals[3])
+    with pytest.raises(ValueError, match="folds must be 0 or 2 to 150"):
+        ISBI2015Cephalograms(DATA, subset="val", folds=5, fold=5)
+    # the dataset config passes dataset.folds / dataset.fold to both subsets
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "dataset=isbi2015",
+                f"paths.output_dir={tmp_path}",
+                "dataset.folds=5",
+                "dataset.fold=3",
+            ],
+        )
+    assert instantiate(cfg.dataset.val).ids == vals[3] and instantiate(cfg.dataset.train).ids == train
+
+
 def test_dataset_config_points_at_the_shared_data(tmp_path):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(

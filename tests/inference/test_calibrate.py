@@ -150,3 +150,89 @@ def test_calibration_source_names_bad_choices():
         calibration_source("nope")
     source, failure, _ = calibration_source("synthetic2d", split="val")
     assert len(source) > 0 and failure is None
+
+
+class Joined:
+    """Two case sources as one."""
+
+    landmark_names = NAMES
+    spatial_dims = 2
+
+    def __init__(self, a, b) -> None:
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i: int) -> Case:
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+
+def test_cross_fitted_calibration_pools_every_folds_held_out_cases(models, tmp_path):
+    from landmark_lit.inference.calibrate import calibrate_cross_fitted
+
+    g, loc = models
+    p = LandmarkPredictor.from_checkpoints(g, loc, local_iterations=2)
+    folds = [(p, RandomCases(n=10, seed=4)), (p, RandomCases(n=14, seed=5))]
+    cal = calibrate_cross_fitted(folds, failure_mm=2.5)
+    pooled = calibrate_predictor(p, Joined(*[s for _, s in folds]), failure_mm=2.5)
+    assert cal.fitted_on["cases"] == 24 and cal.fitted_on["cross_fitted_folds"] == 2
+    assert cal.validation == pooled.validation and cal.validation["n_landmarks"] == 48
+    assert cal.threshold == pooled.threshold and cal.features == pooled.features
+    other = LandmarkPredictor.from_checkpoints(g, loc, local_iterations=1)
+    with pytest.raises(ValueError, match="calibration fold 1 runs as"):
+        calibrate_cross_fitted([folds[0], (other, RandomCases())])
+
+
+def test_export_calibrates_on_cross_fitting_folds(models, tmp_path, monkeypatch):
+    """landmark-export calibration_folds=[...]: fold k's bundle predicts fold k's held-out cases, run with
+    the exported pipeline's settings; a bundle of another kind and a wrong split list are one-line errors."""
+    from hydra import compose, initialize_config_dir
+
+    import landmark_lit.inference.calibrate as calibrate_module
+    from landmark_lit.cli.export import export
+    from landmark_lit.config import CONFIG_DIR
+
+    g, loc = models
+    torch.manual_seed(1)
+    bundles = []
+    for k in range(2):  # the folds' own networks, one pass stored: the export's 2 passes must be used
+        gk = write_checkpoint(tmp_path / f"g{k}.ckpt", stage_description("global", 2, 2.0, 16))
+        lk = write_checkpoint(tmp_path / f"l{k}.ckpt", stage_description("local", 2, 1.0, 8))
+        bundles.append(tmp_path / f"fold{k}.pt")
+        save_bundle(bundles[-1], gk, [lk], RunSettings(local_iterations=1))
+    calls = []
+
+    def source(dataset, manifest, split, folds=0, fold=0):
+        calls.append((dataset, manifest, split, folds, fold))
+        return RandomCases(n=8, seed=10 + fold), 3.0, f"fold {fold}"
+
+    monkeypatch.setattr(calibrate_module, "calibration_source", source)
+    base = [f"global_checkpoint={g}", f"local_checkpoint={loc}", "local_iterations=2"]
+    overrides = [*base, "calibration_dataset=stand_in", f"calibration_folds=[{bundles[0]},{bundles[1]}]",
+                 f"output={tmp_path / 'm.pt'}"]  # fmt: skip
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        export(compose("export", overrides=overrides))
+    assert calls == [("stand_in", None, "val", 2, 0), ("stand_in", None, "val", 2, 1)]
+    cal = load_bundle(tmp_path / "m.pt").calibration
+    assert cal.fitted_on["cross_fitted_folds"] == 2 and cal.fitted_on["cases"] == 16
+    assert cal.failure_mm == 3.0 and cal.fitted_on["pipeline"]["local_iterations"] == 2
+    # the same as fitting on the two fold pipelines by hand, each with 2 passes
+    from landmark_lit.inference.calibrate import calibrate_cross_fitted
+
+    by_hand = []
+    for k, b in enumerate(bundles):
+        fold = LandmarkPredictor.from_bundle(b)
+        fold.configure(RunSettings(local_iterations=2))
+        by_hand.append((fold, RandomCases(n=8, seed=10 + k)))
+    assert calibrate_cross_fitted(by_hand, failure_mm=3.0).validation == cal.validation
+    coarse = tmp_path / "coarse.pt"
+    lc = write_checkpoint(tmp_path / "lc.ckpt", stage_description("local", 2, 1.5, 8))
+    save_bundle(coarse, g, [lc], RunSettings())
+    wrong = [*base, "calibration_dataset=stand_in", f"calibration_folds=[{bundles[0]},{coarse}]"]
+    manifest = [*base, "calibration_manifest=m.json", f"calibration_folds=[{bundles[0]},{bundles[1]}]"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        with pytest.raises(ValueError, match="coarse.pt is another kind of pipeline"):
+            export(compose("export", overrides=wrong))
+        with pytest.raises(ValueError, match="calibration_split must list one split per fold"):
+            export(compose("export", overrides=manifest))
