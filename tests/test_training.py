@@ -392,7 +392,7 @@ def test_wandb_runs_of_one_sweep_share_a_group(tmp_path):
 @pytest.mark.parametrize(
     "trainer,expected",
     [
-        ("gpu", {"accelerator": "gpu", "devices": 1, "precision": "16-mixed"}),
+        ("gpu", {"accelerator": "gpu", "devices": 1, "precision": "bf16-mixed"}),
         ("ddp", {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "sync_batchnorm": False}),
         ("multinode", {"accelerator": "gpu", "devices": 8, "num_nodes": 2, "sync_batchnorm": True}),
     ],
@@ -401,6 +401,21 @@ def test_scale_out_trainer_configs(trainer, expected, tmp_path):
     cfg = compose_train([f"trainer={trainer}", f"paths.output_dir={tmp_path}"])
     assert {k: cfg.trainer[k] for k in expected} == expected
     assert cfg.trainer.max_steps == 20000 and cfg.trainer._target_ == "lightning.pytorch.trainer.Trainer"
+    # a GPU gets loader workers and pinned memory; CPU processes (ddp with gloo) keep the loader in-process
+    gpu = trainer != "ddp"
+    assert (cfg.data.num_workers, cfg.data.pin_memory) == ((4, True) if gpu else (0, False))
+    # an experiment that picks trainer=cpu still gives way to trainer=gpu, and its loader follows
+    cfg = compose_train(["experiment=isbi2015_local", f"trainer={trainer}", f"paths.output_dir={tmp_path}"])
+    assert cfg.trainer.max_steps == 2000 and cfg.data.num_workers == (4 if gpu else 0)
+
+
+def test_the_loader_settings_reach_the_dataloaders(tmp_path):
+    cfg = compose_train(["data.num_workers=1", "data.pin_memory=true", f"paths.output_dir={tmp_path}"])
+    from landmark_lit.training import build
+
+    datamodule, _ = build(cfg)
+    loader = datamodule.train_dataloader()
+    assert loader.num_workers == 1 and loader.pin_memory and loader.persistent_workers
 
 
 def test_slurm_launcher_config_renders_an_sbatch_script(tmp_path):

@@ -35,6 +35,7 @@ class LandmarkDataModule(L.LightningDataModule):
         intensity: per-image intensity normalisation.
         batch_size: training batch size (evaluation uses 1 for whole images of varying size).
         samples_per_epoch: training crops per epoch.
+        num_workers, pin_memory: the DataLoaders' (conf/loader/cpu.yaml; trainer=gpu sets them for a GPU).
         landmark_indices: restrict to these landmarks (single-landmark runs); None = all.
         local_margin: local training crops keep the landmark this many voxels inside.
         local_eval_jitter: local evaluation crops are centred this far (voxels, per axis) off the landmark.
@@ -61,6 +62,7 @@ class LandmarkDataModule(L.LightningDataModule):
         batch_size: int = 4,
         samples_per_epoch: int = 256,
         num_workers: int = 0,
+        pin_memory: bool = False,
         landmark_indices: Sequence[int] | None = None,
         local_margin: float = 1.0,
         local_eval_jitter: float = 2.0,
@@ -85,6 +87,7 @@ class LandmarkDataModule(L.LightningDataModule):
             spacing=spacing, intensity=intensity, antialias=antialias, min_size=min_size
         )
         self.batch_size, self.samples_per_epoch, self.num_workers = batch_size, samples_per_epoch, num_workers
+        self.pin_memory = bool(pin_memory)
         self.local_margin, self.local_eval_jitter = local_margin, local_eval_jitter
         self.local_eval_seed = int(local_eval_seed)
         if augment is not None and stage == "local" and augment.keep_inside is None:
@@ -130,6 +133,7 @@ class LandmarkDataModule(L.LightningDataModule):
             shuffle=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
         )
 
     def train_dataloader(self) -> DataLoader:
