@@ -354,3 +354,41 @@ def test_reduced_jpeg_decoding_keeps_the_geometry(tmp_path, reduce):
     assert png.shape == (1, w, h) and np.array_equal(png_affine, np.eye(3))
     with pytest.raises(ImageReadError, match="jpeg_reduce must be 1, 2, 4 or 8, got 3"):
         load_image(path, jpeg_reduce=3)
+
+
+@pytest.mark.parametrize("kind", [nib.Nifti1Image, nib.Nifti2Image])
+def test_gzip_nifti_inflated_by_isal_is_the_image_nibabel_reads(tmp_path, kind, monkeypatch):
+    """The ISA-L path (python-isal) gives the very array and affine of nibabel's own reader: scaled int16
+    data, an oblique sform, NIfTI-1 and -2, big-endian headers; without isal nibabel reads it."""
+    pytest.importorskip("isal")
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1000, 3000, size=(17, 12, 9), dtype=np.int16)
+    affine = np.array([[0.7, 0.1, 0, -80], [0, 0.7, 0.05, 30], [0, 0, 1.2, 5], [0, 0, 0, 1]])
+    img = kind(data, affine)
+    img.header.set_slope_inter(0.5, -1024)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(img, path)
+    big = tmp_path / "big.nii.gz"
+    nib.save(kind(data.astype(">i2"), affine, header=img.header.as_byteswapped(">")), big)
+    for p in (path, big):
+        array, aff = load_image(p)
+        np.testing.assert_array_equal(array[0], np.asarray(nib.load(p).dataobj, dtype=np.float32))
+        np.testing.assert_allclose(aff, nib.load(p).affine)
+    assert nib.load(big).header.endianness == ">"
+    want = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    assert float(want.min()) >= -1524 and not np.all(want == np.round(want))  # the scaling was applied
+    calls = []
+    real = io_module.nib.load
+    monkeypatch.setattr(io_module.nib, "load", lambda *a, **k: calls.append(a) or real(*a, **k))
+    load_image(path)
+    assert calls == []  # isal read it, not nib.load
+    monkeypatch.setattr(io_module.importlib.util, "find_spec", lambda name: None)
+    np.testing.assert_array_equal(load_image(path)[0][0], want)
+    assert len(calls) == 1
+
+
+def test_a_corrupt_gzip_nifti_is_one_line_naming_the_file(tmp_path):
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"\x1f\x8b\x08\x00not really gzip")
+    with pytest.raises(ImageReadError, match=r"broken\.nii\.gz: cannot read image"):
+        load_image(path)
