@@ -349,7 +349,7 @@ def test_local_stage_trains_with_augmentation(tmp_path):
     [
         ("demo3d", 8, 3.0),
         ("isbi2015_global", 4, 0.8),
-        ("isbi2015_global_resnet34", 4, 0.8),
+        ("isbi2015_global_light", 4, 0.8),
         ("isbi2015_global_stride32", 32, 0.8),
         ("isbi2015_local_coarse", 2, 0.6),
         ("isbi2015_local", 4, 0.3),

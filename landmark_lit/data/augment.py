@@ -35,6 +35,9 @@ class Augmentation:
         prob: probability of the spatial transform per image.
         rotate_deg: maximum rotation (per plane in 3D), degrees.
         scale: maximum relative scaling per axis (0.1 = +-10 %), each axis drawn on its own.
+        scale_axes: the spatial axes that are scaled (None: every axis). The default ``(0,)``, the first
+            axis only, is what MONAI's ``RandAffine`` does with a single ``scale_range`` value, with which
+            the chosen ISBI 2015 models were trained.
         translate: maximum shift in voxels per axis.
         intensity_prob: probability of each intensity transform (contrast gamma, scale, shift, noise).
         contrast_gamma: range of the contrast gamma (intensities rescaled to [0, 1], raised to gamma,
@@ -53,6 +56,7 @@ class Augmentation:
     prob: float = 0.5
     rotate_deg: float = 10.0
     scale: float = 0.1
+    scale_axes: tuple[int, ...] | None = (0,)
     translate: float = 0.0
     intensity_prob: float = 0.5
     contrast_gamma: tuple[float, float] = (0.7, 1.5)
@@ -65,6 +69,8 @@ class Augmentation:
     def __post_init__(self) -> None:
         gamma = self.contrast_gamma
         self.contrast_gamma = (float(gamma[0]), float(gamma[1]))  # a YAML list -> a plain tuple
+        if self.scale_axes is not None:
+            self.scale_axes = tuple(int(a) for a in self.scale_axes)
 
     def __call__(self, image: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
         """Augment one image (C, *spatial) with (K, D) voxel landmarks, or a stack (N, C, *spatial) with
@@ -115,6 +121,13 @@ class Augmentation:
         rot = math.radians(self.rotate_deg)
         angles = (torch.rand(n, 1 if d == 2 else 3, dtype=torch.float64) * 2 - 1) * rot
         scale = 1 + (torch.rand(n, d, dtype=torch.float64) * 2 - 1) * self.scale
+        if self.scale_axes is not None:
+            bad = [a for a in self.scale_axes if not 0 <= a < d]
+            if bad:
+                raise ValueError(f"augmentation scale_axes {bad} out of range for a {d}D image")
+            keep = torch.zeros(d, dtype=torch.bool)
+            keep[list(self.scale_axes)] = True
+            scale = torch.where(keep, scale, torch.ones_like(scale))
         shift = (torch.rand(n, d, dtype=torch.float64) * 2 - 1) * self.translate
         r = _rotation(angles, d)
         linear = r @ torch.diag_embed(scale)

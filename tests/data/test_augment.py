@@ -145,21 +145,34 @@ def test_a_stack_draws_each_image_on_its_own_and_each_landmark_follows_its_image
     assert len({tuple(np.round(s, 3)) for s in shifts}) == len(voxels)  # four different draws
 
 
-def test_scaling_is_drawn_for_every_axis():
-    """A point on each axis away from the centre is scaled by its own factor in [0.8, 1.2] (rotation off):
-    MONAI's RandAffine with a single scale_range scales the first axis only, which this does not copy."""
-    aug = Augmentation(prob=1.0, rotate_deg=0.0, scale=0.2, intensity_prob=0.0)
-    torch.manual_seed(0)
+def test_scaling_is_drawn_for_the_chosen_axes():
+    """scale_axes=None: a point on each axis away from the centre is scaled by its own factor in
+    [0.8, 1.2] (rotation off), drawn independently; the default (0,) scales the first axis only, as MONAI's
+    RandAffine does with a single scale_range value (the chosen ISBI 2015 models' training)."""
+    from monai.transforms import RandAffineGrid
+
     centre = 10.0  # (21 - 1) / 2
     lm = torch.tensor([[[20.0, centre], [centre, 20.0]]]).expand(200, -1, -1)
-    _, moved = aug(torch.zeros(200, 1, 21, 21), lm)
-    # out = c + (p - c) / s per axis
-    s0 = (20.0 - centre) / (moved[:, 0, 0] - centre)
-    s1 = (20.0 - centre) / (moved[:, 1, 1] - centre)
-    for s in (s0, s1):
-        assert 0.8 - 1e-4 <= float(s.min()) and float(s.max()) <= 1.2 + 1e-4 and float(s.std()) > 0.08
-    assert abs(float(torch.corrcoef(torch.stack([s0, s1]))[0, 1])) < 0.2  # drawn independently
-    torch.testing.assert_close(moved[:, 0, 1], torch.full((200,), centre))  # axis 1 of point 0 untouched
+    for axes in (None, (0,)):
+        aug = Augmentation(prob=1.0, rotate_deg=0.0, scale=0.2, scale_axes=axes, intensity_prob=0.0)
+        torch.manual_seed(0)
+        _, moved = aug(torch.zeros(200, 1, 21, 21), lm)
+        # out = c + (p - c) / s per axis
+        s0 = (20.0 - centre) / (moved[:, 0, 0] - centre)
+        s1 = (20.0 - centre) / (moved[:, 1, 1] - centre)
+        assert 0.8 - 1e-4 <= float(s0.min()) and float(s0.max()) <= 1.2 + 1e-4 and float(s0.std()) > 0.08
+        torch.testing.assert_close(moved[:, 0, 1], torch.full((200,), centre))  # axis 1 of point 0 untouched
+        if axes is None:
+            assert 0.8 - 1e-4 <= float(s1.min()) and float(s1.max()) <= 1.2 + 1e-4 and float(s1.std()) > 0.08
+            assert abs(float(torch.corrcoef(torch.stack([s0, s1]))[0, 1])) < 0.2  # drawn independently
+        else:
+            torch.testing.assert_close(s1, torch.ones(200, dtype=s1.dtype))
+    grid = RandAffineGrid(scale_range=0.2)
+    grid.set_random_state(0)
+    grid.randomize()
+    assert len(grid.scale_params) == 1  # MONAI: one factor, for the first axis
+    with pytest.raises(ValueError, match=r"scale_axes \[2\] out of range for a 2D image"):
+        Augmentation(prob=1.0, scale_axes=(2,))(torch.zeros(1, 8, 8), torch.zeros(1, 2))
 
 
 def test_intensity_changes_are_drawn_per_image_with_their_probability():
