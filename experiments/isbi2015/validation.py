@@ -3,10 +3,13 @@ ISBI 2015 validation images (the 10 training images held out by the dataset conf
 
     python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
         [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train] \
-        [--test-time-mirror local whole]
+        [--test-time-mirror local whole] [--repass-mm 0.3 0.5]
 
 Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline. ``--mirror`` runs on the
-images mirrored left-right (references with them: a patient facing the other way). ``--subset train``
+images mirrored left-right (references with them: a patient facing the other way). ``--repass-mm T``
+adds, for every pipeline of more than one pass, the same with the later passes only for the landmarks
+the pass before moved more than T mm (``local_repass_mm``), and prints the share of landmarks the second
+pass re-ran (from the one-pass pipeline's shifts: give ``--iterations 1 ...``). ``--subset train``
 runs on the 140 training images instead and also prints the global stage's error per axis (SD, and the
 95th percentile of |error|), the spread a local stage meets (``data.local_offset_sd_mm``).
 """
@@ -53,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--subset", default="val", choices=["val", "train"])
     parser.add_argument(
+        "--repass-mm", type=float, nargs="*", default=[], help="partial later passes: moved more than T mm"
+    )
+    parser.add_argument(
         "--print-offset-sd",
         action="store_true",
         help="print only the global stage's mean per-axis error SD (mm)",
@@ -74,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data, split="train", subset=args.subset, val_count=args.val_count, val_seed=args.val_seed
     )
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
+    one_pass: dict[str, LandmarkPredictor] = {}  # label -> its one-pass pipeline
+    repass: dict[str, tuple[str, float]] = {}  # partial pipeline -> (its one-pass label, threshold)
     pipelines["global only"].set_vote_top_k(args.global_top_k)
     for k in [] if args.print_offset_sd else args.top_k:
         predictor = LandmarkPredictor.from_checkpoints(args.global_checkpoint)
@@ -97,6 +105,16 @@ def main(argv: list[str] | None = None) -> None:
                     f", local top {local_k}" if local_k else ""
                 )
                 pipelines[f"global -> {label}{extra}"] = predictor
+                if it == 1:
+                    one_pass[f"global -> {label}"] = predictor
+                for t in args.repass_mm if it > 1 else []:
+                    partial = LandmarkPredictor.from_checkpoints(
+                        args.global_checkpoint, paths, local_iterations=it, local_repass_mm=t
+                    )
+                    partial.set_vote_top_k(args.global_top_k, local_k or None)
+                    name = f"global -> {label}{extra}, later passes if moved > {t:g} mm"
+                    pipelines[name] = partial
+                    repass[name] = (f"global -> {label}", t)
                 for scope in args.test_time_mirror:
                     mirrored = LandmarkPredictor.from_checkpoints(
                         args.global_checkpoint,
@@ -107,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                     mirrored.set_vote_top_k(args.global_top_k, local_k or None)
                     pipelines[f"global -> {label}{extra}, test-time mirror ({scope})"] = mirrored
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
+    first_shifts: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     global_offsets = []
     for i in range(len(source)):
         case = source[i]
@@ -116,8 +135,10 @@ def main(argv: list[str] | None = None) -> None:
             reference = reference.copy()
             reference[:, 0] = (image.shape[1] - 1) * case.affine[0, 0] - reference[:, 0]
         for name, predictor in pipelines.items():
-            world = predictor.predict(image, case.affine).world
+            prediction = predictor.predict(image, case.affine)
+            world = prediction.world
             errors[name].append(np.linalg.norm(world - reference, axis=1))
+            first_shifts[name].append(prediction.shift_mm)
             if name == "global only":
                 global_offsets.append(world - reference)
     off = np.concatenate(global_offsets)
@@ -132,6 +153,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| Pipeline | MRE ± SD | Median (IQR) | SDR 2 mm | SDR 4 mm |\n|:--|--:|--:|--:|--:|")
     for name, errs in errors.items():
         print(row(name, np.concatenate(errs)))
+    for name, (base, t) in repass.items():
+        if base in one_pass:
+            names = [n for n, p in pipelines.items() if p is one_pass[base]]
+            share = np.mean(np.concatenate(first_shifts[names[0]]) > t)
+            print(f"\n{name}: the second pass re-ran {100 * share:.1f} % of the landmarks")
     if args.subset == "train":
         sd = off.std(axis=0)
         p95 = np.percentile(np.abs(off), 95, axis=0)

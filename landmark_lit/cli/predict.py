@@ -80,6 +80,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--local-iterations", type=int, metavar="N", help="passes of each local stage (default: the model's)"
     )
+    p.add_argument("--local-repass-mm", type=float, metavar="MM",
+                   help="passes after a local stage's first only for landmarks the pass before moved more than MM "
+                   "(0: all; default: the model's)")  # fmt: skip
     p.add_argument("--mirror", choices=["none", "local", "whole"],
                    help="test-time mirror: also run the local stages (local) or the whole pipeline (whole) on the "
                    "mirror image and average (default: the model's; for networks trained with data.flip)")  # fmt: skip
@@ -101,7 +104,7 @@ def parser() -> argparse.ArgumentParser:
 _FLAGS = {
     "input": "input", "output": "output_dir", "model": "model", "global_checkpoint": "global_checkpoint",
     "local_checkpoint": "local_checkpoint", "spacing": "spacing", "vector_field": "vector_field",
-    "references": "references", "local_iterations": "local_iterations",
+    "references": "references", "local_iterations": "local_iterations", "local_repass_mm": "local_repass_mm",
     "confidence_threshold": "confidence_threshold", "input_root": "input_root", "split": "input_split",
     "threads": "threads", "device": "device", "progress": "progress", "mirror": "mirror",
 }  # fmt: skip

@@ -34,17 +34,24 @@ class StageEstimate:
 
 
 def decode_stage(
-    stage: Stage, x: torch.Tensor, scale: torch.Tensor, mirror: MirrorAverage | None
+    stage: Stage,
+    x: torch.Tensor,
+    scale: torch.Tensor,
+    mirror: MirrorAverage | None,
+    net: Any = None,
+    perm: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any, torch.Tensor | None]:
     """A stage's network on a batch ``x`` (B, ..., *spatial) -> coords (B, K, D) in input voxels, spread and
     posterior (B, K), the network output of the unmirrored pass, and the mirror gap; with ``mirror``,
     each averaged with the pass on the mirrored input (mirrored back, pairs swapped), and the gap (B, K)
-    mm between the two passes' answers (None without mirror)."""
+    mm between the two passes' answers (None without mirror). ``net`` runs instead of the stage's network
+    (its networks for some landmarks only, with ``perm`` the mirror's landmark order among them)."""
     kind = stage.meta.stage
+    net = stage.net if net is None else net
     with record_function(
         f"{kind} network"
     ):  # labels for torch.profiler (experiments/bench/profile_predict.py)
-        out = stage.net(x)
+        out = net(x)
     with record_function(f"{kind} decoding"):
         coords, spread, posterior = stage.decoder.statistics(out, stage.net.stride, scale)
     if mirror is None:
@@ -53,12 +60,12 @@ def decode_stage(
     if max(mirror.axes) >= d:
         raise ValueError(f"test-time mirror axes {list(mirror.axes)} out of range for a {d}D image")
     dims = [x.ndim - d + a for a in mirror.axes]
-    perm = mirror.permutation(coords.shape[1])
+    perm = mirror.permutation(coords.shape[1]) if perm is None else perm
     if x.ndim == d + 3:  # local stages: (B, K, C, *crop), network k reads sub-image k
         x_m = torch.flip(x, dims)[:, perm]
     else:
         x_m = torch.flip(x, dims)
-    c_m, s_m, p_m = stage.decoder.statistics(stage.net(x_m), stage.net.stride, scale)
+    c_m, s_m, p_m = stage.decoder.statistics(net(x_m), stage.net.stride, scale)
     c_m, s_m, p_m = c_m[:, perm].clone(), s_m[:, perm], p_m[:, perm]
     for a in mirror.axes:
         c_m[..., a] = (x.shape[x.ndim - d + a] - 1) - c_m[..., a]
@@ -74,12 +81,16 @@ def refine_locally(
     world: np.ndarray,
     iterations: int = 1,
     mirror: MirrorAverage | None = None,
+    repass_mm: float = 0.0,
 ) -> tuple[StageEstimate, np.ndarray]:
     """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
     mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
-    mean of that and of the mirrored sub-image's answer).
+    mean of that and of the mirrored sub-image's answer). With ``repass_mm`` > 0 the passes after the
+    first run only for the landmarks the pass before moved more than that many mm (with a mirror that
+    swaps landmark pairs, with their partners); the others keep their last answer, as they would have
+    been, and the networks run for the moved ones only.
 
-    Returns the stage's estimate and (K,) how far its last pass moved each landmark, in mm.
+    Returns the stage's estimate and (K,) how far the last pass that ran for each landmark moved it, in mm.
     """
     with record_function("local preprocessing"):
         x, aff = stage.preprocessing(image, affine)
@@ -87,19 +98,52 @@ def refine_locally(
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
     crop = stage.meta.crop_size
-    shift = np.zeros(len(world))
+    k = len(world)
+    shift = np.zeros(k)
     spread = posterior = gap = None
-    for _ in range(int(iterations)):
+    for it in range(int(iterations)):
+        active = None if it == 0 or repass_mm <= 0 else _moved(shift, repass_mm, mirror)
+        if active is not None and len(active) == 0:
+            break
+        if active is not None and len(active) == k:
+            active = None
+        net = perm = None
+        # the networks of the moved landmarks only, where the network can be cut (not exported ones)
+        cut = active is not None and hasattr(stage.net, "for_landmarks")
+        if cut:
+            net = stage.net.for_landmarks(active)
+            if mirror is not None:
+                full = mirror.permutation(k)
+                where = {a: j for j, a in enumerate(active)}
+                perm = [where[full[a]] for a in active]
+        run = active if cut else None
         with record_function("local sub-images"):
-            starts = local_crop_starts(centres, crop)
+            start_from = centres if run is None else centres[run]
+            starts = local_crop_starts(start_from, crop)
             crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
-        coords, spread, posterior, _, gap = decode_stage(
-            stage, crops[None].to(device), scale.to(device), mirror
-        )
+        coords, s, p, _, g = decode_stage(stage, crops[None].to(device), scale.to(device), mirror, net, perm)
         new = coords[0].cpu() + starts
-        shift = ((new - centres) * scale).norm(dim=-1).double().numpy()
-        centres = new
+        moved = ((new - start_from) * scale).norm(dim=-1).double().numpy()
+        if active is None:
+            centres, shift, spread, posterior, gap = new, moved, s, p, g
+            continue
+        rows = list(range(len(active))) if cut else list(active)  # rows of this pass's outputs
+        centres[active], shift[active] = new[rows], moved[rows]
+        spread, posterior = spread.clone(), posterior.clone()
+        spread[:, active], posterior[:, active] = s[:, rows], p[:, rows]
+        if gap is not None:
+            gap = gap.clone()
+            gap[:, active] = g[:, rows]
     return stage_estimate(centres, spread, posterior, gap, aff), shift
+
+
+def _moved(shift: np.ndarray, repass_mm: float, mirror: MirrorAverage | None) -> list[int]:
+    """Landmarks whose last pass moved them more than ``repass_mm``, with their mirror partners."""
+    active = set(np.flatnonzero(shift > repass_mm).tolist())
+    if mirror is not None and active:
+        full = mirror.permutation(len(shift))
+        active |= {full[a] for a in active}
+    return sorted(active)
 
 
 def stage_estimate(

@@ -184,6 +184,9 @@ class LandmarkPredictor:
         return cls(b.global_stage, b.local_stages, b.settings, b.calibration)
 
     local_iterations = property(lambda self: self.settings.local_iterations, doc="passes of each local stage")
+    local_repass_mm = property(
+        lambda self: self.settings.local_repass_mm, doc="later local passes only for landmarks moved more"
+    )
     confidence_scale = property(lambda self: self.settings.confidence_scale, doc="uncalibrated score's scale")
     mirror = property(lambda self: self.settings.mirror, doc="the test-time mirror (None: none)")
     local_stage = property(
@@ -203,11 +206,15 @@ class LandmarkPredictor:
 
     def pipeline(self) -> dict[str, Any]:
         """What a calibration of this predictor describes (stored in ``Calibration.fitted_on``)."""
-        return {
+        pipeline = {
             "local_stages": len(self.local_stages),
             "local_iterations": self.local_iterations if self.local_stages else 0,
             "mirror": None if self.mirror is None else self.mirror.to_dict(),
         }
+        if self.local_stages and self.local_iterations > 1 and self.local_repass_mm > 0:
+            # stated only when it changes what runs (calibrations written before it still match)
+            pipeline["local_repass_mm"] = self.local_repass_mm
+        return pipeline
 
     def set_vote_top_k(self, global_top_k: int | None = None, local_top_k: int | None = None) -> None:
         """Decode the global stage (and every local stage) from its ``top_k`` most confident cells; None
@@ -248,7 +255,7 @@ class LandmarkPredictor:
         shift = np.zeros(len(self.landmark_names))
         for stage in self.local_stages:
             estimate, shift = refine_locally(
-                stage, x0, affine, estimate.world, self.local_iterations, self.mirror
+                stage, x0, affine, estimate.world, self.local_iterations, self.mirror, self.local_repass_mm
             )
         with record_function("scoring"):
             confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)

@@ -91,12 +91,15 @@ class RunSettings:
         confidence_scale: the scale of an uncalibrated model's score (positive; see
             :func:`~landmark_lit.inference.predictor.landmark_confidence`).
         mirror: the test-time mirror (None: none).
+        local_repass_mm: the passes after a local stage's first run only for the landmarks the pass before
+            moved more than this many mm (0: every landmark every pass).
     """
 
     local_iterations: int = 1
     confidence_threshold: float | None = None
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE
     mirror: MirrorAverage | None = None
+    local_repass_mm: float = 0.0
 
     def __post_init__(self) -> None:
         n = self.local_iterations
@@ -104,6 +107,9 @@ class RunSettings:
             raise ValueError(f"local_iterations must be a whole number, got {n!r}")
         if n < 1:
             raise ValueError(f"local_iterations must be at least 1, got {n!r}")
+        r = self.local_repass_mm
+        if not is_finite_number(r) or r < 0:
+            raise ValueError(f"local_repass_mm must be a number of mm, 0 or more, got {r!r}")
         t = self.confidence_threshold
         if t is not None and not is_finite_number(t):
             raise ValueError(f"confidence_threshold must be a finite number or null, got {t!r}")
@@ -113,6 +119,7 @@ class RunSettings:
         if self.mirror is not None and not isinstance(self.mirror, MirrorAverage):
             raise ValueError(f"mirror must be a MirrorAverage or None, got {self.mirror!r}")
         object.__setattr__(self, "local_iterations", int(n))
+        object.__setattr__(self, "local_repass_mm", float(r))
         object.__setattr__(self, "confidence_threshold", None if t is None else float(t))
         object.__setattr__(self, "confidence_scale", float(s))
 
@@ -132,6 +139,7 @@ class RunSettings:
         """Plain data, as model bundles store it."""
         return {
             "local_iterations": self.local_iterations,
+            "local_repass_mm": self.local_repass_mm,
             "confidence_threshold": self.confidence_threshold,
             "confidence_scale": self.confidence_scale,
             "mirror": None if self.mirror is None else self.mirror.to_dict(),
@@ -142,6 +150,7 @@ class RunSettings:
         """From :meth:`to_dict`'s form; missing keys take the defaults. ValueError (one line) otherwise."""
         return cls(
             local_iterations=data.get("local_iterations", 1),
+            local_repass_mm=data.get("local_repass_mm", 0.0),
             confidence_threshold=data.get("confidence_threshold"),
             confidence_scale=data.get("confidence_scale", DEFAULT_CONFIDENCE_SCALE),
             mirror=MirrorAverage.from_dict(data.get("mirror")),
@@ -149,7 +158,7 @@ class RunSettings:
 
     def overridden(self, options: Mapping[str, Any], landmark_names: Sequence[str]) -> RunSettings:
         """These settings changed by the options of ``landmark-predict`` / ``landmark-export`` (a null or
-        absent option keeps the setting): ``local_iterations``, ``confidence_threshold``,
+        absent option keeps the setting): ``local_iterations``, ``local_repass_mm``, ``confidence_threshold``,
         ``confidence_scale`` and ``mirror``: "none" (off), "local" or "whole" (these settings' mirror axes
         and pairs, or array axis 0 without pairs when there are none), or a mapping ``{axes, pairs, whole}``
         (pairs by landmark index or name)."""
@@ -164,6 +173,7 @@ class RunSettings:
             mirror = MirrorAverage.from_dict(dict(value), landmark_names)
         changed = self.changed(
             local_iterations=options.get("local_iterations"),
+            local_repass_mm=options.get("local_repass_mm"),
             confidence_threshold=options.get("confidence_threshold"),
             confidence_scale=options.get("confidence_scale"),
         )

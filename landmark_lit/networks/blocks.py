@@ -7,6 +7,10 @@ one specialised network per landmark in a single forward pass.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
+
+import torch
 from torch import Tensor, nn
 
 
@@ -100,3 +104,44 @@ def fold_batch_norm(net: nn.Module) -> nn.Module:
                 module._modules[name_a] = fuse_conv_bn_eval(a, b)
                 module._modules[name_b] = nn.Identity()
     return net
+
+
+def select_groups(module: nn.Module, groups: int, keep: Sequence[int]) -> nn.Module:
+    """A copy of ``module`` that holds only groups ``keep`` of its ``groups`` independent grouped networks.
+
+    Every convolution of the module must have ``groups`` groups and every batch norm ``groups`` blocks of
+    channels (the local stage's specialised networks, :class:`BasicBlock` / :class:`Head` with ``groups``);
+    their weights, biases and running statistics are sliced group by group, so group ``keep[j]`` of the
+    input runs as group j of the copy, with the same numbers. The original is not changed and shares no
+    tensors with the copy. For inference, e.g. a second local pass over a few landmarks only.
+    """
+    index = torch.as_tensor([int(k) for k in keep], dtype=torch.long)
+    if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= groups:
+        raise ValueError(f"groups to keep must be between 0 and {groups - 1}, got {list(keep)}")
+    n = int(index.numel())
+
+    def rows(t: Tensor) -> Tensor:  # (groups * m, ...) -> (n * m, ...) of the kept groups
+        if t.ndim == 0:
+            return t.clone()
+        if t.shape[0] % groups:
+            raise ValueError(f"a tensor of {t.shape[0]} rows does not split into {groups} groups")
+        return t.reshape(groups, -1, *t.shape[1:]).index_select(0, index).reshape(-1, *t.shape[1:])
+
+    def sliced(m: nn.Module) -> nn.Module:
+        new = copy.copy(m)  # shallow: its own parameter, buffer and child dictionaries follow
+        new._parameters = {
+            k: None if p is None else nn.Parameter(rows(p.detach()), p.requires_grad)
+            for k, p in m._parameters.items()
+        }
+        new._buffers = {k: None if b is None else rows(b) for k, b in m._buffers.items()}
+        new._modules = {k: None if c is None else sliced(c) for k, c in m._modules.items()}
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            if m.groups != groups:
+                raise ValueError(f"a convolution of {m.groups} groups in a module of {groups} groups")
+            new.in_channels, new.out_channels = m.in_channels // groups * n, m.out_channels // groups * n
+            new.groups = n
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            new.num_features = m.num_features // groups * n
+        return new
+
+    return sliced(module)

@@ -8,6 +8,7 @@ size ``n`` gives ``ceil(n / s)`` cells and voxel coordinates are not shifted by 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -15,7 +16,15 @@ from typing import NamedTuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from landmark_lit.networks.blocks import BasicBlock, ConvBNReLU, Head, avg_pool, batch_norm, conv
+from landmark_lit.networks.blocks import (
+    BasicBlock,
+    ConvBNReLU,
+    Head,
+    avg_pool,
+    batch_norm,
+    conv,
+    select_groups,
+)
 
 
 class DisplacementOutput(NamedTuple):
@@ -246,3 +255,32 @@ class LocalNet(_FCNBase):
             cls = cls.view(b, k, k, *grid).diagonal(dim1=1, dim2=2).movedim(-1, 1)
             return DisplacementOutput(reg.contiguous(), cls.contiguous())
         return self._split(reg, cls)
+
+    def for_landmarks(self, keep: Sequence[int]) -> LocalNet:
+        """The same networks for landmarks ``keep`` only (inference): a copy whose input is (B, len(keep), C,
+        *crop), sub-image j for landmark ``keep[j]``, and whose output j is landmark ``keep[j]``'s, the same
+        numbers as the full network gives it. Specialised networks keep only their groups (less work);
+        a shared network keeps only those landmarks' output channels."""
+        keep = [int(k) for k in keep]
+        if not keep or min(keep) < 0 or max(keep) >= self.num_landmarks:
+            raise ValueError(f"landmarks to keep must be between 0 and {self.num_landmarks - 1}, got {keep}")
+        if self.specialised:
+            new = select_groups(self, self.num_landmarks, keep)
+        else:
+            new = copy.copy(self)
+            new._modules = dict(self._modules)
+            for name, per in (("regression", self.spatial_dims), ("classification", 1)):
+                head = self._modules[name]
+                last_name, last = list(head._modules.items())[-1]
+                rows = [k * per + a for k in keep for a in range(per)]
+                out = copy.copy(last)
+                out._parameters = {
+                    k: None if p is None else nn.Parameter(p.detach()[rows].clone(), p.requires_grad)
+                    for k, p in last._parameters.items()
+                }
+                out.out_channels = len(rows)
+                new_head = copy.copy(head)
+                new_head._modules = {**head._modules, last_name: out}
+                new._modules[name] = new_head
+        new.num_landmarks = len(keep)
+        return new

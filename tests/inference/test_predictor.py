@@ -238,3 +238,82 @@ def test_prediction_imports_no_training_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _local_stage_of(k: int, specialised: bool = True) -> Stage:
+    cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=k, channels=[4, 4], head_channels=4,
+               specialised=specialised)  # fmt: skip
+    meta = {
+        "net": {"_target_": "landmark_lit.networks.LocalNet", **cfg},
+        "landmark_names": [f"l{i}" for i in range(k)],
+        "spatial_dims": 2,
+        "spacing": 0.5,
+        "crop_size": [8, 8],
+        "intensity": "zscore",
+        "decoder": {"regression": "log", "classification": True, "log_base": 10.0},
+        "stage": "local",
+    }
+    return Stage(LocalNet(**cfg).eval(), StageMeta.from_dict(meta, "local.ckpt"), "local.ckpt")
+
+
+class _Exported(torch.nn.Module):
+    """A network that cannot be cut into landmarks (as a TorchScript or ONNX network)."""
+
+    def __init__(self, net: LocalNet) -> None:
+        super().__init__()
+        self.inner, self.stride = net, net.stride
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("specialised", [True, False])
+@pytest.mark.parametrize("mirror", [None, MirrorAverage(axes=(0,), pairs=((0, 3),))])
+@pytest.mark.parametrize("exported", [False, True])
+def test_a_partial_second_pass_equals_the_full_one_where_it_runs(specialised, mirror, exported):
+    torch.manual_seed(7)
+    loc = _local_stage_of(6, specialised)
+    if exported:
+        loc = Stage(_Exported(loc.net), loc.meta, loc.path)
+    image = torch.as_tensor(_image(8))
+    affine = np.eye(3)
+    start = np.random.default_rng(1).uniform(6, 28, size=(6, 2))
+    once, shift1 = refine_locally(loc, image, affine, start, 1, mirror)
+    full, shift2 = refine_locally(loc, image, affine, start, 2, mirror)
+    t = float(np.median(shift1))
+    part, shift = refine_locally(loc, image, affine, start, 2, mirror, repass_mm=t)
+    rerun = shift1 > t
+    if mirror is not None:  # a landmark of a pair runs with its partner
+        rerun[[0, 3]] = rerun[[0, 3]].any()
+    assert 0 < rerun.sum() < len(rerun)
+    for got, a, b in [
+        (part.world, full.world, once.world),
+        (part.spread_mm, full.spread_mm, once.spread_mm),
+        (part.posterior, full.posterior, once.posterior),
+        (shift, shift2, shift1),
+    ] + ([(part.mirror_gap_mm, full.mirror_gap_mm, once.mirror_gap_mm)] if mirror else []):
+        np.testing.assert_allclose(got[rerun], a[rerun], atol=1e-4)
+        np.testing.assert_array_equal(got[~rerun], b[~rerun])
+    # a threshold of 0 is every landmark, every pass; one above every shift is a single pass
+    zero, _ = refine_locally(loc, image, affine, start, 2, mirror, repass_mm=0.0)
+    np.testing.assert_array_equal(zero.world, full.world)
+    high, _ = refine_locally(loc, image, affine, start, 2, mirror, repass_mm=float(shift1.max()) + 1)
+    np.testing.assert_array_equal(high.world, once.world)
+
+
+def test_the_partial_second_pass_is_a_run_setting(tmp_path):
+    from landmark_lit.inference.settings import RunSettings
+
+    torch.manual_seed(0)
+    g, loc = stage("global", 1.0), stage("local", 0.5)
+    p = LandmarkPredictor(g, loc, local_iterations=2, local_repass_mm=0.3)
+    assert p.local_repass_mm == 0.3 and p.pipeline()["local_repass_mm"] == 0.3
+    assert "local_repass_mm" not in LandmarkPredictor(g, loc, local_iterations=2).pipeline()
+    s = RunSettings(local_iterations=2, local_repass_mm=0.3)
+    assert RunSettings.from_dict(s.to_dict()) == s
+    assert RunSettings.from_dict({"local_iterations": 2}).local_repass_mm == 0.0  # bundles before it
+    assert s.overridden({"local_repass_mm": 0.5}, NAMES).local_repass_mm == 0.5
+    assert s.overridden({"local_repass_mm": None}, NAMES).local_repass_mm == 0.3
+    for bad in (-0.1, float("nan"), "x"):
+        with pytest.raises(ValueError, match="local_repass_mm must be a number of mm, 0 or more"):
+            RunSettings(local_repass_mm=bad)

@@ -287,3 +287,41 @@ def test_deeper_local_net_has_stride_4_and_the_decoders_grid(d, size):
     )
     with pytest.raises(ValueError, match="at least two levels"):
         LocalNet(d, 1, k, channels=(32,))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("specialised", [True, False])
+@pytest.mark.parametrize("folded", [False, True])
+def test_local_net_for_some_landmarks_gives_their_outputs_of_the_full_net(d, specialised, folded):
+    import copy
+
+    from landmark_lit.networks import fold_batch_norm
+
+    torch.manual_seed(0)
+    net = LocalNet(d, 1, 5, (4, 6, 8), 6, specialised=specialised)
+    for m in net.modules():  # batch norms that are not the identity
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    if folded:
+        net = fold_batch_norm(net)
+    before = copy.deepcopy(net.state_dict())
+    x = torch.randn(2, 5, 1, *[12] * d)
+    keep = [3, 0, 4]
+    with torch.no_grad():
+        full = net(x)
+        part = net.for_landmarks(keep)(x[:, keep])
+    assert part.displacement.shape == (2, 3, d, *[3] * d) and part.logits.shape == (2, 3, *[3] * d)
+    torch.testing.assert_close(part.displacement, full.displacement[:, keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part.logits, full.logits[:, keep], atol=1e-5, rtol=1e-5)
+    # the full network is untouched and shares no weights with the part
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=0, rtol=0)
+    if specialised:  # less work: the part holds 3 of the 5 networks
+        n_full = sum(p.numel() for p in net.parameters())
+        assert sum(p.numel() for p in net.for_landmarks(keep).parameters()) * 5 == n_full * 3
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        net.for_landmarks([5])
+    with pytest.raises(ValueError, match="between 0 and 4"):
+        net.for_landmarks([])
