@@ -206,15 +206,7 @@ class LandmarkPredictor:
 
     def pipeline(self) -> dict[str, Any]:
         """What a calibration of this predictor describes (stored in ``Calibration.fitted_on``)."""
-        pipeline = {
-            "local_stages": len(self.local_stages),
-            "local_iterations": self.local_iterations if self.local_stages else 0,
-            "mirror": None if self.mirror is None else self.mirror.to_dict(),
-        }
-        if self.local_stages and self.local_iterations > 1 and self.local_repass_mm > 0:
-            # stated only when it changes what runs (calibrations written before it still match)
-            pipeline["local_repass_mm"] = self.local_repass_mm
-        return pipeline
+        return self.settings.pipeline(len(self.local_stages))
 
     def set_vote_top_k(self, global_top_k: int | None = None, local_top_k: int | None = None) -> None:
         """Decode the global stage (and every local stage) from its ``top_k`` most confident cells; None

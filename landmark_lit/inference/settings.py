@@ -135,6 +135,18 @@ class RunSettings:
         if self.mirror is not None:
             self.mirror.check(num_landmarks, spatial_dims)
 
+    def pipeline(self, local_stages: int) -> dict[str, Any]:
+        """What runs with ``local_stages`` local stages: what a calibration describes (``fitted_on``)."""
+        pipeline = {
+            "local_stages": local_stages,
+            "local_iterations": self.local_iterations if local_stages else 0,
+            "mirror": None if self.mirror is None else self.mirror.to_dict(),
+        }
+        if local_stages and self.local_iterations > 1 and self.local_repass_mm > 0:
+            # stated only when it changes what runs (calibrations written before it still match)
+            pipeline["local_repass_mm"] = self.local_repass_mm
+        return pipeline
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data, as model bundles store it."""
         return {
