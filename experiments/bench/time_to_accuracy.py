@@ -68,6 +68,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", default=[], help="METHOD:STAGE=RUN_DIR")
     parser.add_argument("--local-iterations", type=int, default=2)
+    parser.add_argument(
+        "--local-repass-mm", type=float, default=0.0, help="later passes only for landmarks moved more"
+    )
     parser.add_argument("--data", default=str(DEFAULT_DATA))
     parser.add_argument("--limit", type=int, default=None, help="first N Test1 images only")
     parser.add_argument("--out", default="outputs/tta")
@@ -116,7 +119,10 @@ def main(argv: list[str] | None = None) -> None:
                     predictor = LandmarkPredictor.from_checkpoints(path)
                 else:
                     predictor = LandmarkPredictor.from_checkpoints(
-                        global_path, path, local_iterations=args.local_iterations
+                        global_path,
+                        path,
+                        local_iterations=args.local_iterations,
+                        local_repass_mm=args.local_repass_mm,
                     )
                 cache[key] = test1_mre(predictor, source)
             mre, med = cache[key]
