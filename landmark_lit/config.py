@@ -1,6 +1,7 @@
 """Where the Hydra configs are and how they are composed: the config folders, and the OmegaConf resolvers
-the configs use (``${cwd:}``, ``${data_root:}``, ``${sweep_id:}``), registered by :func:`register_resolvers`
-before anything is composed (each command's entry point, :func:`compose_config`, the tests' conftest).
+the configs use (``${cwd:}``, ``${data_root:}``, ``${sweep_id:}``, ``${when:}``), registered by
+:func:`register_resolvers` before anything is composed (each command's entry point,
+:func:`compose_config`, the tests' conftest).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import importlib.resources
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,11 +41,18 @@ def sweep_id() -> str:
     return Path(str(hydra_cfg.sweep.dir)).name
 
 
+def when(condition: bool, value: Any) -> Any:
+    """``value`` if ``condition`` holds, else None: ``${when:${ablation.classification},${stage.vote_top_k}}``
+    keeps a stage's option that needs classification out of the variants without it (the ablation grid)."""
+    return value if condition else None
+
+
 def register_resolvers() -> None:
     """Register the configs' resolvers (once; calling again does nothing): ``${cwd:}`` the current folder
     (outputs go below it), ``${data_root:}`` (:func:`data_root`), ``${sweep_id:}`` (:func:`sweep_id`,
-    groups the wandb runs of one sweep)."""
-    for name, resolver in (("cwd", os.getcwd), ("data_root", data_root), ("sweep_id", sweep_id)):
+    groups the wandb runs of one sweep), ``${when:COND,VALUE}`` (:func:`when`)."""
+    resolvers = (("cwd", os.getcwd), ("data_root", data_root), ("sweep_id", sweep_id), ("when", when))
+    for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
 

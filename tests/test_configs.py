@@ -87,6 +87,21 @@ def test_every_experiment_composes_and_builds_its_scheduler_and_augmentation(exp
         assert isinstance(instantiate(cfg.data.augment), Augmentation)
 
 
+ABLATIONS = sorted(p.stem for p in (Path(CONFIG_DIR) / "ablation").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", ["isbi2015_global", "mni_afids_global_pyramid"])
+@pytest.mark.parametrize("ablation", ABLATIONS)
+def test_every_ablation_variant_of_a_top_k_stage_builds_its_decoder(experiment, ablation, tmp_path):
+    # the stage decodes from its 9 most confident cells; ranking needs the classification, so the variants
+    # without it (the sweep=ablation grid's R and Rlog) decode from all cells instead of failing
+    cfg = compose_train([f"experiment={experiment}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"])
+    assert cfg.stage.vote_top_k == 9
+    decoder = instantiate(cfg.decoder)
+    assert decoder.classification == cfg.ablation.classification
+    assert decoder.top_k == (9 if cfg.ablation.classification else None)
+
+
 def test_isbi2015_global_anneals_over_the_overridden_max_steps(tmp_path):
     cfg = compose_train(
         ["experiment=isbi2015_global", "trainer.max_steps=10", f"paths.output_dir={tmp_path}"]

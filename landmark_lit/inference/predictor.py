@@ -21,7 +21,7 @@ import torch
 from torch.profiler import record_function
 
 from landmark_lit.confidence import Calibration
-from landmark_lit.data.transforms import match_channels, spacing_of, world_to_voxel
+from landmark_lit.data.transforms import match_channels, spacing_of, value_range, world_to_voxel
 from landmark_lit.inference.passes import (
     StageEstimate,
     decode_stage,
@@ -97,7 +97,7 @@ def check_image(image: np.ndarray | torch.Tensor, affine: np.ndarray, spatial_di
         )
     if abs(np.linalg.det(affine[:d, :d])) < 1e-12 or np.any(spacing_of(affine) <= 0):
         raise InputError(f"invalid geometry: zero spacing or singular affine (spacing {spacing_of(affine)})")
-    lo, hi = float(image.min()), float(image.max())
+    lo, hi = value_range(image)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("the image contains NaN or infinite values")
     if lo == hi:

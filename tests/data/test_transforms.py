@@ -20,6 +20,7 @@ from landmark_lit.data.transforms import (
     resample_to_spacing,
     resample_to_spacing_monai,
     spacing_of,
+    value_range,
     voxel_to_world,
     world_to_voxel,
 )
@@ -194,6 +195,34 @@ def test_sparse_resampling_equals_monai_smoothing_and_spacing(shape, affine, spa
     assert fast.shape == ref.shape
     assert torch.allclose(fast, ref, atol=1e-5)
     np.testing.assert_allclose(fast_affine, ref_affine, atol=1e-9)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "transposed 2d", "channels last"])
+def test_resampling_does_not_depend_on_memory_layout(layout):
+    # nibabel returns NIfTI data in Fortran order; the resampling works in memory order and must give
+    # the C-ordered result (and MONAI's), and the value range must be the same
+    rng = np.random.default_rng(1)
+    if layout == "fortran":
+        c_order = rng.random((1, 40, 33, 27)).astype(np.float32)
+        other = torch.from_numpy(np.asfortranarray(c_order[0])[None])
+        affine, spacing = np.diag([0.7, 0.7, 1.0, 1.0]), [3.0, 1.5, 2.0]
+    elif layout == "transposed 2d":
+        c_order = rng.random((1, 50, 61)).astype(np.float32)
+        other = torch.from_numpy(np.ascontiguousarray(c_order[0].T)).T[None]
+        affine, spacing = np.diag([0.1, 0.13, 1.0]), 0.8
+    else:
+        c_order = rng.random((3, 30, 20)).astype(np.float32)
+        other = torch.from_numpy(np.ascontiguousarray(c_order.transpose(1, 2, 0))).permute(2, 0, 1)
+        affine, spacing = np.diag([0.5, 0.4, 1.0]), 1.1
+    assert not other.is_contiguous() and np.array_equal(other.numpy(), c_order)
+    fast, fast_affine = resample_to_spacing(other, affine, spacing)
+    same, _ = resample_to_spacing(torch.from_numpy(c_order), affine, spacing)
+    ref, ref_affine = resample_to_spacing_monai(torch.from_numpy(c_order), affine, spacing)
+    assert fast.is_contiguous() and fast.shape == ref.shape
+    assert torch.allclose(fast, same, atol=1e-6)
+    assert torch.allclose(fast, ref, atol=1e-5)
+    np.testing.assert_allclose(fast_affine, ref_affine, atol=1e-9)
+    assert value_range(other) == value_range(c_order) == (float(c_order.min()), float(c_order.max()))
 
 
 @pytest.mark.parametrize("d", [2, 3])
