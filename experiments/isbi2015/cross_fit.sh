@@ -36,8 +36,9 @@ for k in $(seq 0 $((K - 1))); do
   wait $a
   wait $b  # set -e: a failed training stops here
   "$BIN/landmark-export" global_checkpoint="$OUT/fold$k/global/checkpoints/last.ckpt" \
-    local_checkpoint="$OUT/fold$k/local/checkpoints/last.ckpt" local_iterations=2 output="$OUT/fold$k.pt"
+    local_checkpoint="$OUT/fold$k/local/checkpoints/last.ckpt" local_iterations=2 local_repass_mm=0.5 \
+    output="$OUT/fold$k.pt"
 done
 list=$(IFS=,; echo "${bundles[*]}")
-"$BIN/landmark-export" global_checkpoint="$G" local_checkpoint="$L" local_iterations=2 \
+"$BIN/landmark-export" global_checkpoint="$G" local_checkpoint="$L" local_iterations=2 local_repass_mm=0.5 \
   calibration_dataset=isbi2015 "calibration_folds=[$list]" output="$OUT/global_to_local.pt"

@@ -3,7 +3,8 @@
 # conventions (average of the two doctors; senior only), global-only and global-to-local.
 #   bash experiments/isbi2015/evaluate_test1.sh GLOBAL.ckpt LOCAL.ckpt[,FINER_LOCAL.ckpt...] [OUT_DIR]
 # Several local checkpoints, comma-separated, run in that order (coarse to fine). LOCAL_ITERATIONS=2 runs
-# each local stage twice, the second time centred on its first answer. MIRROR=1 runs on the Test1 images
+# each local stage twice, the second time centred on its first answer; LOCAL_REPASS_MM=0.5 (the chosen
+# pipeline) runs the second pass only for the landmarks the first moved more than 0.5 mm. MIRROR=1 runs on the Test1 images
 # mirrored left-right (PNGs written to OUT/mirrored_images, references mirrored with them): a patient
 # facing the other way. TEST_TIME_MIRROR=local (or whole) averages the local stages (or the whole pipeline)
 # over the image and its mirror image (landmark-predict --mirror).
@@ -25,7 +26,7 @@ common=(input="$DATA/splits/test1.txt" input_root="$DATA/images" spacing=0.1 thr
 if [ "${MIRROR:-0}" = 1 ]; then common=(input="$OUT/mirrored_images/list.txt" spacing=0.1 threads=${THREADS:-2}); fi
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" local_iterations="${LOCAL_ITERATIONS:-1}" \
-  mirror="${TEST_TIME_MIRROR:-none}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
+  local_repass_mm="${LOCAL_REPASS_MM:-0}" mirror="${TEST_TIME_MIRROR:-none}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
   for gt in average senior; do
     "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" references="$OUT/references_$gt.csv" \

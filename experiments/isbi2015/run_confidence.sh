@@ -4,7 +4,8 @@
 # evaluated by evaluate_bundle.sh (average ground truth; confidence figures for errors > 4 mm and > 2 mm,
 # review pages). The cross-fitted calibration on all 150 training images: cross_fit.sh.
 #   bash experiments/isbi2015/run_confidence.sh GLOBAL.ckpt LOCAL.ckpt HEATMAP.ckpt [OUT_DIR]
-# LOCAL_ITERATIONS (default 2: the chosen pipeline's two passes). THREADS (default 2).
+# LOCAL_ITERATIONS (default 2: the chosen pipeline's two passes), LOCAL_REPASS_MM (default 0.5: the second
+# only for landmarks the first moved more, the chosen pipeline). THREADS (default 2).
 set -euo pipefail
 GLOBAL=$1
 LOCAL=$2
@@ -15,7 +16,8 @@ BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 "$BIN/landmark-export" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
-  local_iterations="${LOCAL_ITERATIONS:-2}" calibration_dataset=isbi2015 threads="$THREADS" \
+  local_iterations="${LOCAL_ITERATIONS:-2}" local_repass_mm="${LOCAL_REPASS_MM:-0.5}" \
+  calibration_dataset=isbi2015 threads="$THREADS" \
   output="$OUT/global_to_local.pt" | tee "$OUT/export_global_to_local.txt"
 "$BIN/landmark-export" global_checkpoint="$HEATMAP" calibration_dataset=isbi2015 threads="$THREADS" \
   output="$OUT/heatmap.pt" | tee "$OUT/export_heatmap.txt"
