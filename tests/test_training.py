@@ -468,16 +468,14 @@ def test_parallel_launcher_config_composes(tmp_path):
 
 DDP_VALIDATE = """
 import sys
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning import Trainer
-from landmark_lit.config import CONFIG_DIR
+from landmark_lit.config import compose_config
 from landmark_lit.lit.modules import LandmarkModule
 from landmark_lit.inference.stages import StageMeta, checkpoint_parts
 
 devices, ckpt, overrides = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
-with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-    cfg = compose("train", overrides=overrides)
+cfg = compose_config("train", overrides)
 module = LandmarkModule.load_from_checkpoint(
     ckpt, net=instantiate(cfg.stage.net, num_landmarks=6), loss=instantiate(cfg.loss),
     decoder=instantiate(cfg.decoder), optimizer=instantiate(cfg.optimizer), scheduler=None,
