@@ -10,10 +10,14 @@ test-time mirror where it runs) to the size of the landmark's error:
   scale ``exp(m(x))``, both penalties chosen by leave-one-out error; the residuals ``log(error) - m(x)`` of the validation landmarks (leave-one-out, so they
   are honest) form the error distribution around it;
 - ``failure_probability``: ``P(error > failure_mm | x)``, from that residual distribution (Gaussian-kernel
-  smoothed); ``confidence = 1 - failure_probability``;
+  smoothed; ``failure_model="residual"``) or from a logistic regression of the failures themselves on the
+  same cues and landmark offsets (``"logistic"``, penalties chosen by cross-validated log-loss: it learns
+  the tail directly and needs failures to learn from; ``"auto"`` takes it from ``MIN_LOGISTIC_FAILURES``
+  validation failures on); ``confidence = 1 - failure_probability``;
 - ``threshold``: landmarks with a confidence below it are flagged. It is the lowest threshold whose flagged
-  validation landmarks hold ``goal`` (default 80 %) of the expected failures (the sum of the failure
-  probabilities), chosen on the validation landmarks;
+  validation landmarks hold ``goal`` (default 80 %) of the failures: the expected ones (the sum of the
+  honest, held-out failure probabilities; ``threshold_from="expected"``), or those counted
+  (``"counted"``);
 - ``radius_mm``: normalised split-conformal prediction (Papadopoulos et al. 2008; Lei et al. 2018): the
   true landmark lies within ``exp(m(x) + q)`` of the answer with probability ``coverage`` (default 0.9),
   ``q`` the ``ceil((n + 1) coverage)``-th smallest residual; per landmark where it has at least
@@ -33,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
+from landmark_lit.metrics import DEFAULT_FAILURE_MM, confidence_figures
 from landmark_lit.utils import is_finite_number
+
+__all__ = ["Calibration", "CalibrationError", "confidence_figures", "fit_calibration", "landmark_features"]
 
 FEATURES = (
     "log_spread",
@@ -45,7 +52,6 @@ FEATURES = (
     "log_mirror_gap",
 )
 CALIBRATION_VERSION = 1
-DEFAULT_FAILURE_MM = 4.0
 DEFAULT_GOAL = 0.8
 DEFAULT_COVERAGE = 0.9
 MIN_PER_LANDMARK = 50
@@ -54,6 +60,10 @@ RIDGES = (0.1, 1.0, 10.0, 100.0)  # chosen by leave-one-out error
 # shrinkage of the per-landmark offsets (in validation landmarks' worth; 1e6: no offsets)
 LANDMARK_RIDGES = (1.0, 3.0, 10.0, 30.0, 100.0, 1e6)
 _EPS_P = 1e-4
+FAILURE_MODELS = ("residual", "logistic", "auto")
+THRESHOLD_RULES = ("expected", "counted")
+MIN_LOGISTIC_FAILURES = 20  # "auto": fewer validation failures than this keep the residual model
+LOGISTIC_FOLDS = 5
 
 
 class CalibrationError(ValueError):
@@ -123,6 +133,11 @@ class Calibration:
     radius_q_per_landmark: dict[str, float] = field(default_factory=dict)
     validation: dict[str, Any] = field(default_factory=dict)  # figures the settings were chosen on
     fitted_on: dict[str, Any] = field(default_factory=dict)  # the pipeline and data it was fitted on
+    # "logistic": P(failure) = sigmoid(z . failure_coef + failure_intercept + failure_offsets[landmark])
+    failure_model: str = "residual"
+    failure_coef: list[float] = field(default_factory=list)
+    failure_intercept: float = 0.0
+    failure_offsets: dict[str, float] = field(default_factory=dict)
     version: int = CALIBRATION_VERSION
 
     # --- using -------------------------------------------------------------------------------------
@@ -131,14 +146,21 @@ class Calibration:
         idx = [FEATURES.index(f) for f in self.features]
         return np.asarray(features, np.float64)[:, idx]
 
+    def _linear(self, features: np.ndarray, names: Sequence[str], coef, intercept, offsets) -> np.ndarray:
+        z = (self._select(features) - np.asarray(self.mean)) / np.asarray(self.scale)
+        return z @ np.asarray(coef) + intercept + np.array([offsets.get(str(n), 0.0) for n in names])
+
     def log_error(self, features: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """(K,) predicted log error scale m(x) of landmarks ``names`` with cues ``features`` (K, F)."""
-        z = (self._select(features) - np.asarray(self.mean)) / np.asarray(self.scale)
-        offsets = np.array([self.landmark_offsets.get(str(n), 0.0) for n in names], np.float64)
-        return z @ np.asarray(self.coef) + self.intercept + offsets
+        return self._linear(features, names, self.coef, self.intercept, self.landmark_offsets)
 
     def failure_probability(self, features: np.ndarray, names: Sequence[str]) -> np.ndarray:
         """(K,) P(error > failure_mm | cues)."""
+        if self.failure_model == "logistic":
+            from scipy.special import expit
+
+            c, b, o = self.failure_coef, self.failure_intercept, self.failure_offsets
+            return expit(self._linear(features, names, c, b, o))
         m = self.log_error(features, names)
         return _survival(np.asarray(self.residuals), self.bandwidth, math.log(self.failure_mm) - m)
 
@@ -195,7 +217,12 @@ class Calibration:
         for key in ("goal", "coverage"):
             if not 0 < getattr(self, key) < 1:
                 raise CalibrationError(f"{where}: calibration {key!r} must lie in (0, 1)")
-        maps = (self.radius_q_per_landmark, self.landmark_offsets)
+        if self.failure_model not in ("residual", "logistic"):
+            raise CalibrationError(f"{where}: calibration failure_model must be residual or logistic")
+        logistic = [*self.failure_coef, self.failure_intercept] if self.failure_model == "logistic" else []
+        if logistic and (len(self.failure_coef) != f or not all(is_finite_number(x) for x in logistic)):
+            raise CalibrationError(f"{where}: calibration 'failure_coef' must be {f} finite numbers")
+        maps = (self.radius_q_per_landmark, self.landmark_offsets, self.failure_offsets)
         if not all(isinstance(m, dict) and all(is_finite_number(v) for v in m.values()) for m in maps):
             raise CalibrationError(f"{where}: calibration per-landmark values must be finite numbers")
 
@@ -235,11 +262,19 @@ def fit_calibration(
     coverage: float = DEFAULT_COVERAGE,
     min_per_landmark: int = MIN_PER_LANDMARK,
     fitted_on: dict[str, Any] | None = None,
+    failure_model: str = "residual",
+    threshold_from: str = "expected",
 ) -> Calibration:
     """Fit a calibration on N validation landmarks: ``features`` (N, len(FEATURES)), their errors (N,) mm
     and landmark names (N,). Landmarks without a reference (NaN error) are left out; cues constant over
-    the validation landmarks (e.g. the local shift of a global-only model) are not used."""
+    the validation landmarks (e.g. the local shift of a global-only model) are not used.
+    ``failure_model`` and ``threshold_from``: see the module docstring."""
     x, err, names = _calibration_data(features, errors_mm, names, failure_mm, goal, coverage)
+    if failure_model not in FAILURE_MODELS or threshold_from not in THRESHOLD_RULES:
+        raise CalibrationError(
+            f"calibration: failure_model must be one of {list(FAILURE_MODELS)} and threshold_from one of "
+            f"{list(THRESHOLD_RULES)}, got {failure_model!r}, {threshold_from!r}"
+        )
     n = len(err)
     y = np.log(np.maximum(err, 1e-3))
     sd = x.std(axis=0)
@@ -262,9 +297,16 @@ def fit_calibration(
         for k in dict.fromkeys(names)
         if (names == k).sum() >= min_per_landmark
     }
-    p_fail = _survival(residuals, bandwidth, math.log(failure_mm) - m)
+    failed = err > failure_mm
+    tail: dict[str, Any] = {}
+    if failure_model == "logistic" or (failure_model == "auto" and failed.sum() >= MIN_LOGISTIC_FAILURES):
+        tail, p_fail = _fit_logistic(z, onehot, failed, landmarks)  # p_fail held out (cross-validated)
+    else:
+        p_fail = _survival(residuals, bandwidth, math.log(failure_mm) - m)
     conf = 1.0 - p_fail
-    threshold = _threshold_for_goal(conf, p_fail, goal)
+    if threshold_from == "counted" and not failed.any():
+        raise CalibrationError(f"calibration: no validation error above {failure_mm:g} mm to count")
+    threshold = _threshold_for_goal(conf, p_fail if threshold_from == "expected" else failed, goal)
     cal = Calibration(
         features=[FEATURES[i] for i in used],
         mean=mean.tolist(),
@@ -283,11 +325,73 @@ def fit_calibration(
         radius_q=float(radius_q),
         radius_q_per_landmark=per_landmark,
         fitted_on=dict(fitted_on or {}),
+        **tail,
     )
     radius = np.exp(m + np.array([per_landmark.get(k, radius_q) for k in names]))
     report = confidence_figures(err, conf, conf < threshold, radius, failure_mm)
     report["expected_failures_caught"] = float(p_fail[conf < threshold].sum() / max(p_fail.sum(), 1e-12))
+    report["threshold_from"] = threshold_from
     return dataclasses.replace(cal, validation={"n_landmarks": n, **report})
+
+
+def _fit_logistic(
+    z: np.ndarray, onehot: np.ndarray, failed: np.ndarray, landmarks: list[str]
+) -> tuple[dict[str, Any], np.ndarray]:
+    """A penalised logistic regression of ``failed`` on the standardised cues ``z`` and one offset per
+    landmark (``onehot``), its two penalties chosen by the log-loss of ``LOGISTIC_FOLDS`` contiguous
+    folds (rows come case by case, so a case's landmarks stay in one fold): the Calibration fields and
+    the held-out (cross-validated) failure probabilities of the chosen penalties."""
+    from scipy.special import expit
+
+    if not 0 < failed.sum() < len(failed):
+        raise CalibrationError("calibration: a logistic failure model needs failures and successes")
+    y = failed.astype(np.float64)
+    fold = np.arange(len(y)) * LOGISTIC_FOLDS // len(y)
+    best = None
+    for ridge in RIDGES:
+        for group_ridge in LANDMARK_RIDGES:
+            held = np.empty(len(y))
+            for k in range(LOGISTIC_FOLDS):
+                beta = _logistic(z[fold != k], onehot[fold != k], y[fold != k], ridge, group_ridge)
+                held[fold == k] = expit(_design(z[fold == k], onehot[fold == k]) @ beta)
+            p = np.clip(held, 1e-6, 1 - 1e-6)
+            loss = -float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+            if best is None or loss < best[0] - 1e-12:
+                best = (loss, ridge, group_ridge, held)
+    _, ridge, group_ridge, held = best
+    beta = _logistic(z, onehot, y, ridge, group_ridge)
+    f = z.shape[1]
+    fields = {
+        "failure_model": "logistic",
+        "failure_coef": beta[1 : f + 1].tolist(),
+        "failure_intercept": float(beta[0]),
+        "failure_offsets": {str(k): float(o) for k, o in zip(landmarks, beta[f + 1 :], strict=True)},
+    }
+    return fields, held
+
+
+def _design(z: np.ndarray, onehot: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.ones((len(z), 1)), z, onehot], axis=1)
+
+
+def _logistic(
+    z: np.ndarray, onehot: np.ndarray, y: np.ndarray, ridge: float, group_ridge: float
+) -> np.ndarray:
+    """Coefficients (intercept, cues, offsets) minimising the log-loss + ridge / 2 |cue coefs|^2 +
+    group_ridge / 2 |offsets|^2 (the intercept unpenalised)."""
+    from scipy.optimize import minimize
+
+    a = _design(z, onehot)
+    pen = np.array([0.0] + [ridge] * z.shape[1] + [group_ridge] * onehot.shape[1])
+
+    def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = a @ beta
+        value = np.sum(np.logaddexp(0.0, t) - y * t) + 0.5 * np.sum(pen * beta**2)
+        return float(value), a.T @ (1.0 / (1.0 + np.exp(-t)) - y) + pen * beta
+
+    start = np.zeros(a.shape[1])
+    start[0] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))
+    return minimize(loss, start, jac=True, method="L-BFGS-B").x
 
 
 def _calibration_data(
@@ -339,46 +443,3 @@ def _threshold_for_goal(conf: np.ndarray, p_fail: np.ndarray, goal: float) -> fl
     if m + 1 >= len(c):
         return float(c[-1] + 1e-9)
     return float((c[m] + c[m + 1]) / 2) if c[m + 1] > c[m] else float(np.nextafter(c[m], 2.0))
-
-
-def confidence_figures(
-    errors_mm: np.ndarray,
-    confidence: np.ndarray | None,
-    flagged: np.ndarray | None,
-    radius_mm: np.ndarray | None,
-    failure_mm: float = DEFAULT_FAILURE_MM,
-    also_mm: Sequence[float] = (2.0,),
-) -> dict[str, Any]:
-    """How well a confidence finds the failures of N landmarks (NaN errors left out): AUROC of
-    ``1 - confidence`` for errors above ``failure_mm`` and each of ``also_mm``, the share flagged, the share
-    of failures flagged, and the radius' coverage and median. Figures that cannot be computed are None."""
-    import torch
-    from torchmetrics.functional.classification import binary_auroc
-
-    err = np.asarray(errors_mm, np.float64).reshape(-1)
-    ok = np.isfinite(err)
-    out: dict[str, Any] = {"failure_mm": float(failure_mm), "n": int(ok.sum())}
-    thresholds = sorted({float(failure_mm), *map(float, also_mm)})
-    if confidence is not None:
-        c = np.asarray(confidence, np.float64).reshape(-1)[ok]
-        for t in thresholds:
-            failed = err[ok] > t
-            key = f"auroc_{t:g}mm"
-            out[key] = (
-                float(binary_auroc(torch.as_tensor(-c), torch.as_tensor(failed).long()))
-                if 0 < failed.sum() < len(failed)
-                else None
-            )
-    failed = err[ok] > failure_mm
-    out["failures"] = int(failed.sum())
-    if flagged is not None:
-        f = np.asarray(flagged, bool).reshape(-1)[ok]
-        out["flagged"] = int(f.sum())
-        out["share_flagged"] = float(f.mean()) if len(f) else None
-        out["failures_caught"] = int((f & failed).sum())
-        out["share_failures_caught"] = float((f & failed).sum() / failed.sum()) if failed.any() else None
-    if radius_mm is not None:
-        r = np.asarray(radius_mm, np.float64).reshape(-1)[ok]
-        out["radius_coverage"] = float(np.mean(err[ok] <= r)) if len(r) else None
-        out["radius_median_mm"] = float(np.median(r)) if len(r) else None
-    return out

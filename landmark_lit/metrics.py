@@ -8,7 +8,9 @@ a missing landmark and is left out of every statistic.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torchmetrics
 from torch import Tensor
@@ -16,6 +18,7 @@ from torchmetrics.utilities import dim_zero_cat
 
 ISBI_THRESHOLDS_MM: tuple[float, ...] = (2.0, 2.5, 3.0, 4.0)
 PAPER_THRESHOLDS_MM: tuple[float, ...] = tuple(0.5 * i for i in range(1, 11))  # 0.5, 1.0, ..., 5.0
+DEFAULT_FAILURE_MM = 4.0  # an error above it is a failure, unless a dataset config says otherwise
 
 
 def radial_errors(pred: Tensor, ref: Tensor) -> Tensor:
@@ -137,3 +140,45 @@ class RadialErrorMetric(torchmetrics.Metric):
         errors = self._all().double()
         # quantile (interpolating, as the overall median and numpy) rather than nanmedian (lower middle)
         return {"mre_mm": errors.nanmean(0), "median_mm": errors.nanquantile(0.5, dim=0)}
+
+
+def confidence_figures(
+    errors_mm: np.ndarray,
+    confidence: np.ndarray | None,
+    flagged: np.ndarray | None,
+    radius_mm: np.ndarray | None,
+    failure_mm: float = DEFAULT_FAILURE_MM,
+    also_mm: Sequence[float] = (2.0,),
+) -> dict[str, Any]:
+    """How well a confidence finds the failures of N landmarks (NaN errors left out): AUROC of
+    ``1 - confidence`` for errors above ``failure_mm`` and each of ``also_mm``, the share flagged, the share
+    of failures flagged, and the radius' coverage and median. Figures that cannot be computed are None."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    err = np.asarray(errors_mm, np.float64).reshape(-1)
+    ok = np.isfinite(err)
+    out: dict[str, Any] = {"failure_mm": float(failure_mm), "n": int(ok.sum())}
+    thresholds = sorted({float(failure_mm), *map(float, also_mm)})
+    if confidence is not None:
+        c = np.asarray(confidence, np.float64).reshape(-1)[ok]
+        for t in thresholds:
+            failed = err[ok] > t
+            key = f"auroc_{t:g}mm"
+            out[key] = (
+                float(binary_auroc(torch.as_tensor(-c), torch.as_tensor(failed).long()))
+                if 0 < failed.sum() < len(failed)
+                else None
+            )
+    failed = err[ok] > failure_mm
+    out["failures"] = int(failed.sum())
+    if flagged is not None:
+        f = np.asarray(flagged, bool).reshape(-1)[ok]
+        out["flagged"] = int(f.sum())
+        out["share_flagged"] = float(f.mean()) if len(f) else None
+        out["failures_caught"] = int((f & failed).sum())
+        out["share_failures_caught"] = float((f & failed).sum() / failed.sum()) if failed.any() else None
+    if radius_mm is not None:
+        r = np.asarray(radius_mm, np.float64).reshape(-1)[ok]
+        out["radius_coverage"] = float(np.mean(err[ok] <= r)) if len(r) else None
+        out["radius_median_mm"] = float(np.median(r)) if len(r) else None
+    return out

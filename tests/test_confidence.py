@@ -75,6 +75,43 @@ def test_failure_probability_and_threshold_hold_on_new_data():
     assert figures["auroc_4mm"] > 0.8
 
 
+@pytest.mark.parametrize("threshold_from", ["expected", "counted"])
+def test_logistic_failure_model_holds_on_new_data(threshold_from):
+    """The failures themselves regressed on the cues: the expected number of failures on new data is the
+    observed one, the stored threshold catches about the goal, and the score ranks as the residual one."""
+    train = synthetic(3000, seed=7)
+    cal = fit_calibration(*train, failure_mm=4.0, goal=0.8, failure_model="logistic", threshold_from=threshold_from)
+    assert cal.failure_model == "logistic" and len(cal.failure_coef) == len(cal.features)
+    assert cal.failure_offsets["c"] > cal.failure_offsets["a"] + 0.5  # the hard landmark fails more often
+    f, err, names = synthetic(20000, seed=8)
+    p_fail = cal.failure_probability(f, names)
+    failed = err > 4.0
+    sd = math.sqrt(np.sum(p_fail * (1 - p_fail)))
+    assert abs(p_fail.sum() - failed.sum()) < 4 * sd + 0.05 * failed.sum()
+    flagged = cal.confidence(f, names) < cal.threshold
+    assert 0.72 < (flagged & failed).sum() / failed.sum() < 0.9
+    residual = fit_calibration(*train, failure_mm=4.0)
+    auroc = confidence_figures(err, cal.confidence(f, names), None, None, 4.0)["auroc_4mm"]
+    assert auroc > 0.8
+    assert auroc > confidence_figures(err, residual.confidence(f, names), None, None, 4.0)["auroc_4mm"] - 0.02
+    # the radius is the residual model's either way
+    np.testing.assert_allclose(cal.radius_mm(f, names), residual.radius_mm(f, names))
+    again = Calibration.from_dict(cal.to_dict(), "model.pt")
+    np.testing.assert_array_equal(again.confidence(f, names), cal.confidence(f, names))
+
+
+def test_auto_failure_model_needs_failures_to_learn_from():
+    few = synthetic(150, seed=9)  # about 10 errors > 4 mm
+    assert (few[1] > 4.0).sum() < 20
+    assert fit_calibration(*few, failure_model="auto").failure_model == "residual"
+    assert fit_calibration(*synthetic(2000, seed=9), failure_model="auto").failure_model == "logistic"
+    with pytest.raises(CalibrationError, match="failure_model must be one of"):
+        fit_calibration(*few, failure_model="forest")
+    f, err, names = few
+    with pytest.raises(CalibrationError, match="no validation error above 40 mm to count"):
+        fit_calibration(f, err, names, failure_mm=40.0, threshold_from="counted")
+
+
 def test_constant_cues_are_left_out_and_the_dict_round_trips():
     f, err, names = synthetic(200, seed=4)
     cal = fit_calibration(f, err, names)
@@ -93,6 +130,8 @@ def test_constant_cues_are_left_out_and_the_dict_round_trips():
         ({"coverage": 1.5}, "'coverage' must lie in"),
         ({"surprise": 1}, "unknown ['surprise']"),
         ({"version": 99}, "calibration version 99"),
+        ({"failure_model": "forest"}, "failure_model must be residual or logistic"),
+        ({"failure_model": "logistic", "failure_coef": [1.0]}, "'failure_coef' must be"),
     ],
 )
 def test_bad_stored_calibration_is_one_clear_line(change, message):

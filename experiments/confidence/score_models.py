@@ -1,0 +1,113 @@
+"""Choosing the confidence score on cross-fitted validation landmarks (issue 21).
+
+1. ``rows``: every fold bundle of ``experiments/isbi2015/cross_fit.sh`` predicts the training images held
+   out of it (``dataset.folds=K dataset.fold=k``), run as the chosen pipeline runs (two local passes, the
+   second for landmarks moved > ``--repass-mm``); the cues, errors, landmark names and cases go to one
+   ``.npz``.
+2. ``compare``: each way of scoring (``landmark_lit.confidence.fit_calibration`` with its options) is fitted
+   on all images but one group and scored on the held-out group (grouped by image, so no image is on both
+   sides), and the pooled held-out figures are printed: AUROC for errors above 2 mm and the failure
+   distance, share flagged, failures caught, the radius' coverage and median. Nothing here sees Test1.
+
+    python experiments/confidence/score_models.py rows OUT/fold0.pt OUT/fold1.pt OUT/fold2.pt --out rows.npz
+    python experiments/confidence/score_models.py compare rows.npz [--groups 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from landmark_lit.confidence import confidence_figures, fit_calibration
+from landmark_lit.config import register_resolvers
+from landmark_lit.inference.calibrate import calibration_source
+from landmark_lit.inference.predictor import LandmarkPredictor
+
+
+def rows(args: argparse.Namespace) -> None:
+    register_resolvers()
+    feats, errs, names, cases = [], [], [], []
+    for k, path in enumerate(args.bundles):
+        predictor = LandmarkPredictor.from_bundle(path)
+        predictor.configure(local_iterations=args.iterations, local_repass_mm=args.repass_mm)
+        predictor._warned = True  # uncalibrated by design
+        source, _, what = calibration_source(args.dataset, None, "val", len(args.bundles), k)
+        print(f"fold {k}: {path} on {what} ({len(source)} images)", flush=True)
+        for i in range(len(source)):
+            case = source[i]
+            p = predictor.predict(case.image, case.affine)
+            feats.append(p.features)
+            errs.append(np.linalg.norm(p.world - np.asarray(case.landmarks_world, np.float64), axis=1))
+            names += predictor.landmark_names
+            cases += [f"{k}:{i}"] * len(predictor.landmark_names)
+    np.savez(
+        args.out,
+        features=np.concatenate(feats),
+        errors=np.concatenate(errs),
+        names=np.asarray(names),
+        cases=np.asarray(cases),
+    )
+    e = np.concatenate(errs)
+    print(f"{len(e)} landmarks, MRE {np.nanmean(e):.3f} mm, {int((e > args.failure_mm).sum())} > {args.failure_mm} mm")
+
+
+VARIANTS = {
+    "ridge (stored default)": {},
+}
+
+
+def compare(args: argparse.Namespace) -> None:
+    data = np.load(args.rows, allow_pickle=False)
+    x, err, names, cases = data["features"], data["errors"], data["names"], data["cases"]
+    unique = np.unique(cases)
+    rng = np.random.default_rng(0)
+    group_of = dict(zip(unique, rng.permutation(len(unique)) % args.groups, strict=True))
+    group = np.array([group_of[c] for c in cases])
+    out = {}
+    for label, options in VARIANTS.items():
+        conf = np.full(len(err), np.nan)
+        flag = np.zeros(len(err), bool)
+        radius = np.full(len(err), np.nan)
+        for g in range(args.groups):
+            train, test = group != g, group == g
+            cal = fit_calibration(x[train], err[train], names[train], failure_mm=args.failure_mm, **options)
+            conf[test] = cal.confidence(x[test], names[test])
+            flag[test] = conf[test] < cal.threshold
+            radius[test] = cal.radius_mm(x[test], names[test])
+        figures = confidence_figures(err, conf, flag, radius, args.failure_mm)
+        out[label] = figures
+        print(
+            f"{label:40s} AUROC>2 {figures['auroc_2mm']:.3f} AUROC>{args.failure_mm:g} "
+            f"{figures[f'auroc_{args.failure_mm:g}mm']:.3f} flagged {100 * figures['share_flagged']:.1f} % "
+            f"caught {figures['failures_caught']}/{figures['failures']} "
+            f"coverage {100 * figures['radius_coverage']:.1f} % median {figures['radius_median_mm']:.2f} mm",
+            flush=True,
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("rows")
+    r.add_argument("bundles", nargs="+")
+    r.add_argument("--dataset", default="isbi2015")
+    r.add_argument("--iterations", type=int, default=2)
+    r.add_argument("--repass-mm", type=float, default=0.5)
+    r.add_argument("--failure-mm", type=float, default=4.0)
+    r.add_argument("--out", required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("rows")
+    c.add_argument("--groups", type=int, default=10)
+    c.add_argument("--failure-mm", type=float, default=4.0)
+    c.add_argument("--json")
+    args = parser.parse_args()
+    {"rows": rows, "compare": compare}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
