@@ -80,7 +80,9 @@ def test_logistic_failure_model_holds_on_new_data(threshold_from):
     """The failures themselves regressed on the cues: the expected number of failures on new data is the
     observed one, the stored threshold catches about the goal, and the score ranks as the residual one."""
     train = synthetic(3000, seed=7)
-    cal = fit_calibration(*train, failure_mm=4.0, goal=0.8, failure_model="logistic", threshold_from=threshold_from)
+    cal = fit_calibration(
+        *train, failure_mm=4.0, goal=0.8, failure_model="logistic", threshold_from=threshold_from
+    )
     assert cal.failure_model == "logistic" and len(cal.failure_coef) == len(cal.features)
     assert cal.failure_offsets["c"] > cal.failure_offsets["a"] + 0.5  # the hard landmark fails more often
     f, err, names = synthetic(20000, seed=8)

@@ -50,7 +50,9 @@ def rows(args: argparse.Namespace) -> None:
         cases=np.asarray(cases),
     )
     e = np.concatenate(errs)
-    print(f"{len(e)} landmarks, MRE {np.nanmean(e):.3f} mm, {int((e > args.failure_mm).sum())} > {args.failure_mm} mm")
+    print(
+        f"{len(e)} landmarks, MRE {np.nanmean(e):.3f} mm, {int((e > args.failure_mm).sum())} > {args.failure_mm} mm"
+    )
 
 
 VARIANTS = {
@@ -91,7 +93,9 @@ def compare(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("rows")
     r.add_argument("bundles", nargs="+")
