@@ -56,7 +56,10 @@ def rows(args: argparse.Namespace) -> None:
 
 
 VARIANTS = {
-    "ridge (stored default)": {},
+    "residual, expected failures": {"failure_model": "residual", "threshold_from": "expected"},
+    "residual, counted failures": {"failure_model": "residual", "threshold_from": "counted"},
+    "logistic, expected failures": {"failure_model": "logistic", "threshold_from": "expected"},
+    "logistic, counted failures": {"failure_model": "logistic", "threshold_from": "counted"},
 }
 
 

@@ -104,6 +104,8 @@ def calibrate(cfg: DictConfig, predictor: LandmarkPredictor) -> Calibration:
         float(cfg.get("calibration_goal", DEFAULT_GOAL)),
         float(cfg.get("radius_coverage", DEFAULT_COVERAGE)),
         description,
+        failure_model=cfg.get("calibration_failure_model"),
+        threshold_from=cfg.get("calibration_threshold_from"),
     )
 
 

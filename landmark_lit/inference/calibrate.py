@@ -33,6 +33,8 @@ from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.inference.stages import Stage, load_stage, torch_load
 from landmark_lit.utils import atomic_path
 
+FIT_OPTIONS = ("failure_model", "threshold_from")  # fit_calibration's choices of scoring, by name
+
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +47,13 @@ def _fit(
     return fit_calibration(features, errors, names, fitted_on=fitted_on, **settings)
 
 
-def _settings(failure_mm: float, goal: float, coverage: float) -> dict:
-    return {"failure_mm": float(failure_mm), "goal": float(goal), "coverage": float(coverage)}
+def _settings(failure_mm: float, goal: float, coverage: float, options: dict[str, Any]) -> dict:
+    """fit_calibration's settings; ``options``: its ``failure_model`` / ``threshold_from`` (None: default)."""
+    unknown = sorted(set(options) - set(FIT_OPTIONS))
+    if unknown:
+        raise ValueError(f"calibration options {unknown} unknown (known: {list(FIT_OPTIONS)})")
+    out = {"failure_mm": float(failure_mm), "goal": float(goal), "coverage": float(coverage)}
+    return out | {k: str(v) for k, v in options.items() if v is not None}
 
 
 def calibrate_predictor(
@@ -56,9 +63,11 @@ def calibrate_predictor(
     goal: float = DEFAULT_GOAL,
     coverage: float = DEFAULT_COVERAGE,
     description: str = "",
+    **options: Any,
 ) -> Calibration:
-    """The calibration of the whole pipeline ``predictor`` on the annotated cases of ``source``."""
-    return calibrate_cross_fitted([(predictor, source)], failure_mm, goal, coverage, description)
+    """The calibration of the whole pipeline ``predictor`` on the annotated cases of ``source``
+    (``options``: :data:`FIT_OPTIONS`)."""
+    return calibrate_cross_fitted([(predictor, source)], failure_mm, goal, coverage, description, **options)
 
 
 def calibrate_cross_fitted(
@@ -67,6 +76,7 @@ def calibrate_cross_fitted(
     goal: float = DEFAULT_GOAL,
     coverage: float = DEFAULT_COVERAGE,
     description: str = "",
+    **options: Any,
 ) -> Calibration:
     """One calibration from several pipelines, each predicting annotated cases it was not trained on.
 
@@ -87,7 +97,7 @@ def calibrate_cross_fitted(
     fitted_on = {"pipeline": pipeline, "cases": cases, "data": description}
     if len(folds) > 1:
         fitted_on["cross_fitted_folds"] = len(folds)
-    return _fit(rows, _settings(failure_mm, goal, coverage), fitted_on)
+    return _fit(rows, _settings(failure_mm, goal, coverage, options), fitted_on)
 
 
 def _pipeline_rows(
@@ -122,6 +132,7 @@ def calibrate_local_stage(
     coverage: float = DEFAULT_COVERAGE,
     seed: int = 0,
     description: str = "",
+    **options: Any,
 ) -> Calibration:
     """A local stage's calibration, each pass started ``offset_sd_mm`` (normal, per axis) off the reference
     landmarks of ``source`` (fixed ``seed``): the stage as it runs after a global stage of that error."""
@@ -159,7 +170,7 @@ def calibrate_local_stage(
         "data": description,
         "simulated_global_sd_mm": [float(v) for v in np.atleast_1d(offset_sd_mm)],
     }
-    return _fit(rows, _settings(failure_mm, goal, coverage), fitted_on)
+    return _fit(rows, _settings(failure_mm, goal, coverage, options), fitted_on)
 
 
 def store_calibration(checkpoint: str | os.PathLike, calibration: Calibration) -> None:
@@ -182,6 +193,7 @@ def calibrate_checkpoint(
     off the references, default 0.5 mm) and store the calibration in ``best`` and the files ``also``."""
     stage = load_stage(best)
     goal = {k: float(settings[k]) for k in ("failure_mm", "goal", "coverage") if settings.get(k) is not None}
+    goal |= {k: settings[k] for k in FIT_OPTIONS if settings.get(k) is not None}
     if stage.meta.stage == "global":
         cal = calibrate_predictor(LandmarkPredictor(stage), source, description=description, **goal)
     else:

@@ -225,7 +225,18 @@ def test_export_calibrates_on_cross_fitting_folds(models, tmp_path, monkeypatch)
         fold = LandmarkPredictor.from_bundle(b)
         fold.configure(RunSettings(local_iterations=2))
         by_hand.append((fold, RandomCases(n=8, seed=10 + k)))
-    assert calibrate_cross_fitted(by_hand, failure_mm=3.0).validation == cal.validation
+    assert calibrate_cross_fitted(by_hand, failure_mm=3.0, failure_model="auto").validation == cal.validation
+    # the scoring's choices reach the fit: the failures regressed themselves, the threshold from their count
+    chosen = [*overrides, "calibration_failure_model=logistic", "calibration_threshold_from=counted"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        export(compose("export", overrides=chosen))
+    logistic = load_bundle(tmp_path / "m.pt").calibration
+    assert logistic.failure_model == "logistic" and logistic.validation["threshold_from"] == "counted"
+    assert logistic == calibrate_cross_fitted(
+        by_hand, 3.0, description="fold 0; fold 1", failure_model="logistic", threshold_from="counted"
+    )
+    with pytest.raises(ValueError, match=r"calibration options \['forest'\] unknown"):
+        calibrate_cross_fitted(by_hand, forest=1)
     coarse = tmp_path / "coarse.pt"
     lc = write_checkpoint(tmp_path / "lc.ckpt", stage_description("local", 2, 1.5, 8))
     save_bundle(coarse, g, [lc], RunSettings())
