@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from landmark_lit.metrics import DEFAULT_FAILURE_MM, confidence_figures
+from landmark_lit.penalized import best_ridge, cv_logistic
 from landmark_lit.utils import is_finite_number
 
 __all__ = ["Calibration", "CalibrationError", "confidence_figures", "fit_calibration", "landmark_features"]
@@ -235,24 +236,6 @@ def _survival(residuals: np.ndarray, bandwidth: float, at: np.ndarray) -> np.nda
     return ndtr((residuals[None, :] - at[:, None]) / bandwidth).mean(axis=1)
 
 
-def _loo_ridge(
-    x: np.ndarray, groups: np.ndarray, y: np.ndarray, ridge: float, group_ridge: float
-) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Ridge of y on standardised cues x (penalty ``ridge``) and one offset per group (one-hot columns
-    ``groups``, penalty ``group_ridge``: offsets shrunk towards the common intercept, which is not
-    penalised): coefficients, intercept, group offsets and the leave-one-out residuals (closed form,
-    ``r_i / (1 - h_ii)``)."""
-    n, f = x.shape
-    g = groups.shape[1]
-    a = np.concatenate([np.ones((n, 1)), x, groups], axis=1)
-    pen = np.diag([0.0] + [ridge] * f + [group_ridge] * g)
-    inv = np.linalg.pinv(a.T @ a + pen)
-    beta = inv @ a.T @ y
-    h = np.einsum("ij,jk,ik->i", a, inv, a)
-    loo = (y - a @ beta) / np.clip(1 - h, 1e-6, None)
-    return beta[1 : f + 1], float(beta[0]), beta[f + 1 :], loo
-
-
 def fit_calibration(
     features: np.ndarray,
     errors_mm: np.ndarray,
@@ -270,42 +253,27 @@ def fit_calibration(
     the validation landmarks (e.g. the local shift of a global-only model) are not used.
     ``failure_model`` and ``threshold_from``: see the module docstring."""
     x, err, names = _calibration_data(features, errors_mm, names, failure_mm, goal, coverage)
-    if failure_model not in FAILURE_MODELS or threshold_from not in THRESHOLD_RULES:
-        raise CalibrationError(
-            f"calibration: failure_model must be one of {list(FAILURE_MODELS)} and threshold_from one of "
-            f"{list(THRESHOLD_RULES)}, got {failure_model!r}, {threshold_from!r}"
-        )
-    n = len(err)
-    y = np.log(np.maximum(err, 1e-3))
+    _check_options(failure_model, threshold_from)
+    n, y = len(err), np.log(np.maximum(err, 1e-3))
     sd = x.std(axis=0)
     used = [i for i in range(x.shape[1]) if sd[i] > 1e-9]
     xs, mean, scale = x[:, used], x[:, used].mean(axis=0), sd[used]
     z = (xs - mean) / scale
     landmarks = list(dict.fromkeys(names))
     onehot = (names[:, None] == np.asarray(landmarks, dtype=object)[None, :]).astype(np.float64)
-    ridge, group_ridge, coef, intercept, offsets, loo = _best_ridge(z, onehot, y)
+    ridge, group_ridge, coef, intercept, offsets, loo = best_ridge(z, onehot, y, RIDGES, LANDMARK_RIDGES)
     residuals = np.sort(loo)
     # Silverman's rule of thumb
     spread = min(residuals.std(), (np.quantile(residuals, 0.75) - np.quantile(residuals, 0.25)) / 1.34)
     bandwidth = max(0.9 * spread * n ** (-0.2), 1e-3)
     m = y - loo  # leave-one-out predictions of log error
-    radius_q = conformal_quantile(loo, coverage)
-    if not math.isfinite(radius_q):
-        raise CalibrationError(f"calibration: {n} validation landmarks are too few for coverage {coverage}")
-    per_landmark = {
-        str(k): conformal_quantile(loo[names == k], coverage)
-        for k in dict.fromkeys(names)
-        if (names == k).sum() >= min_per_landmark
-    }
+    radius_q, per_landmark = _radius_quantiles(loo, names, coverage, min_per_landmark)
     failed = err > failure_mm
-    tail: dict[str, Any] = {}
     if failure_model == "logistic" or (failure_model == "auto" and failed.sum() >= MIN_LOGISTIC_FAILURES):
         tail, p_fail = _fit_logistic(z, onehot, failed, landmarks)  # p_fail held out (cross-validated)
     else:
-        p_fail = _survival(residuals, bandwidth, math.log(failure_mm) - m)
+        tail, p_fail = {}, _survival(residuals, bandwidth, math.log(failure_mm) - m)
     conf = 1.0 - p_fail
-    if threshold_from == "counted" and not failed.any():
-        raise CalibrationError(f"calibration: no validation error above {failure_mm:g} mm to count")
     threshold = _threshold_for_goal(conf, p_fail if threshold_from == "expected" else failed, goal)
     cal = Calibration(
         features=[FEATURES[i] for i in used],
@@ -334,32 +302,38 @@ def fit_calibration(
     return dataclasses.replace(cal, validation={"n_landmarks": n, **report})
 
 
+def _check_options(failure_model: str, threshold_from: str) -> None:
+    if failure_model not in FAILURE_MODELS or threshold_from not in THRESHOLD_RULES:
+        raise CalibrationError(
+            f"calibration: failure_model must be one of {list(FAILURE_MODELS)} and threshold_from one of "
+            f"{list(THRESHOLD_RULES)}, got {failure_model!r}, {threshold_from!r}"
+        )
+
+
+def _radius_quantiles(
+    loo: np.ndarray, names: np.ndarray, coverage: float, min_per_landmark: int
+) -> tuple[float, dict[str, float]]:
+    """The conformal quantile of the leave-one-out residuals, pooled and per landmark with enough cases."""
+    radius_q = conformal_quantile(loo, coverage)
+    if not math.isfinite(radius_q):
+        raise CalibrationError(
+            f"calibration: {len(loo)} validation landmarks are too few for coverage {coverage}"
+        )
+    per_landmark = {
+        str(k): conformal_quantile(loo[names == k], coverage)
+        for k in dict.fromkeys(names)
+        if (names == k).sum() >= min_per_landmark
+    }
+    return radius_q, per_landmark
+
+
 def _fit_logistic(
     z: np.ndarray, onehot: np.ndarray, failed: np.ndarray, landmarks: list[str]
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """A penalised logistic regression of ``failed`` on the standardised cues ``z`` and one offset per
-    landmark (``onehot``), its two penalties chosen by the log-loss of ``LOGISTIC_FOLDS`` contiguous
-    folds (rows come case by case, so a case's landmarks stay in one fold): the Calibration fields and
-    the held-out (cross-validated) failure probabilities of the chosen penalties."""
-    from scipy.special import expit
-
+    """The logistic failure model's Calibration fields and its held-out failure probabilities."""
     if not 0 < failed.sum() < len(failed):
         raise CalibrationError("calibration: a logistic failure model needs failures and successes")
-    y = failed.astype(np.float64)
-    fold = np.arange(len(y)) * LOGISTIC_FOLDS // len(y)
-    best = None
-    for ridge in RIDGES:
-        for group_ridge in LANDMARK_RIDGES:
-            held = np.empty(len(y))
-            for k in range(LOGISTIC_FOLDS):
-                beta = _logistic(z[fold != k], onehot[fold != k], y[fold != k], ridge, group_ridge)
-                held[fold == k] = expit(_design(z[fold == k], onehot[fold == k]) @ beta)
-            p = np.clip(held, 1e-6, 1 - 1e-6)
-            loss = -float(np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-            if best is None or loss < best[0] - 1e-12:
-                best = (loss, ridge, group_ridge, held)
-    _, ridge, group_ridge, held = best
-    beta = _logistic(z, onehot, y, ridge, group_ridge)
+    beta, held = cv_logistic(z, onehot, failed.astype(np.float64), RIDGES, LANDMARK_RIDGES, LOGISTIC_FOLDS)
     f = z.shape[1]
     fields = {
         "failure_model": "logistic",
@@ -368,30 +342,6 @@ def _fit_logistic(
         "failure_offsets": {str(k): float(o) for k, o in zip(landmarks, beta[f + 1 :], strict=True)},
     }
     return fields, held
-
-
-def _design(z: np.ndarray, onehot: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.ones((len(z), 1)), z, onehot], axis=1)
-
-
-def _logistic(
-    z: np.ndarray, onehot: np.ndarray, y: np.ndarray, ridge: float, group_ridge: float
-) -> np.ndarray:
-    """Coefficients (intercept, cues, offsets) minimising the log-loss + ridge / 2 |cue coefs|^2 +
-    group_ridge / 2 |offsets|^2 (the intercept unpenalised)."""
-    from scipy.optimize import minimize
-
-    a = _design(z, onehot)
-    pen = np.array([0.0] + [ridge] * z.shape[1] + [group_ridge] * onehot.shape[1])
-
-    def loss(beta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = a @ beta
-        value = np.sum(np.logaddexp(0.0, t) - y * t) + 0.5 * np.sum(pen * beta**2)
-        return float(value), a.T @ (1.0 / (1.0 + np.exp(-t)) - y) + pen * beta
-
-    start = np.zeros(a.shape[1])
-    start[0] = math.log(max(y.mean(), 1e-6) / max(1 - y.mean(), 1e-6))
-    return minimize(loss, start, jac=True, method="L-BFGS-B").x
 
 
 def _calibration_data(
@@ -420,24 +370,14 @@ def _calibration_data(
     return x[keep], err[keep], names[keep]
 
 
-def _best_ridge(z: np.ndarray, onehot: np.ndarray, y: np.ndarray) -> tuple:
-    """(ridge, landmark ridge, coef, intercept, offsets, leave-one-out residuals) of the penalties with the
-    lowest leave-one-out squared error."""
-    best = None
-    for ridge in RIDGES:
-        for group_ridge in LANDMARK_RIDGES:
-            coef, intercept, offsets, loo = _loo_ridge(z, onehot, y, ridge, group_ridge)
-            score = float(np.mean(loo**2))
-            if best is None or score < best[0] - 1e-12:
-                best = (score, ridge, group_ridge, coef, intercept, offsets, loo)
-    return best[1:]
-
-
 def _threshold_for_goal(conf: np.ndarray, p_fail: np.ndarray, goal: float) -> float:
     """The lowest confidence threshold whose flagged landmarks (confidence < threshold) hold ``goal`` of
-    the expected failures ``sum(p_fail)``: midway between the last flagged and the next confidence."""
+    the failures ``sum(p_fail)`` (expected: probabilities; counted: 0 or 1): midway between the last
+    flagged and the next confidence."""
+    if not np.sum(p_fail) > 0:
+        raise CalibrationError("calibration: no validation failure to count")
     order = np.argsort(conf)
-    c, p = conf[order], p_fail[order]
+    c, p = conf[order], np.asarray(p_fail, np.float64)[order]
     share = np.cumsum(p) / max(p.sum(), 1e-12)
     m = int(np.searchsorted(share, goal - 1e-12))  # flag landmarks 0..m
     if m + 1 >= len(c):

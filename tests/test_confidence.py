@@ -110,7 +110,7 @@ def test_auto_failure_model_needs_failures_to_learn_from():
     with pytest.raises(CalibrationError, match="failure_model must be one of"):
         fit_calibration(*few, failure_model="forest")
     f, err, names = few
-    with pytest.raises(CalibrationError, match="no validation error above 40 mm to count"):
+    with pytest.raises(CalibrationError, match="no validation failure to count"):
         fit_calibration(f, err, names, failure_mm=40.0, threshold_from="counted")
 
 

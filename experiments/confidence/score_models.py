@@ -28,7 +28,7 @@ from landmark_lit.inference.predictor import LandmarkPredictor
 
 def rows(args: argparse.Namespace) -> None:
     register_resolvers()
-    feats, errs, names, cases = [], [], [], []
+    feats, errs, names, cases, world, refs = [], [], [], [], [], []
     for k, path in enumerate(args.bundles):
         predictor = LandmarkPredictor.from_bundle(path)
         predictor.configure(local_iterations=args.iterations, local_repass_mm=args.repass_mm)
@@ -38,8 +38,11 @@ def rows(args: argparse.Namespace) -> None:
         for i in range(len(source)):
             case = source[i]
             p = predictor.predict(case.image, case.affine)
+            ref = np.asarray(case.landmarks_world, np.float64)
             feats.append(p.features)
-            errs.append(np.linalg.norm(p.world - np.asarray(case.landmarks_world, np.float64), axis=1))
+            errs.append(np.linalg.norm(p.world - ref, axis=1))
+            world.append(p.world)
+            refs.append(ref)
             names += predictor.landmark_names
             cases += [f"{k}:{i}"] * len(predictor.landmark_names)
     np.savez(
@@ -48,6 +51,8 @@ def rows(args: argparse.Namespace) -> None:
         errors=np.concatenate(errs),
         names=np.asarray(names),
         cases=np.asarray(cases),
+        world=np.concatenate(world),
+        references=np.concatenate(refs),
     )
     e = np.concatenate(errs)
     print(
