@@ -58,21 +58,24 @@ def test_radius_covers_new_landmarks_within_a_binomial_bound():
     assert 1.6 < ratio < 2.5
 
 
-def test_failure_probability_and_threshold_hold_on_new_data():
-    cal = fit_calibration(*synthetic(1000, seed=2), failure_mm=4.0, goal=0.8)
-    f, err, names = synthetic(20000, seed=3)
+def assert_holds_on_new_data(cal, seed: int) -> tuple[float, tuple]:
+    """On 20000 new landmarks: the expected number of failures is the observed one (within 4 binomial SD
+    + 5 % for the fit) and the stored threshold catches about the goal (0.8) of them; their AUROC."""
+    f, err, names = synthetic(20000, seed=seed)
     p_fail = cal.failure_probability(f, names)
     failed = err > 4.0
-    # expected number of failures = observed, within 4 binomial SD (+ 5 % for the fit)
     sd = math.sqrt(np.sum(p_fail * (1 - p_fail)))
     assert abs(p_fail.sum() - failed.sum()) < 4 * sd + 0.05 * failed.sum()
     flagged = cal.confidence(f, names) < cal.threshold
-    caught = (flagged & failed).sum() / failed.sum()
-    assert 0.72 < caught < 0.9  # the goal, 0.8
+    assert 0.72 < (flagged & failed).sum() / failed.sum() < 0.9
     assert flagged.mean() < 0.5
-    # the score ranks: failures are found far better than by chance
-    figures = confidence_figures(err, cal.confidence(f, names), flagged, None, 4.0)
-    assert figures["auroc_4mm"] > 0.8
+    return confidence_figures(err, cal.confidence(f, names), flagged, None, 4.0)["auroc_4mm"], (f, err, names)
+
+
+def test_failure_probability_and_threshold_hold_on_new_data():
+    cal = fit_calibration(*synthetic(1000, seed=2), failure_mm=4.0, goal=0.8)
+    auroc, _ = assert_holds_on_new_data(cal, seed=3)
+    assert auroc > 0.8  # the score ranks: failures are found far better than by chance
 
 
 @pytest.mark.parametrize("threshold_from", ["expected", "counted"])
@@ -85,15 +88,8 @@ def test_logistic_failure_model_holds_on_new_data(threshold_from):
     )
     assert cal.failure_model == "logistic" and len(cal.failure_coef) == len(cal.features)
     assert cal.failure_offsets["c"] > cal.failure_offsets["a"] + 0.5  # the hard landmark fails more often
-    f, err, names = synthetic(20000, seed=8)
-    p_fail = cal.failure_probability(f, names)
-    failed = err > 4.0
-    sd = math.sqrt(np.sum(p_fail * (1 - p_fail)))
-    assert abs(p_fail.sum() - failed.sum()) < 4 * sd + 0.05 * failed.sum()
-    flagged = cal.confidence(f, names) < cal.threshold
-    assert 0.72 < (flagged & failed).sum() / failed.sum() < 0.9
-    residual = fit_calibration(*train, failure_mm=4.0)
-    auroc = confidence_figures(err, cal.confidence(f, names), None, None, 4.0)["auroc_4mm"]
+    auroc, (f, err, names) = assert_holds_on_new_data(cal, seed=8)
+    residual = fit_calibration(*train, failure_mm=4.0, failure_model="residual")
     assert auroc > 0.8
     assert auroc > confidence_figures(err, residual.confidence(f, names), None, None, 4.0)["auroc_4mm"] - 0.02
     # the radius is the residual model's either way
