@@ -245,7 +245,7 @@ def fit_calibration(
     coverage: float = DEFAULT_COVERAGE,
     min_per_landmark: int = MIN_PER_LANDMARK,
     fitted_on: dict[str, Any] | None = None,
-    failure_model: str = "residual",
+    failure_model: str = "auto",
     threshold_from: str = "expected",
 ) -> Calibration:
     """Fit a calibration on N validation landmarks: ``features`` (N, len(FEATURES)), their errors (N,) mm
