@@ -5,7 +5,8 @@
 # conf/dataset/isbi2015.yaml). For each fold the pipeline is trained again from its configs with that
 # part held out: the global stage on core 0 and the local stage on core 1 at once, one thread each
 # (GLOBAL_EXPERIMENT / LOCAL_EXPERIMENT, default isbi2015_global / isbi2015_local, plus GLOBAL_OVERRIDES /
-# LOCAL_OVERRIDES). Each fold's last checkpoints (no choice on the held-out part) become OUT/foldK.pt.
+# LOCAL_OVERRIDES; keep the chosen schedule: folds trained shorter than the deployed model calibrate it too
+# optimistically, experiments/confidence/RESULTS.md). Each fold's last checkpoints (no choice on the held-out part) become OUT/foldK.pt.
 # Then GLOBAL.ckpt + LOCAL.ckpt (the chosen pipeline, trained on its 140 images) is exported as
 # OUT/global_to_local.pt with one calibration fitted on every fold's predictions of its held-out images
 # (landmark-export calibration_folds=[...], two local passes). A fold whose bundle exists is not retrained.
