@@ -168,13 +168,20 @@ def _load_nibabel(path: Path) -> Any:
     return nib.load(str(path))
 
 
-def _read_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(C, *spatial) float32 array and (D + 1, D + 1) RAS affine of a file nibabel reads."""
+# integer types kept as stored by ``load_image(..., integers=True)`` (torch holds them; float32 holds their
+# values up to 2^24 exactly, as the conversion would)
+KEPT_INTEGERS = (np.int8, np.uint8, np.int16, np.int32)
+
+
+def _read_nibabel(path: Path, integers: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(C, *spatial) float32 array (with ``integers``, the stored integers of an unscaled integer file)
+    and (D + 1, D + 1) RAS affine of a file nibabel reads."""
     try:
         img = _load_nibabel(path)
         if not hasattr(img, "dataobj") or not hasattr(img, "affine"):
             raise ImageReadError(f"{path}: not an image nibabel can read as an array ({type(img).__name__})")
-        array = np.asarray(img.dataobj, dtype=np.float32)
+        array = _stored_integers(img.dataobj) if integers else None
+        array = np.asarray(img.dataobj, dtype=np.float32) if array is None else array
         affine = np.asarray(img.affine, dtype=np.float64)
     except ImageReadError:
         raise
@@ -189,6 +196,16 @@ def _read_nibabel(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if array.ndim == 2:  # a 2D file: the in-plane part of its 4 x 4 affine
         affine = affine[np.ix_([0, 1, 3], [0, 1, 3])]
     return array[None], affine
+
+
+def _stored_integers(dataobj: Any) -> np.ndarray | None:
+    """The array as stored when it is one of :data:`KEPT_INTEGERS` without scaling, else None."""
+    slope, inter = getattr(dataobj, "slope", None), getattr(dataobj, "inter", None)
+    dtype = getattr(dataobj, "dtype", None)
+    if slope != 1.0 or inter != 0.0 or dtype is None or np.dtype(dtype).type not in KEPT_INTEGERS:
+        return None
+    array = np.asanyarray(dataobj.get_unscaled())
+    return array if array.dtype.type in KEPT_INTEGERS else None
 
 
 def _has_dicom_preamble(path: Path) -> bool:
@@ -223,13 +240,19 @@ def _read_dicom_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return array, affine
 
 
-def load_image(path: str | os.PathLike, jpeg_reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def load_image(
+    path: str | os.PathLike, jpeg_reduce: int = 1, integers: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Read an image file, or a DICOM series folder (see the module docstring for the readers).
 
     ``jpeg_reduce`` (1, 2, 4 or 8): a JPEG is decoded at 1 / ``jpeg_reduce`` of its size in the DCT domain
     (Pillow's draft mode, far cheaper than decoding every pixel); its affine then maps the reduced pixels to
     the full-size pixel grid (pixel j of the reduced image covers full-size pixels j*r .. j*r + r - 1: size
     r, centre j*r + (r - 1) / 2), so positions keep their meaning. Other formats ignore it.
+
+    ``integers``: a NIfTI / ANALYZE / MGH file of 8, 16 or 32-bit integers without scaling comes back as
+    stored (a CT's int16: half the memory of float32, and no conversion pass: prediction's resampling
+    converts it plane by plane).
 
     Returns:
         image: float32 array (C, *spatial), channel first.
@@ -247,7 +270,7 @@ def load_image(path: str | os.PathLike, jpeg_reduce: int = 1) -> tuple[np.ndarra
         if array is not None:
             return _checked(path, array, reduced_affine(reduced))
     if path.is_file() and path.name.lower().endswith(NIBABEL_SUFFIXES):
-        return _checked(path, *_read_nibabel(path))
+        return _checked(path, *_read_nibabel(path, integers))
     if path.is_file() and (path.name.lower().endswith(".dcm") or _has_dicom_preamble(path)):
         return _checked(path, *_read_dicom_file(path))
     if path.is_file() and _format_of(path) is None and not path.name.lower().endswith(_PIL_SUFFIXES):
@@ -283,7 +306,9 @@ def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndar
         raise ImageReadError(f"{path}: expected a 2D or 3D image, got spatial shape {array.shape[1:]}")
     if not np.all(np.isfinite(affine)):
         raise ImageReadError(f"{path}: affine contains NaN or infinite values")
-    if not np.all(np.isfinite(array)):
+    # integers are finite; a float sum in float64 is finite exactly when every value is (no overflow from
+    # float32 values; NaN and +-inf propagate), one pass without a boolean copy
+    if array.dtype.kind == "f" and not np.isfinite(np.sum(array, dtype=np.float64)):
         raise ImageReadError(f"{path}: image contains NaN or infinite values")
     return array, affine
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +53,7 @@ def resample_to_spacing(
     spacing: float | Sequence[float],
     mode: str = "bilinear",
     antialias: bool = True,
+    contiguous: bool = True,
 ) -> tuple[Tensor, np.ndarray]:
     """Resample (C, *spatial) to a new voxel spacing (mm), keeping orientation and the first voxel's centre.
 
@@ -65,33 +66,67 @@ def resample_to_spacing(
     (output x input) matrix per axis (:func:`axis_resampling_matrix`): 30-80 times faster on a whole
     cephalogram than filtering every input pixel, equal to float rounding (tested). Other modes use MONAI.
 
-    Returns the float32 tensor and its new affine.
+    Returns the float32 tensor and its new affine; with ``contiguous=False`` the tensor may be a view in
+    the input's memory order (no copy; a Fortran-ordered volume stays so).
     """
     x, target, factor = _resampling(image, affine, spacing)
     if np.allclose(factor, 1.0, rtol=1e-6, atol=1e-9):
-        return x, np.asarray(affine, dtype=np.float64)
+        return x.float(), np.asarray(affine, dtype=np.float64)
     if mode != "bilinear":
-        return resample_to_spacing_monai(x, affine, spacing, mode, antialias)
+        return resample_to_spacing_monai(x.float(), affine, spacing, mode, antialias)
     d = x.ndim - 1
     sigma = [float(max(0.0, (f - 1.0) / 2.0)) if antialias else 0.0 for f in factor]
-    # work on the axes in the order they lie in memory (a NIfTI volume is stored the other way round,
-    # Fortran order): the outermost axis is resampled without copying the whole image first
-    order = spatial_memory_order(x)
-    x = x.permute(0, *(a + 1 for a in order))
-    f_mem = factor[order]
-    todo = [i for i in range(d) if not (np.isclose(f_mem[i], 1.0, rtol=1e-6) and sigma[order[i]] == 0.0)]
-    # the outermost axis first if it changes, then the most reduced: the later products are smaller
-    todo.sort(key=lambda i: (i != 0, -f_mem[i]))
-    for i in todo:
-        n_in = x.shape[i + 1]
-        w = axis_resampling_matrix(n_in, float(f_mem[i]), sigma[order[i]])
-        moved = x.movedim(i + 1, 0)
-        out = torch.sparse.mm(w, moved.reshape(n_in, -1)).reshape(w.shape[0], *moved.shape[1:])
-        x = out.movedim(0, i + 1)
-    x = x.permute(0, *(int(order.index(a)) + 1 for a in range(d)))
+    mats = [
+        None
+        if np.isclose(factor[a], 1.0, rtol=1e-6) and sigma[a] == 0.0
+        else axis_resampling_matrix(x.shape[a + 1], float(factor[a]), sigma[a])
+        for a in range(d)
+    ]
+    channels = [_resample_separable(c, mats) for c in x]
+    x = channels[0][None] if len(channels) == 1 else torch.stack(channels)
     new_affine = np.asarray(affine, dtype=np.float64).copy()
     new_affine[:d, :d] = new_affine[:d, :d] * factor[None, :]
-    return x.contiguous(), new_affine
+    return (x.contiguous() if contiguous else x), new_affine
+
+
+def _resample_separable(x: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
+    """One channel (*spatial) through one sparse (out x in) matrix per axis (None: unchanged), reading
+    memory in order whatever the layout (a NIfTI volume is stored the other way round, Fortran order).
+
+    Axes are taken in memory order. A plane (2D) is ``W0 @ X``, then ``W1`` on the rows of its transpose
+    (a copy of the smaller intermediate: sparse products read a transposed view slowly). A volume is resampled plane by plane (the planes
+    along the outermost axis are contiguous), then along the outermost axis as one product over the
+    planes' voxels (that axis first when it leaves the smaller intermediate). No step copies the whole
+    image: on a CT (512 x 512 x 400) several times faster than moving each axis to the front in turn
+    (experiments/bench/RESULTS.md, issue 23). Returns the result in the input's axis order (a view, not
+    contiguous in general)."""
+    order = spatial_memory_order(x[None])  # logical axes from the outermost in memory
+    data = x.permute(*order).contiguous()  # a view when x is dense in any axis order
+    mem = [mats[a] for a in order]
+    if data.ndim == 2:
+        w0, w1 = mem
+        data = data.float()  # an integer image (a CT's int16) is converted one plane at a time
+        if w0 is not None:
+            data = torch.sparse.mm(w0, data)
+        if w1 is not None:  # the rows of the transposed copy, transposed back (a view)
+            data = torch.sparse.mm(w1, data.t().contiguous()).t()
+    else:
+        w0, plane = mem[0], mem[1:]
+        n0, n1, n2 = data.shape
+        m0, m1, m2 = (n if w is None else w.shape[0] for n, w in zip(data.shape, mem, strict=True))
+        outer_first = w0 is not None and m0 * n1 * n2 < n0 * m1 * m2
+        if outer_first or not any(w is not None for w in plane):
+            data = data.float()
+        if outer_first:
+            data = torch.sparse.mm(w0, data.reshape(n0, -1)).reshape(m0, n1, n2)
+        if any(w is not None for w in plane):
+            out = torch.empty((data.shape[0], m1, m2), dtype=torch.float32)
+            for i in range(data.shape[0]):
+                out[i] = _resample_separable(data[i], plane)
+            data = out
+        if w0 is not None and not outer_first:
+            data = torch.sparse.mm(w0, data.reshape(n0, -1)).reshape(m0, m1, m2)
+    return data.permute(*(order.index(a) for a in range(len(order))))
 
 
 def spatial_memory_order(x: Tensor) -> list[int]:
@@ -112,11 +147,22 @@ def value_range(x: np.ndarray | Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+# integer images stay as stored until resampled (load_image(..., integers=True): a CT's int16)
+INTEGER_DTYPES = (torch.int8, torch.uint8, torch.int16, torch.int32)
+
+
+def image_tensor(image: np.ndarray | Tensor) -> Tensor:
+    """The image as a tensor without copying where it can: 8 to 32-bit integers as they are, anything
+    else float32. Resampling converts integers one plane at a time."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    return x if x.dtype in INTEGER_DTYPES else x.float()
+
+
 def _resampling(
     image: np.ndarray | Tensor, affine: np.ndarray, spacing: float | Sequence[float]
 ) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """The float32 tensor, the target spacing (D,) and the factor target / current spacing (D,)."""
-    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image, dtype=torch.float32)
+    """The tensor (:func:`image_tensor`), the target spacing (D,) and the factor target / current spacing (D,)."""
+    x = image_tensor(image)
     target = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (x.ndim - 1,))
     return x, target, target / spacing_of(affine)
 
@@ -168,6 +214,7 @@ def resample_to_spacing_monai(
 ) -> tuple[Tensor, np.ndarray]:
     """:func:`resample_to_spacing` done with MONAI's ``GaussianSmooth`` and ``Spacing`` (any mode)."""
     x, target, factor = _resampling(image, affine, spacing)
+    x = x.float()
     if antialias and np.any(factor > 1.0 + 1e-6):
         sigma = [float(max(0.0, (f - 1.0) / 2.0)) for f in factor]
         x = GaussianSmooth(sigma=sigma)(x)
@@ -219,10 +266,13 @@ def equalize_histogram(image: Tensor, num_bins: int = 256) -> Tensor:
     return out.addcmul_(torch.take(cum[1:] - cum[:-1], i0), pos - i0)
 
 
-def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Tensor:
+def crop_or_pad(
+    image: Tensor, start: Sequence[int], size: Sequence[int], transform: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
     """Sub-image (C, *size) whose voxel 0 is voxel ``start`` of ``image`` (C, *spatial); zeros outside.
 
-    A landmark at voxel p of ``image`` is at ``p - start`` in the crop.
+    A landmark at voxel p of ``image`` is at ``p - start`` in the crop. ``transform`` maps the part inside
+    the image (e.g. an :class:`~landmark_lit.data.intensity.IntensityMap`) before the zeros are added.
     """
     d = image.ndim - 1
     src, pads = [], []
@@ -231,6 +281,7 @@ def crop_or_pad(image: Tensor, start: Sequence[int], size: Sequence[int]) -> Ten
         src.append(slice(a, max(a, b)))
         pads.append((a - int(s0), int(s0) + int(sz) - max(a, b)))
     out = image[(slice(None), *src)]
+    out = out if transform is None else transform(out)
     flat = [p for lo_hi in reversed(pads) for p in lo_hi]
     if any(flat):
         out = F.pad(out, flat)
@@ -321,6 +372,9 @@ def local_crop_starts(centres: Tensor, crop_size: Sequence[int]) -> Tensor:
     return torch.round(centres - (size - 1) / 2)
 
 
-def stack_local_crops(image: Tensor, starts: Tensor, crop_size: Sequence[int]) -> Tensor:
-    """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images."""
-    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size) for s in starts])
+def stack_local_crops(
+    image: Tensor, starts: Tensor, crop_size: Sequence[int], transform: Callable[[Tensor], Tensor] | None = None
+) -> Tensor:
+    """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images (``transform``: see
+    :func:`crop_or_pad`)."""
+    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size, transform) for s in starts])

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from landmark_lit.data.intensity import working_image_for_parts
 from landmark_lit.data.transforms import (
     local_crop_starts,
     spacing_of,
@@ -93,7 +94,8 @@ def refine_locally(
     Returns the stage's estimate and (K,) how far the last pass that ran for each landmark moved it, in mm.
     """
     with record_function("local preprocessing"):
-        x, aff = stage.preprocessing(image, affine)
+        # the resampled image and its normalisation, applied to the sub-images only
+        x, aff, normalise = working_image_for_parts(stage.preprocessing, image, affine)
     device = network_device(stage.net)
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
@@ -120,7 +122,7 @@ def refine_locally(
         with record_function("local sub-images"):
             start_from = centres if run is None else centres[run]
             starts = local_crop_starts(start_from, crop)
-            crops = stack_local_crops(x, starts, crop)  # on the CPU: sub-images of the resampled image
+            crops = stack_local_crops(x, starts, crop, normalise)  # on the CPU
         coords, s, p, _, g = decode_stage(stage, crops[None].to(device), scale.to(device), mirror, net, perm)
         new = coords[0].cpu() + starts
         moved = ((new - start_from) * scale).norm(dim=-1).double().numpy()

@@ -132,7 +132,7 @@ def predict_file(
             raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
     reduce = jpeg_reduction(predictor, 1.0 if values is None else float(values.max())) if reduced_jpeg else 1
     with record_function("reading"):
-        image, affine = load_image(path, jpeg_reduce=reduce)
+        image, affine = load_image(path, jpeg_reduce=reduce, integers=True)
     d = image.ndim - 1
     if values is not None and len(values) not in (1, d):
         raise InputError(f"{path}: spacing must be one value or {d}, got {spacing!r}")

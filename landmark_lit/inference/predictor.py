@@ -21,7 +21,7 @@ import torch
 from torch.profiler import record_function
 
 from landmark_lit.confidence import Calibration
-from landmark_lit.data.transforms import match_channels, spacing_of, value_range, world_to_voxel
+from landmark_lit.data.transforms import image_tensor, match_channels, spacing_of, value_range, world_to_voxel
 from landmark_lit.inference.passes import (
     StageEstimate,
     decode_stage,
@@ -108,7 +108,7 @@ def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndar
     """The image (C, *spatial) checked and in the global stage's channels (``x0``, for every stage), and
     its working image and affine at the stage's spacing; :class:`InputError` (one line) if the model
     cannot run on it."""
-    x0 = torch.as_tensor(image, dtype=torch.float32)
+    x0 = image_tensor(image)  # integers (a CT's int16) stay so until resampled, plane by plane
     check_image(x0, affine, int(stage.meta.spatial_dims))
     try:
         # one grey conversion (RGB -> grey) for all stages, done once on the full-size image

@@ -1,0 +1,114 @@
+"""A whole image's intensity normalisation, applied to parts of it: the local stage needs 19 (or 32)
+small sub-images of its working image, not the whole normalised image.
+
+:func:`intensity_map` measures what :func:`~landmark_lit.data.transforms.normalize_intensity` would
+measure on the whole image (its mean and standard deviation per channel; for "histeq" first the range
+and cumulative histogram, the statistics then of the equalised values), and the returned
+:class:`IntensityMap` normalises any part of that image to the same numbers as normalising the whole
+image and then cutting the part out (to float rounding, tested). For "zscore" (the volumes) the local
+stage's preprocessing then costs one pass of statistics over its working image instead of a normalised
+copy of it, and the resampled image is not copied into C order either (experiments/bench/RESULTS.md,
+issue 23); for "histeq" the histogram needs the equalised values, and it saves little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landmark_lit.data.transforms import (
+    INTENSITY_METHODS,
+    Preprocessing,
+    match_channels,
+    normalize_intensity,
+    resample_to_spacing,
+    spatial_memory_order,
+)
+
+NUM_BINS = 256  # equalize_histogram's default, as the stages use it
+
+
+@dataclass(frozen=True)
+class IntensityMap:
+    """Per-image normalisation measured on a whole (C, *spatial) image; call it on any (C, *part) of it.
+
+    ``histogram``: (lo, hi, normalised cumulative histogram) of the equalisation, None for "zscore" and
+    "none"; ``mean`` / ``std`` (C,): the z-score's statistics (of the equalised image for "histeq"),
+    None for "none"."""
+
+    method: str
+    mean: Tensor | None = None
+    std: Tensor | None = None
+    histogram: tuple[float, float, Tensor] | None = None
+
+    def __call__(self, part: Tensor) -> Tensor:
+        if self.method == "none":
+            return part
+        x = part.to(torch.float32)
+        if self.histogram is not None:
+            _, _, cum = self.histogram
+            i0, t = self._intervals(x)
+            x = torch.take(cum[:-1], i0).addcmul_(torch.take(cum[1:] - cum[:-1], i0), t)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        return (x - self.mean.view(shape)) / self.std.view(shape)
+
+    def _intervals(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Each value's interval between two bin centres (i0, long) and its place in it (t in [0, 1])."""
+        lo, hi, _ = self.histogram
+        pos = x.sub(lo).mul_(NUM_BINS / (hi - lo)).sub_(0.5).clamp_(0, NUM_BINS - 1)
+        i0 = pos.to(torch.int32).clamp_(max=NUM_BINS - 2).long()  # pos >= 0: truncation is the floor
+        return i0, pos.sub_(i0)
+
+
+def intensity_map(image: Tensor, method: str) -> IntensityMap | None:
+    """The normalisation ``method`` of ``image`` (C, *spatial) as an :class:`IntensityMap`; None for a
+    constant image under "histeq" (MONAI's path, which the caller runs on the whole image)."""
+    if method not in INTENSITY_METHODS:
+        raise ValueError(f"unknown intensity normalisation {method!r} (expected one of {INTENSITY_METHODS})")
+    if method == "none":
+        return IntensityMap("none")
+    x = image.permute(0, *(a + 1 for a in spatial_memory_order(image))).reshape(image.shape[0], -1)
+    x = x.to(torch.float32)
+    if method == "zscore":
+        std, mean = torch.std_mean(x.double(), dim=1, correction=0)
+        return IntensityMap("zscore", mean.float(), _nonzero(std.float()))
+    lo, hi = float(x.min()), float(x.max())
+    if not hi > lo:
+        return None
+    scaled = x.sub(lo).mul_(NUM_BINS / (hi - lo))  # as equalize_histogram: bin j holds [j, j + 1)
+    hist = torch.bincount(scaled.to(torch.int32).clamp_(max=NUM_BINS - 1).long().flatten(), minlength=NUM_BINS)
+    del scaled
+    cum = hist.double().cumsum(0)
+    cum = ((cum - cum[0]) / (cum[-1] - cum[0])).float()
+    partial = IntensityMap("histeq", histogram=(lo, hi, cum))
+    i0, t = partial._intervals(x)
+    equalised = torch.take(cum[:-1], i0).addcmul_(torch.take(cum[1:] - cum[:-1], i0), t)
+    std, mean = torch.std_mean(equalised, dim=1, correction=0)
+    return IntensityMap("histeq", mean, _nonzero(std), (lo, hi, cum))
+
+
+def _nonzero(std: Tensor) -> Tensor:
+    """A zero standard deviation divides by 1, as MONAI's NormalizeIntensity does."""
+    return torch.where(std == 0, torch.ones_like(std), std)
+
+
+def working_image_for_parts(
+    prep: Preprocessing, image: np.ndarray | Tensor, affine: np.ndarray
+) -> tuple[Tensor, np.ndarray, Callable[[Tensor], Tensor] | None]:
+    """What ``prep(image, affine)`` computes, for cutting sub-images from: the resampled image before
+    normalisation and padding (in the input's memory order, not copied), its affine, and the
+    normalisation to apply to each part (``transform`` of :func:`~landmark_lit.data.transforms.stack_local_crops`;
+    padding outside the image stays 0, as ``prep``'s far-end padding is). The parts equal those cut from
+    ``prep(image, affine)`` to float rounding. None as the transform: the image came normalised (a
+    constant image under "histeq")."""
+    x, aff = resample_to_spacing(
+        match_channels(image, prep.channels), affine, prep.spacing, antialias=prep.antialias, contiguous=False
+    )
+    norm = intensity_map(x, prep.intensity)
+    if norm is None:
+        return normalize_intensity(x, prep.intensity), aff, None
+    return x, aff, norm
