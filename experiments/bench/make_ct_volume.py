@@ -28,7 +28,9 @@ def ct_phantom(shape: tuple[int, int, int], spacing: tuple[float, float, float],
     for k in range(nz):
         z = (k - (nz - 1) / 2) * spacing[2]
         shrink = np.sqrt(max(1.0 - (z / (1.2 * half_z)) ** 2, 0.05))
-        r = np.sqrt((xx / (0.40 * nx * spacing[0] * shrink)) ** 2 + (yy / (0.33 * ny * spacing[1] * shrink)) ** 2)
+        r = np.sqrt(
+            (xx / (0.40 * nx * spacing[0] * shrink)) ** 2 + (yy / (0.33 * ny * spacing[1] * shrink)) ** 2
+        )
         hu = np.where(r < 1.0, 40.0, -1000.0)
         hu = np.where((r > 0.86) & (r < 0.93), 700.0 + 500.0 * np.cos(4 * np.arctan2(yy, xx)) ** 2, hu)
         hu = np.where(r < 0.3, 20.0, hu)

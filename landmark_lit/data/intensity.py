@@ -80,7 +80,9 @@ def intensity_map(image: Tensor, method: str) -> IntensityMap | None:
     if not hi > lo:
         return None
     scaled = x.sub(lo).mul_(NUM_BINS / (hi - lo))  # as equalize_histogram: bin j holds [j, j + 1)
-    hist = torch.bincount(scaled.to(torch.int32).clamp_(max=NUM_BINS - 1).long().flatten(), minlength=NUM_BINS)
+    hist = torch.bincount(
+        scaled.to(torch.int32).clamp_(max=NUM_BINS - 1).long().flatten(), minlength=NUM_BINS
+    )
     del scaled
     cum = hist.double().cumsum(0)
     cum = ((cum - cum[0]) / (cum[-1] - cum[0])).float()

@@ -7,6 +7,7 @@ Landmarks travel as (K, D) voxel coordinates of the current array. Resampling go
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import warnings
 from collections.abc import Callable, Sequence
@@ -121,12 +122,29 @@ def _resample_separable(x: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
             data = torch.sparse.mm(w0, data.reshape(n0, -1)).reshape(m0, n1, n2)
         if any(w is not None for w in plane):
             out = torch.empty((data.shape[0], m1, m2), dtype=torch.float32)
-            for i in range(data.shape[0]):
-                out[i] = _resample_separable(data[i], plane)
+
+            def planes(rows: range) -> None:
+                for i in rows:
+                    out[i] = _resample_separable(data[i], plane)
+
+            _split_over_threads(planes, data.shape[0])
             data = out
         if w0 is not None and not outer_first:
             data = torch.sparse.mm(w0, data.reshape(n0, -1)).reshape(m0, m1, m2)
     return data.permute(*(order.index(a) for a in range(len(order))))
+
+
+def _split_over_threads(fn: Callable[[range], None], n: int) -> None:
+    """``fn`` over 0..n-1 in contiguous ranges, one per torch thread (torch's operators release the GIL;
+    the small products of one plane would not use a second thread on their own)."""
+    threads = min(torch.get_num_threads(), max(n // 16, 1))
+    if threads <= 1:
+        fn(range(n))
+        return
+    bounds = np.linspace(0, n, threads + 1).round().astype(int)
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(fn, range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
+            done.result()
 
 
 def spatial_memory_order(x: Tensor) -> list[int]:
@@ -239,7 +257,10 @@ def normalize_intensity(image: Tensor, method: str = "zscore") -> Tensor:
         return image
     if method == "histeq":
         image = equalize_histogram(image)
-    out = NormalizeIntensity(channel_wise=True)(image)
+    elif image.shape[0] > 1:  # channel by channel, MONAI writes into its input: never the caller's
+        image = torch.as_tensor(image).clone()
+    # one channel: the same statistics as channel-wise, and a new tensor
+    out = NormalizeIntensity(channel_wise=image.shape[0] > 1)(image)
     return out.as_tensor() if isinstance(out, MetaTensor) else torch.as_tensor(out)
 
 
@@ -267,7 +288,10 @@ def equalize_histogram(image: Tensor, num_bins: int = 256) -> Tensor:
 
 
 def crop_or_pad(
-    image: Tensor, start: Sequence[int], size: Sequence[int], transform: Callable[[Tensor], Tensor] | None = None
+    image: Tensor,
+    start: Sequence[int],
+    size: Sequence[int],
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Sub-image (C, *size) whose voxel 0 is voxel ``start`` of ``image`` (C, *spatial); zeros outside.
 
@@ -373,7 +397,10 @@ def local_crop_starts(centres: Tensor, crop_size: Sequence[int]) -> Tensor:
 
 
 def stack_local_crops(
-    image: Tensor, starts: Tensor, crop_size: Sequence[int], transform: Callable[[Tensor], Tensor] | None = None
+    image: Tensor,
+    starts: Tensor,
+    crop_size: Sequence[int],
+    transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images (``transform``: see
     :func:`crop_or_pad`)."""
