@@ -24,6 +24,7 @@ argmax, as landmarker does.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import subprocess
@@ -98,8 +99,11 @@ def run_method(args: argparse.Namespace) -> dict:
     model, _, option = model.partition("#")  # NAME=BUNDLE#reduced: JPEGs decoded reduced, as landmark-predict
     reduce = 1
 
+    # integer volumes as stored, where the checkout can (landmark-predict reads them so)
+    kept = {"integers": True} if "integers" in inspect.signature(load_image).parameters else {}
+
     def read() -> tuple[np.ndarray, np.ndarray]:
-        img, aff = load_image(args.image, jpeg_reduce=reduce) if reduce > 1 else load_image(args.image)
+        img, aff = load_image(args.image, jpeg_reduce=reduce, **kept) if reduce > 1 else load_image(args.image, **kept)
         if args.spacing:  # as landmark-predict: the spacing scales a reduced JPEG's grid, else replaces it
             scale = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
             aff = scale @ aff if reduce > 1 else scale

@@ -2,7 +2,7 @@
 error on the training volumes), before anything touches the test split.
 
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --local LOCAL.ckpt --iterations 1 2 3 \\
-        [--top-k 9 27] [--global-top-k 9] [--local-top-k 4] [--split val]
+        [--repass-mm 0.3 0.5] [--top-k 9 27] [--global-top-k 9] [--local-top-k 4] [--split val]
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --split train --print-offset-sd
 
 Prints a Markdown table (MRE ± SD, median, SDR at 2 and 4 mm) per pipeline; with ``--split train`` also
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--global-top-k", type=int, default=None)
     parser.add_argument("--local-top-k", type=int, default=None)
     parser.add_argument("--print-offset-sd", action="store_true")
+    parser.add_argument(
+        "--repass-mm", type=float, nargs="*", default=[], help="partial later passes: moved more than T mm"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ManifestCases(args.manifest, split=args.split)
@@ -58,6 +61,12 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 predictor.set_vote_top_k(args.global_top_k, args.local_top_k)
                 pipelines[f"global -> {spec}" + (f" ({it} passes)" if it > 1 else "")] = predictor
+                for t in args.repass_mm if it > 1 else []:
+                    partial = LandmarkPredictor.from_checkpoints(
+                        args.global_checkpoint, spec.split(","), local_iterations=it, local_repass_mm=t
+                    )
+                    partial.set_vote_top_k(args.global_top_k, args.local_top_k)
+                    pipelines[f"global -> {spec} ({it} passes, later > {t:g} mm)"] = partial
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     offsets = []
     for i in range(len(source)):
