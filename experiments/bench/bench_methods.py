@@ -103,7 +103,11 @@ def run_method(args: argparse.Namespace) -> dict:
     kept = {"integers": True} if "integers" in inspect.signature(load_image).parameters else {}
 
     def read() -> tuple[np.ndarray, np.ndarray]:
-        img, aff = load_image(args.image, jpeg_reduce=reduce, **kept) if reduce > 1 else load_image(args.image, **kept)
+        img, aff = (
+            load_image(args.image, jpeg_reduce=reduce, **kept)
+            if reduce > 1
+            else load_image(args.image, **kept)
+        )
         if args.spacing:  # as landmark-predict: the spacing scales a reduced JPEG's grid, else replaces it
             scale = np.diag([*[args.spacing] * (img.ndim - 1), 1.0])
             aff = scale @ aff if reduce > 1 else scale

@@ -94,13 +94,13 @@ def _resample_separable(x: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
     """One channel (*spatial) through one sparse (out x in) matrix per axis (None: unchanged), reading
     memory in order whatever the layout (a NIfTI volume is stored the other way round, Fortran order).
 
-    Axes are taken in memory order. A plane (2D) is ``W0 @ X``, then ``W1`` on the rows of its transpose
-    (a copy of the smaller intermediate: sparse products read a transposed view slowly). A volume is resampled plane by plane (the planes
-    along the outermost axis are contiguous), then along the outermost axis as one product over the
+    Axes are taken in memory order. A plane (2D) is ``W0 @ X``, then ``W1`` on the rows of its
+    transpose (a copy of the smaller intermediate: sparse products read a transposed view slowly). A
+    volume is resampled plane by plane (the planes along the outermost axis are contiguous; integers
+    are converted there, a plane at a time), then along the outermost axis as one product over the
     planes' voxels (that axis first when it leaves the smaller intermediate). No step copies the whole
-    image: on a CT (512 x 512 x 400) several times faster than moving each axis to the front in turn
-    (experiments/bench/RESULTS.md, issue 23). Returns the result in the input's axis order (a view, not
-    contiguous in general)."""
+    image (experiments/bench/RESULTS.md, issue 23). Returns the result in the input's axis order (a
+    view, not contiguous in general)."""
     order = spatial_memory_order(x[None])  # logical axes from the outermost in memory
     data = x.permute(*order).contiguous()  # a view when x is dense in any axis order
     mem = [mats[a] for a in order]
@@ -142,8 +142,14 @@ def _split_over_threads(fn: Callable[[range], None], n: int) -> None:
         fn(range(n))
         return
     bounds = np.linspace(0, n, threads + 1).round().astype(int)
+    inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's
+
+    def run(rows: range) -> None:
+        with torch.inference_mode(inference):
+            fn(rows)
+
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for done in [pool.submit(fn, range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
+        for done in [pool.submit(run, range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
             done.result()
 
 

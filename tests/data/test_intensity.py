@@ -113,3 +113,16 @@ def test_preprocessing_leaves_its_input_alone(channels, intensity):
     Preprocessing(spacing=1.0, intensity=intensity)(tensor, np.eye(3))
     assert torch.equal(tensor, torch.from_numpy(before))
     assert abs(float(out[0].mean())) < 1e-5
+
+
+def test_resampling_over_threads_inside_inference_mode():
+    # the predictor resamples under torch.inference_mode, which worker threads do not inherit
+    x = torch.from_numpy(np.random.default_rng(5).random((1, 64, 40, 33)).astype(np.float32))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            out, _ = resample_to_spacing(x, np.diag([0.7, 0.7, 1.0, 1.0]), 1.5)
+    finally:
+        torch.set_num_threads(before)
+    assert out.shape == (1, 30, 19, 22) and torch.isfinite(out).all()
