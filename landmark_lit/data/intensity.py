@@ -23,13 +23,13 @@ from torch import Tensor
 from landmark_lit.data.transforms import (
     INTENSITY_METHODS,
     Preprocessing,
+    apply_histogram_cdf,
+    histogram_cdf,
     match_channels,
     normalize_intensity,
     resample_to_spacing,
     spatial_memory_order,
 )
-
-NUM_BINS = 256  # equalize_histogram's default, as the stages use it
 
 
 @dataclass(frozen=True)
@@ -50,18 +50,9 @@ class IntensityMap:
             return part
         x = part.to(torch.float32)
         if self.histogram is not None:
-            _, _, cum = self.histogram
-            i0, t = self._intervals(x)
-            x = torch.take(cum[:-1], i0).addcmul_(torch.take(cum[1:] - cum[:-1], i0), t)
+            x = apply_histogram_cdf(x, *self.histogram)
         shape = (-1,) + (1,) * (x.ndim - 1)
         return (x - self.mean.view(shape)) / self.std.view(shape)
-
-    def _intervals(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Each value's interval between two bin centres (i0, long) and its place in it (t in [0, 1])."""
-        lo, hi, _ = self.histogram
-        pos = x.sub(lo).mul_(NUM_BINS / (hi - lo)).sub_(0.5).clamp_(0, NUM_BINS - 1)
-        i0 = pos.to(torch.int32).clamp_(max=NUM_BINS - 2).long()  # pos >= 0: truncation is the floor
-        return i0, pos.sub_(i0)
 
 
 def intensity_map(image: Tensor, method: str) -> IntensityMap | None:
@@ -71,26 +62,17 @@ def intensity_map(image: Tensor, method: str) -> IntensityMap | None:
         raise ValueError(f"unknown intensity normalisation {method!r} (expected one of {INTENSITY_METHODS})")
     if method == "none":
         return IntensityMap("none")
+    # statistics over memory in order (a Fortran-ordered volume is reduced far slower otherwise)
     x = image.permute(0, *(a + 1 for a in spatial_memory_order(image))).reshape(image.shape[0], -1)
     x = x.to(torch.float32)
-    if method == "zscore":
-        std, mean = torch.std_mean(x.double(), dim=1, correction=0)
-        return IntensityMap("zscore", mean.float(), _nonzero(std.float()))
-    lo, hi = float(x.min()), float(x.max())
-    if not hi > lo:
-        return None
-    scaled = x.sub(lo).mul_(NUM_BINS / (hi - lo))  # as equalize_histogram: bin j holds [j, j + 1)
-    hist = torch.bincount(
-        scaled.to(torch.int32).clamp_(max=NUM_BINS - 1).long().flatten(), minlength=NUM_BINS
-    )
-    del scaled
-    cum = hist.double().cumsum(0)
-    cum = ((cum - cum[0]) / (cum[-1] - cum[0])).float()
-    partial = IntensityMap("histeq", histogram=(lo, hi, cum))
-    i0, t = partial._intervals(x)
-    equalised = torch.take(cum[:-1], i0).addcmul_(torch.take(cum[1:] - cum[:-1], i0), t)
-    std, mean = torch.std_mean(equalised, dim=1, correction=0)
-    return IntensityMap("histeq", mean, _nonzero(std), (lo, hi, cum))
+    histogram = None
+    if method == "histeq":
+        histogram = histogram_cdf(x)
+        if histogram is None:
+            return None
+        x = apply_histogram_cdf(x, *histogram)
+    std, mean = torch.std_mean(x.double(), dim=1, correction=0)
+    return IntensityMap(method, mean.float(), _nonzero(std.float()), histogram)
 
 
 def _nonzero(std: Tensor) -> Tensor:

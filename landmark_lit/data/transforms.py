@@ -277,17 +277,31 @@ def equalize_histogram(image: Tensor, num_bins: int = 256) -> Tensor:
     ten times faster on a cephalogram than MONAI's numpy path, which was most of a prediction's local
     preprocessing (``experiments/bench/RESULTS.md``, issue 23). A constant image goes to MONAI."""
     x = torch.as_tensor(image, dtype=torch.float32)
+    histogram = histogram_cdf(x, num_bins)
+    if histogram is None:
+        return torch.as_tensor(HistogramNormalize(num_bins=num_bins, min=0, max=1)(x), dtype=torch.float32)
+    return apply_histogram_cdf(x, *histogram)
+
+
+def histogram_cdf(x: Tensor, num_bins: int = 256) -> tuple[float, float, Tensor] | None:
+    """(lo, hi, cum): the range of ``x`` and its normalised cumulative histogram of ``num_bins`` equal
+    bins (bin j holds [j, j + 1) after scaling, the maximum the last bin); None for a constant image."""
     lo, hi = float(x.min()), float(x.max())
     if not hi > lo:
-        return torch.as_tensor(HistogramNormalize(num_bins=num_bins, min=0, max=1)(x), dtype=torch.float32)
-    scaled = x.sub(lo).mul_(num_bins / (hi - lo))  # bin j holds [j, j + 1), the maximum the last bin
+        return None
+    scaled = x.sub(lo).mul_(num_bins / (hi - lo))
     # (through int32: a float -> int64 conversion is several times slower here)
     bins = scaled.to(torch.int32).clamp_(max=num_bins - 1).long()
-    hist = torch.bincount(bins.flatten(), minlength=num_bins)
-    cum = hist.double().cumsum(0)
-    cum = ((cum - cum[0]) / (cum[-1] - cum[0])).float()
-    # np.interp over the bin centres j + 0.5, constant beyond the first and the last
-    pos = scaled.sub_(0.5).clamp_(0, num_bins - 1)
+    cum = torch.bincount(bins.flatten(), minlength=num_bins).double().cumsum(0)
+    return lo, hi, ((cum - cum[0]) / (cum[-1] - cum[0])).float()
+
+
+def apply_histogram_cdf(x: Tensor, lo: float, hi: float, cum: Tensor) -> Tensor:
+    """The equalised values of ``x`` (any part of the image ``cum`` was measured on): the cumulative
+    histogram interpolated linearly between the bins' centres, as np.interp (constant beyond the first
+    and the last)."""
+    num_bins = len(cum)
+    pos = x.sub(lo).mul_(num_bins / (hi - lo)).sub_(0.5).clamp_(0, num_bins - 1)
     i0 = pos.to(torch.int32).clamp_(max=num_bins - 2).long()  # pos >= 0: truncation is the floor
     out = torch.take(cum[:-1], i0)
     return out.addcmul_(torch.take(cum[1:] - cum[:-1], i0), pos - i0)
