@@ -3,6 +3,8 @@
 # volumes of the manifest (failures: errors > 2 mm, the dataset config's failure_mm), then the 10 test
 # volumes predicted and evaluated (confidence figures, review pages).
 #   bash experiments/mni_afids/run_confidence.sh MANIFEST GLOBAL.ckpt LOCAL.ckpt [OUT_DIR]
+# More calibration volumes, the training and test volumes unchanged (each case has its own seed):
+#   python -m landmark_lit.data.mni_afids OUT30 --train 0 --val 30 --test 10 --seed 0, then MANIFEST=OUT30/manifest.json
 # LOCAL_ITERATIONS (default 3, the chosen pipeline's passes). THREADS (default 2).
 set -euo pipefail
 MANIFEST=$1
