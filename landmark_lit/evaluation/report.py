@@ -269,15 +269,14 @@ def confidence_summary(
 
 
 def confidence_rows(conf: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (per landmark, then All) of a :func:`confidence_summary`."""
-    header = [
-        "Landmark",
-        *(label.format(failure=f"{conf['failure_mm']:g}") for _, label, _ in CONFIDENCE_COLUMNS),
-    ]
+    """Header and rows (per landmark, then All) of a :func:`confidence_summary`; the failure distance's
+    AUROC column only when that distance is not 2 mm (it would repeat the column before)."""
+    columns = [c for c in CONFIDENCE_COLUMNS if c[0] != "auroc_failure" or float(conf["failure_mm"]) != 2.0]
+    header = ["Landmark", *(label.format(failure=f"{conf['failure_mm']:g}") for _, label, _ in columns)]
     rows = []
     for name, fig in [*conf["per_landmark"].items(), ("All", conf["overall"])]:
         cells = [name]
-        for key, _, digits in CONFIDENCE_COLUMNS:
+        for key, _, digits in columns:
             v = fig.get(key)
             scale = 100 if key.startswith(("share", "radius_cov")) and v is not None else 1
             cells.append(_fmt(None if v is None else v * scale, digits))

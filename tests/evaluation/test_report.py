@@ -247,3 +247,18 @@ def test_confidence_figures_of_a_hand_made_case(tmp_path: Path) -> None:
     assert set(result["confidence"]) == {"scored"}
     assert result["confidence"]["scored"]["auroc_4mm"] == pytest.approx(overall["auroc_4mm"])
     assert "failures caught %" in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_confidence_table_names_each_auroc_once() -> None:
+    """A failure distance of 2 mm gives one AUROC column (the 2 mm one), 4 mm gives both, with their values."""
+    from landmark_lit.evaluation.report import confidence_rows, confidence_summary
+
+    errors = np.array([[1.0], [3.0], [5.0], [6.0]])
+    scores = {"confidence": np.array([[0.9], [0.4], [0.5], [0.1]])}
+    header2, rows2 = confidence_rows(confidence_summary(errors, ["a"], scores, 2.0))
+    assert [h for h in header2 if h.startswith("AUROC")] == ["AUROC >2 mm"]
+    assert rows2[-1][header2.index("AUROC >2 mm")] == "1.000"
+    header4, rows4 = confidence_rows(confidence_summary(errors, ["a"], scores, 4.0))
+    assert [h for h in header4 if h.startswith("AUROC")] == ["AUROC >2 mm", "AUROC >4 mm"]
+    assert rows4[-1][header4.index("AUROC >4 mm")] == "0.750"
+    assert len(rows4[-1]) == len(header4) and len(rows2[-1]) == len(header2)
