@@ -24,11 +24,14 @@ install: $(VENV)/.installed
 bench-install: install
 	$(BIN)/pip install --quiet --no-deps landmarker==0.4.1
 
+# the tests spread over the cores (pytest-xdist), one torch thread per worker (tests/conftest.py);
+# `make test TEST_WORKERS=0` runs them in one process
+TEST_WORKERS ?= auto
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS)
 
 test-fast: install
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n $(TEST_WORKERS) -m "not slow"
 
 # The main job on the built-in default: synthetic 3D data, global + local training, predict, evaluate.
 demo: install
