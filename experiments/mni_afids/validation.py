@@ -2,7 +2,8 @@
 error on the training volumes), before anything touches the test split.
 
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --local LOCAL.ckpt --iterations 1 2 3 \\
-        [--repass-mm 0.3 0.5] [--top-k 9 27] [--global-top-k 9] [--local-top-k 4] [--split val]
+        [--repass-mm 0.3 0.5] [--local-shifts axes faces] [--top-k 9 27] [--global-top-k 9] [--local-top-k 4]
+        [--split val]
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --split train --print-offset-sd
 
 Prints a Markdown table (MRE ± SD, median, SDR at 2 and 4 mm) per pipeline; with ``--split train`` also
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repass-mm", type=float, nargs="*", default=[], help="partial later passes: moved more than T mm"
     )
+    parser.add_argument(
+        "--local-shifts", nargs="*", default=[], choices=["axes", "faces"], help="last pass shift-averaged"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ManifestCases(args.manifest, split=args.split)
@@ -67,6 +71,12 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     partial.set_vote_top_k(args.global_top_k, args.local_top_k)
                     pipelines[f"global -> {spec} ({it} passes, later > {t:g} mm)"] = partial
+                for shifts in args.local_shifts:
+                    averaged = LandmarkPredictor.from_checkpoints(
+                        args.global_checkpoint, spec.split(","), local_iterations=it, local_shifts=shifts
+                    )
+                    averaged.set_vote_top_k(args.global_top_k, args.local_top_k)
+                    pipelines[f"global -> {spec} ({it} passes, last shift-averaged: {shifts})"] = averaged
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     offsets = []
     for i in range(len(source)):

@@ -9,7 +9,9 @@ from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.utils import plain
 
 # the run settings (landmark_lit.inference.settings.RunSettings) a config may change; null keeps them
-SETTING_KEYS = ("local_iterations", "local_repass_mm", "confidence_threshold", "confidence_scale", "mirror")
+SETTING_KEYS = (
+    "local_iterations", "local_repass_mm", "local_shifts", "confidence_threshold", "confidence_scale", "mirror"
+)  # fmt: skip
 
 
 def load_predictor(cfg: DictConfig) -> LandmarkPredictor:

@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--local-repass-mm", type=float, metavar="MM",
                    help="passes after a local stage's first only for landmarks the pass before moved more than MM "
                    "(0: all; default: the model's)")  # fmt: skip
+    p.add_argument("--local-shifts", choices=["none", "axes", "faces"],
+                   help="average each local stage's last pass over sub-images moved one voxel along each axis (axes: "
+                   "+1, faces: -1 and +1; default: the model's)")  # fmt: skip
     p.add_argument("--mirror", choices=["none", "local", "whole"],
                    help="test-time mirror: also run the local stages (local) or the whole pipeline (whole) on the "
                    "mirror image and average (default: the model's; for networks trained with data.flip)")  # fmt: skip
@@ -105,7 +108,7 @@ _FLAGS = {
     "input": "input", "output": "output_dir", "model": "model", "global_checkpoint": "global_checkpoint",
     "local_checkpoint": "local_checkpoint", "spacing": "spacing", "vector_field": "vector_field",
     "references": "references", "local_iterations": "local_iterations", "local_repass_mm": "local_repass_mm",
-    "confidence_threshold": "confidence_threshold", "input_root": "input_root", "split": "input_split",
+    "local_shifts": "local_shifts", "confidence_threshold": "confidence_threshold", "input_root": "input_root", "split": "input_split",
     "threads": "threads", "device": "device", "progress": "progress", "mirror": "mirror",
 }  # fmt: skip
 

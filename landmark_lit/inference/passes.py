@@ -18,7 +18,7 @@ from landmark_lit.data.transforms import (
     voxel_to_world,
     world_to_voxel,
 )
-from landmark_lit.inference.settings import MirrorAverage
+from landmark_lit.inference.settings import MirrorAverage, RunSettings
 from landmark_lit.inference.stages import Stage
 
 
@@ -83,13 +83,16 @@ def refine_locally(
     iterations: int = 1,
     mirror: MirrorAverage | None = None,
     repass_mm: float = 0.0,
+    shifts: str = "none",
 ) -> tuple[StageEstimate, np.ndarray]:
     """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
     mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
     mean of that and of the mirrored sub-image's answer). With ``repass_mm`` > 0 the passes after the
     first run only for the landmarks the pass before moved more than that many mm (with a mirror that
     swaps landmark pairs, with their partners); the others keep their last answer, as they would have
-    been, and the networks run for the moved ones only.
+    been, and the networks run for the moved ones only. With ``shifts`` ("axes" or "faces",
+    :func:`local_shift_offsets`) the last pass reads each landmark's sub-image and its copies moved by one
+    working voxel, and averages their answers and statistics (test-time augmentation).
 
     Returns the stage's estimate and (K,) how far the last pass that ran for each landmark moved it, in mm.
     """
@@ -103,6 +106,7 @@ def refine_locally(
     k = len(world)
     shift = np.zeros(k)
     spread = posterior = gap = None
+    offsets = local_shift_offsets(shifts, len(crop))
     for it in range(int(iterations)):
         active = None if it == 0 or repass_mm <= 0 else _moved(shift, repass_mm, mirror)
         if active is not None and len(active) == 0:
@@ -119,12 +123,16 @@ def refine_locally(
                 where = {a: j for j, a in enumerate(active)}
                 perm = [where[full[a]] for a in active]
         run = active if cut else None
+        moves = offsets if it == int(iterations) - 1 else offsets[:1]
         with record_function("local sub-images"):
             start_from = centres if run is None else centres[run]
-            starts = local_crop_starts(start_from, crop)
-            crops = stack_local_crops(x, starts, crop, normalise)  # on the CPU
-        coords, s, p, _, g = decode_stage(stage, crops[None].to(device), scale.to(device), mirror, net, perm)
-        new = coords[0].cpu() + starts
+            starts = local_crop_starts(start_from, crop)[None] + moves[:, None]  # (S, K, D)
+            crops = torch.stack([stack_local_crops(x, st, crop, normalise) for st in starts])  # on the CPU
+        coords, s, p, _, g = decode_stage(stage, crops.to(device), scale.to(device), mirror, net, perm)
+        # the mean over the moved sub-images (one without shifts), statistics kept as (1, K)
+        new = (coords.cpu() + starts).mean(0)
+        s, p = s.mean(0, keepdim=True), p.mean(0, keepdim=True)
+        g = None if g is None else g.mean(0, keepdim=True)
         moved = ((new - start_from) * scale).norm(dim=-1).double().numpy()
         if active is None:
             centres, shift, spread, posterior, gap = new, moved, s, p, g
@@ -137,6 +145,38 @@ def refine_locally(
             gap = gap.clone()
             gap[:, active] = g[:, rows]
     return stage_estimate(centres, spread, posterior, gap, aff), shift
+
+
+def refine_in_turn(
+    stages: list[Stage], image: torch.Tensor, affine: np.ndarray, start: StageEstimate, settings: RunSettings
+) -> tuple[StageEstimate, np.ndarray]:
+    """The local ``stages`` in turn (coarse to fine), each from the last one's answer (the first from
+    ``start``), run as ``settings`` say; the last answer and how far its last pass moved each landmark
+    (mm; zeros without local stages)."""
+    estimate, shift = start, np.zeros(len(start.world))
+    for stage in stages:
+        s = settings
+        estimate, shift = refine_locally(
+            stage,
+            image,
+            affine,
+            estimate.world,
+            s.local_iterations,
+            s.mirror,
+            s.local_repass_mm,
+            s.local_shifts,
+        )
+    return estimate, shift
+
+
+def local_shift_offsets(shifts: str, spatial_dims: int) -> torch.Tensor:
+    """(S, D) whole-voxel moves of the sub-images a shift-averaged pass reads: the centred one first, then
+    +1 along each axis ("axes") or -1 and +1 along each axis ("faces"); "none": the centred one only."""
+    eye = torch.eye(spatial_dims)
+    moves = {"none": [], "axes": [eye], "faces": [-eye, eye]}
+    if shifts not in moves:
+        raise ValueError(f"local shifts must be one of {list(moves)}, got {shifts!r}")
+    return torch.cat([torch.zeros(1, spatial_dims), *moves[shifts]])
 
 
 def _moved(shift: np.ndarray, repass_mm: float, mirror: MirrorAverage | None) -> list[int]:

@@ -26,7 +26,7 @@ from landmark_lit.inference.passes import (
     StageEstimate,
     decode_stage,
     network_device,
-    refine_locally,
+    refine_in_turn,
     stage_estimate,
 )
 from landmark_lit.inference.scoring import calibration_warning, score_landmarks
@@ -126,6 +126,11 @@ def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndar
     return x0, x, aff
 
 
+def _setting(name: str, doc: str) -> property:
+    """A read-only predictor attribute that is one of its run settings."""
+    return property(lambda self: getattr(self.settings, name), doc=doc)
+
+
 class LandmarkPredictor:
     """Global network on the whole image, then (optionally) each landmark's local network on a sub-image.
 
@@ -183,12 +188,11 @@ class LandmarkPredictor:
         b = load_bundle(path)
         return cls(b.global_stage, b.local_stages, b.settings, b.calibration)
 
-    local_iterations = property(lambda self: self.settings.local_iterations, doc="passes of each local stage")
-    local_repass_mm = property(
-        lambda self: self.settings.local_repass_mm, doc="later local passes only for landmarks moved more"
-    )
-    confidence_scale = property(lambda self: self.settings.confidence_scale, doc="uncalibrated score's scale")
-    mirror = property(lambda self: self.settings.mirror, doc="the test-time mirror (None: none)")
+    local_iterations = _setting("local_iterations", "passes of each local stage")
+    local_repass_mm = _setting("local_repass_mm", "later local passes only for landmarks moved more")
+    local_shifts = _setting("local_shifts", "the last local pass averaged over moved sub-images")
+    confidence_scale = _setting("confidence_scale", "uncalibrated score's scale")
+    mirror = _setting("mirror", "the test-time mirror (None: none)")
     local_stage = property(
         lambda self: self.local_stages[-1] if self.local_stages else None,
         doc="The last (finest) local stage, or None for a global-only predictor.",
@@ -243,12 +247,8 @@ class LandmarkPredictor:
         scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
         whole = self.mirror if self.mirror is not None and self.mirror.whole else None
         coords, spread, posterior, out, gap = decode_stage(g, x[None].to(device), scale, whole)
-        estimate = global_estimate = stage_estimate(coords, spread, posterior, gap, aff)
-        shift = np.zeros(len(self.landmark_names))
-        for stage in self.local_stages:
-            estimate, shift = refine_locally(
-                stage, x0, affine, estimate.world, self.local_iterations, self.mirror, self.local_repass_mm
-            )
+        global_estimate = stage_estimate(coords, spread, posterior, gap, aff)
+        estimate, shift = refine_in_turn(self.local_stages, x0, affine, global_estimate, self.settings)
         with record_function("scoring"):
             confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)
         return Prediction(

@@ -15,6 +15,10 @@ from landmark_lit.utils import is_finite_number
 
 # the score of an uncalibrated model: posterior * exp(-(spread + shift) / (scale * working spacing))
 DEFAULT_CONFIDENCE_SCALE = 3.0
+# test-time averaging of a local stage's last pass over sub-images moved by one working voxel
+# (RunSettings.local_shifts): none; axes, +1 along each axis (D + 1 sub-images per landmark); faces, -1 and
+# +1 along each axis (2D + 1)
+LOCAL_SHIFTS = ("none", "axes", "faces")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,8 @@ class RunSettings:
         mirror: the test-time mirror (None: none).
         local_repass_mm: the passes after a local stage's first run only for the landmarks the pass before
             moved more than this many mm (0: every landmark every pass).
+        local_shifts: the last pass of each local stage averaged over sub-images moved by one working
+            voxel (one of :data:`LOCAL_SHIFTS`; "none": the one centred sub-image).
     """
 
     local_iterations: int = 1
@@ -100,6 +106,7 @@ class RunSettings:
     confidence_scale: float = DEFAULT_CONFIDENCE_SCALE
     mirror: MirrorAverage | None = None
     local_repass_mm: float = 0.0
+    local_shifts: str = "none"
 
     def __post_init__(self) -> None:
         n = self.local_iterations
@@ -110,6 +117,8 @@ class RunSettings:
         r = self.local_repass_mm
         if not is_finite_number(r) or r < 0:
             raise ValueError(f"local_repass_mm must be a number of mm, 0 or more, got {r!r}")
+        if self.local_shifts not in LOCAL_SHIFTS:
+            raise ValueError(f"local_shifts must be one of {list(LOCAL_SHIFTS)}, got {self.local_shifts!r}")
         t = self.confidence_threshold
         if t is not None and not is_finite_number(t):
             raise ValueError(f"confidence_threshold must be a finite number or null, got {t!r}")
@@ -145,6 +154,8 @@ class RunSettings:
         if local_stages and self.local_iterations > 1 and self.local_repass_mm > 0:
             # stated only when it changes what runs (calibrations written before it still match)
             pipeline["local_repass_mm"] = self.local_repass_mm
+        if local_stages and self.local_shifts != "none":
+            pipeline["local_shifts"] = self.local_shifts
         return pipeline
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +163,7 @@ class RunSettings:
         return {
             "local_iterations": self.local_iterations,
             "local_repass_mm": self.local_repass_mm,
+            "local_shifts": self.local_shifts,
             "confidence_threshold": self.confidence_threshold,
             "confidence_scale": self.confidence_scale,
             "mirror": None if self.mirror is None else self.mirror.to_dict(),
@@ -163,6 +175,7 @@ class RunSettings:
         return cls(
             local_iterations=data.get("local_iterations", 1),
             local_repass_mm=data.get("local_repass_mm", 0.0),
+            local_shifts=data.get("local_shifts", "none"),
             confidence_threshold=data.get("confidence_threshold"),
             confidence_scale=data.get("confidence_scale", DEFAULT_CONFIDENCE_SCALE),
             mirror=MirrorAverage.from_dict(data.get("mirror")),
@@ -170,7 +183,8 @@ class RunSettings:
 
     def overridden(self, options: Mapping[str, Any], landmark_names: Sequence[str]) -> RunSettings:
         """These settings changed by the options of ``landmark-predict`` / ``landmark-export`` (a null or
-        absent option keeps the setting): ``local_iterations``, ``local_repass_mm``, ``confidence_threshold``,
+        absent option keeps the setting): ``local_iterations``, ``local_repass_mm``, ``local_shifts``,
+        ``confidence_threshold``,
         ``confidence_scale`` and ``mirror``: "none" (off), "local" or "whole" (these settings' mirror axes
         and pairs, or array axis 0 without pairs when there are none), or a mapping ``{axes, pairs, whole}``
         (pairs by landmark index or name)."""
@@ -186,6 +200,7 @@ class RunSettings:
         changed = self.changed(
             local_iterations=options.get("local_iterations"),
             local_repass_mm=options.get("local_repass_mm"),
+            local_shifts=options.get("local_shifts"),
             confidence_threshold=options.get("confidence_threshold"),
             confidence_scale=options.get("confidence_scale"),
         )

@@ -385,18 +385,20 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
     loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
     overrides = [f"global_checkpoint={g}", f"local_checkpoint={loc}", "local_iterations=2",
-                 "local_repass_mm=0.2", f"output={tmp_path / 'm.pt'}", "formats=[bundle,torchscript]"]  # fmt: skip
+                 "local_repass_mm=0.2", "local_shifts=axes", f"output={tmp_path / 'm.pt'}",
+                 "formats=[bundle,torchscript]"]  # fmt: skip
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         written = export(compose("export", overrides=overrides))
     assert set(written) == {"bundle", "torchscript/global", "torchscript/local0"}
     bundle = LandmarkPredictor.from_bundle(written["bundle"])
-    assert bundle.local_iterations == 2 and bundle.local_repass_mm == 0.2
+    assert bundle.local_iterations == 2 and bundle.local_repass_mm == 0.2 and bundle.local_shifts == "axes"
     nets = {k: load_exported(written[f"torchscript/{k}"]) for k in ("global", "local0")}
     scripted = LandmarkPredictor(
         Stage(nets["global"], StageMeta.from_dict(nets["global"].meta, "g"), "g"),
         [Stage(nets["local0"], StageMeta.from_dict(nets["local0"].meta, "l"), "l")],
         local_iterations=2,
         local_repass_mm=0.2,  # exported networks cannot be cut: the moved landmarks' rows of a full pass
+        local_shifts="axes",  # the moved sub-images as a batch of 3
     )
     image = np.random.default_rng(3).normal(size=(1, 30, 34)).astype(np.float32)
     np.testing.assert_allclose(

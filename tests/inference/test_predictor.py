@@ -6,8 +6,9 @@ import torch
 from PIL import Image
 
 from landmark_lit.data.transforms import match_channels
+from landmark_lit.inference.passes import refine_locally
 from landmark_lit.inference.predict_files import case_id_of, find_inputs, predict_file, predict_files
-from landmark_lit.inference.predictor import LandmarkPredictor, Prediction, refine_locally
+from landmark_lit.inference.predictor import LandmarkPredictor, Prediction
 from landmark_lit.inference.settings import MirrorAverage
 from landmark_lit.inference.stages import CheckpointError, Stage, StageMeta
 from landmark_lit.networks import GlobalNet, LocalNet
@@ -317,3 +318,66 @@ def test_the_partial_second_pass_is_a_run_setting(tmp_path):
     for bad in (-0.1, float("nan"), "x"):
         with pytest.raises(ValueError, match="local_repass_mm must be a number of mm, 0 or more"):
             RunSettings(local_repass_mm=bad)
+
+
+@pytest.mark.parametrize("shifts", ["axes", "faces"])
+@pytest.mark.parametrize("mirror", [None, MirrorAverage(axes=(0,), pairs=((0, 3),))])
+def test_a_shift_averaged_last_pass_is_the_mean_of_the_moved_sub_images_answers(shifts, mirror):
+    """Each landmark's answer and statistics: the mean over its sub-image and the copies moved one voxel
+    (the answers of one-pass runs started a voxel off, whose sub-images are those moved ones); earlier
+    passes are unchanged."""
+    from landmark_lit.inference.passes import local_shift_offsets
+
+    assert local_shift_offsets("none", 2).tolist() == [[0, 0]]
+    assert local_shift_offsets("axes", 2).tolist() == [[0, 0], [1, 0], [0, 1]]
+    assert local_shift_offsets("faces", 3).shape == (7, 3)
+    assert local_shift_offsets("faces", 3).abs().sum().item() == 6
+    torch.manual_seed(3)
+    loc = _local_stage_of(6)
+    image = torch.as_tensor(_image(8))
+    affine = np.diag([0.5, 0.5, 1.0])  # working voxels of 0.5 mm: the image's own grid
+    start = np.random.default_rng(2).uniform(4, 14, size=(6, 2))
+    first, _ = refine_locally(loc, image, affine, start, 1, mirror)
+    got, moved = refine_locally(loc, image, affine, start, 2, mirror, shifts=shifts)
+    parts = [
+        refine_locally(loc, image, affine, first.world + 0.5 * m.numpy(), 1, mirror)[0]
+        for m in local_shift_offsets(shifts, 2)
+    ]
+    assert len(parts) == {"axes": 3, "faces": 5}[shifts]
+    np.testing.assert_allclose(got.world, np.mean([p.world for p in parts], 0), atol=1e-4)
+    np.testing.assert_allclose(got.spread_mm, np.mean([p.spread_mm for p in parts], 0), atol=1e-4)
+    np.testing.assert_allclose(got.posterior, np.mean([p.posterior for p in parts], 0), atol=1e-5)
+    np.testing.assert_allclose(moved, np.linalg.norm(got.world - first.world, axis=1), atol=1e-4)
+    if mirror is not None:
+        np.testing.assert_allclose(got.mirror_gap_mm, np.mean([p.mirror_gap_mm for p in parts], 0), atol=1e-4)
+    # it moves the answer (the networks are not translation invariant at stride 2), "none" leaves it alone
+    plain, _ = refine_locally(loc, image, affine, start, 2, mirror)
+    assert np.abs(got.world - plain.world).max() > 1e-3
+    none, _ = refine_locally(loc, image, affine, start, 2, mirror, shifts="none")
+    np.testing.assert_array_equal(none.world, plain.world)
+    with pytest.raises(ValueError, match="local shifts must be one of"):
+        local_shift_offsets("corners", 2)
+
+
+def test_the_shift_averaged_last_pass_is_a_run_setting():
+    from landmark_lit.inference.settings import RunSettings
+
+    torch.manual_seed(0)
+    g, loc = stage("global", 1.0), stage("local", 0.5)
+    p = LandmarkPredictor(g, loc, local_iterations=2, local_shifts="axes")
+    assert p.local_shifts == "axes" and p.pipeline()["local_shifts"] == "axes"
+    plain = LandmarkPredictor(g, loc, local_iterations=2)
+    assert "local_shifts" not in plain.pipeline()  # calibrations written before it still match
+    image = _image()
+    a, b = p.predict(image, np.eye(3)), plain.predict(image, np.eye(3))
+    np.testing.assert_allclose(a.global_estimate.world, b.global_estimate.world)
+    assert np.abs(a.world - b.world).max() > 1e-4
+    assert "local_shifts" not in LandmarkPredictor(g, None, local_shifts="faces").pipeline()
+    s = RunSettings(local_iterations=2, local_shifts="faces")
+    assert RunSettings.from_dict(s.to_dict()) == s
+    assert RunSettings.from_dict({"local_iterations": 2}).local_shifts == "none"  # bundles before it
+    assert s.overridden({"local_shifts": "axes"}, NAMES).local_shifts == "axes"
+    assert s.overridden({"local_shifts": None}, NAMES).local_shifts == "faces"
+    for bad in ("corners", None, 1):
+        with pytest.raises(ValueError, match="local_shifts must be one of"):
+            RunSettings(local_shifts=bad)
