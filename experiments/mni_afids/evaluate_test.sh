@@ -2,7 +2,8 @@
 # Evaluate trained MNI152 + AFIDs networks on the benchmark's test volumes: global only and
 # global-to-local (multi-landmark), and single- vs multi-landmark global networks (Wilcoxon).
 #   bash experiments/mni_afids/evaluate_test.sh MANIFEST GLOBAL.ckpt LOCAL.ckpt OUT [SL_GLOBAL.ckpt ...]
-# LOCAL_ITERATIONS=3: the local networks run three times, each centred on their previous answer.
+# LOCAL_ITERATIONS=3: the local networks run three times, each centred on their previous answer;
+# LOCAL_SHIFTS=axes: the last of them averaged over sub-images moved one voxel along each axis.
 # The single-landmark networks are compared with ML_GLOBAL (default GLOBAL), the multi-landmark network
 # trained with the same configuration.
 set -euo pipefail
@@ -17,7 +18,7 @@ common=(input="$MANIFEST" input_split=test threads=${THREADS:-2})
 refs=(references="$MANIFEST" references_split=test)
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" "${common[@]}" output_dir="$OUT/pred_global"
 "$BIN/landmark-predict" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
-  local_iterations="${LOCAL_ITERATIONS:-1}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
+  local_iterations="${LOCAL_ITERATIONS:-1}" local_shifts="${LOCAL_SHIFTS:-none}" "${common[@]}" output_dir="$OUT/pred_global_to_local"
 for run in global global_to_local; do
   "$BIN/landmark-evaluate" predictions="$OUT/pred_$run/predictions.json" "${refs[@]}" \
     output_dir="$OUT/eval_$run" thresholds=[1,2,3,4,5] n_worst=3

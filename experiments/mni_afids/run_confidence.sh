@@ -5,7 +5,8 @@
 #   bash experiments/mni_afids/run_confidence.sh MANIFEST GLOBAL.ckpt LOCAL.ckpt [OUT_DIR]
 # More calibration volumes, the training and test volumes unchanged (each case has its own seed):
 #   python -m landmark_lit.data.mni_afids OUT30 --train 0 --val 30 --test 10 --seed 0, then MANIFEST=OUT30/manifest.json
-# LOCAL_ITERATIONS (default 3, the chosen pipeline's passes). THREADS (default 2).
+# LOCAL_ITERATIONS (default 3, the chosen pipeline's passes); LOCAL_SHIFTS (default axes: the last pass
+# averaged over sub-images moved one voxel along each axis, chosen on validation; none: off). THREADS (default 2).
 set -euo pipefail
 MANIFEST=$1
 GLOBAL=$2
@@ -15,7 +16,7 @@ BIN=${BIN:-.venv/bin}
 THREADS=${THREADS:-2}
 mkdir -p "$OUT"
 "$BIN/landmark-export" global_checkpoint="$GLOBAL" local_checkpoint="$LOCAL" \
-  local_iterations="${LOCAL_ITERATIONS:-3}" calibration_manifest="$MANIFEST" calibration_split=val \
+  local_iterations="${LOCAL_ITERATIONS:-3}" local_shifts="${LOCAL_SHIFTS:-axes}" calibration_manifest="$MANIFEST" calibration_split=val \
   failure_mm=2 threads="$THREADS" output="$OUT/global_to_local.pt" | tee "$OUT/export.txt"
 "$BIN/landmark-predict" model="$OUT/global_to_local.pt" input="$MANIFEST" input_split=test threads="$THREADS" \
   output_dir="$OUT/pred" report=true

@@ -84,8 +84,8 @@ def parser() -> argparse.ArgumentParser:
                    help="passes after a local stage's first only for landmarks the pass before moved more than MM "
                    "(0: all; default: the model's)")  # fmt: skip
     p.add_argument("--local-shifts", choices=["none", "axes", "faces"],
-                   help="average each local stage's last pass over sub-images moved one voxel along each axis (axes: "
-                   "+1, faces: -1 and +1; default: the model's)")  # fmt: skip
+                   help="average each local stage's last pass over sub-images moved half a network cell along each axis "
+                   "(axes: +, faces: - and +; default: the model's)")  # fmt: skip
     p.add_argument("--mirror", choices=["none", "local", "whole"],
                    help="test-time mirror: also run the local stages (local) or the whole pipeline (whole) on the "
                    "mirror image and average (default: the model's; for networks trained with data.flip)")  # fmt: skip

@@ -91,8 +91,9 @@ def refine_locally(
     first run only for the landmarks the pass before moved more than that many mm (with a mirror that
     swaps landmark pairs, with their partners); the others keep their last answer, as they would have
     been, and the networks run for the moved ones only. With ``shifts`` ("axes" or "faces",
-    :func:`local_shift_offsets`) the last pass reads each landmark's sub-image and its copies moved by one
-    working voxel, and averages their answers and statistics (test-time augmentation).
+    :func:`local_shift_offsets`) the last pass reads each landmark's sub-image and its copies moved by half
+    a cell of the network's output grid (stride / 2 working voxels, at least one), and averages their
+    answers and statistics (test-time augmentation).
 
     Returns the stage's estimate and (K,) how far the last pass that ran for each landmark moved it, in mm.
     """
@@ -106,7 +107,8 @@ def refine_locally(
     k = len(world)
     shift = np.zeros(k)
     spread = posterior = gap = None
-    offsets = local_shift_offsets(shifts, len(crop))
+    # moves of half a cell: the landmark at the other phase of its cell (answers lean to cell centres)
+    offsets = local_shift_offsets(shifts, len(crop)) * max(1, int(stage.net.stride) // 2)
     for it in range(int(iterations)):
         active = None if it == 0 or repass_mm <= 0 else _moved(shift, repass_mm, mirror)
         if active is not None and len(active) == 0:
@@ -170,7 +172,7 @@ def refine_in_turn(
 
 
 def local_shift_offsets(shifts: str, spatial_dims: int) -> torch.Tensor:
-    """(S, D) whole-voxel moves of the sub-images a shift-averaged pass reads: the centred one first, then
+    """(S, D) moves of the sub-images a shift-averaged pass reads, in steps: the centred one first, then
     +1 along each axis ("axes") or -1 and +1 along each axis ("faces"); "none": the centred one only."""
     eye = torch.eye(spatial_dims)
     moves = {"none": [], "axes": [eye], "faces": [-eye, eye]}

@@ -15,9 +15,9 @@ from landmark_lit.utils import is_finite_number
 
 # the score of an uncalibrated model: posterior * exp(-(spread + shift) / (scale * working spacing))
 DEFAULT_CONFIDENCE_SCALE = 3.0
-# test-time averaging of a local stage's last pass over sub-images moved by one working voxel
-# (RunSettings.local_shifts): none; axes, +1 along each axis (D + 1 sub-images per landmark); faces, -1 and
-# +1 along each axis (2D + 1)
+# test-time averaging of a local stage's last pass over sub-images moved by half a cell of its network's
+# output grid (stride / 2 working voxels, at least one) (RunSettings.local_shifts): none; axes, + along
+# each axis (D + 1 sub-images per landmark); faces, - and + along each axis (2D + 1)
 LOCAL_SHIFTS = ("none", "axes", "faces")
 
 
@@ -97,8 +97,8 @@ class RunSettings:
         mirror: the test-time mirror (None: none).
         local_repass_mm: the passes after a local stage's first run only for the landmarks the pass before
             moved more than this many mm (0: every landmark every pass).
-        local_shifts: the last pass of each local stage averaged over sub-images moved by one working
-            voxel (one of :data:`LOCAL_SHIFTS`; "none": the one centred sub-image).
+        local_shifts: the last pass of each local stage averaged over sub-images moved by half a cell of
+            its network's output grid (one of :data:`LOCAL_SHIFTS`; "none": the one centred sub-image).
     """
 
     local_iterations: int = 1

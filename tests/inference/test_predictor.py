@@ -241,8 +241,8 @@ def test_prediction_imports_no_training_code():
     assert out.stdout.strip() == "[]"
 
 
-def _local_stage_of(k: int, specialised: bool = True) -> Stage:
-    cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=k, channels=[4, 4], head_channels=4,
+def _local_stage_of(k: int, specialised: bool = True, levels: int = 2) -> Stage:
+    cfg = dict(spatial_dims=2, in_channels=1, num_landmarks=k, channels=[4] * levels, head_channels=4,
                specialised=specialised)  # fmt: skip
     meta = {
         "net": {"_target_": "landmark_lit.networks.LocalNet", **cfg},
@@ -322,10 +322,11 @@ def test_the_partial_second_pass_is_a_run_setting(tmp_path):
 
 @pytest.mark.parametrize("shifts", ["axes", "faces"])
 @pytest.mark.parametrize("mirror", [None, MirrorAverage(axes=(0,), pairs=((0, 3),))])
-def test_a_shift_averaged_last_pass_is_the_mean_of_the_moved_sub_images_answers(shifts, mirror):
-    """Each landmark's answer and statistics: the mean over its sub-image and the copies moved one voxel
-    (the answers of one-pass runs started a voxel off, whose sub-images are those moved ones); earlier
-    passes are unchanged."""
+@pytest.mark.parametrize("levels", [2, 3])
+def test_a_shift_averaged_last_pass_is_the_mean_of_the_moved_sub_images_answers(shifts, mirror, levels):
+    """Each landmark's answer and statistics: the mean over its sub-image and the copies moved half a cell
+    (stride 2: one voxel, stride 4: two), the answers of one-pass runs started that far off, whose
+    sub-images are those moved ones; earlier passes are unchanged."""
     from landmark_lit.inference.passes import local_shift_offsets
 
     assert local_shift_offsets("none", 2).tolist() == [[0, 0]]
@@ -333,14 +334,16 @@ def test_a_shift_averaged_last_pass_is_the_mean_of_the_moved_sub_images_answers(
     assert local_shift_offsets("faces", 3).shape == (7, 3)
     assert local_shift_offsets("faces", 3).abs().sum().item() == 6
     torch.manual_seed(3)
-    loc = _local_stage_of(6)
+    loc = _local_stage_of(6, levels=levels)
+    step = {2: 1, 3: 2}[levels]  # voxels: half of the stride 2 or 4
+    assert loc.net.stride == 2 * step
     image = torch.as_tensor(_image(8))
     affine = np.diag([0.5, 0.5, 1.0])  # working voxels of 0.5 mm: the image's own grid
     start = np.random.default_rng(2).uniform(4, 14, size=(6, 2))
     first, _ = refine_locally(loc, image, affine, start, 1, mirror)
     got, moved = refine_locally(loc, image, affine, start, 2, mirror, shifts=shifts)
     parts = [
-        refine_locally(loc, image, affine, first.world + 0.5 * m.numpy(), 1, mirror)[0]
+        refine_locally(loc, image, affine, first.world + 0.5 * step * m.numpy(), 1, mirror)[0]
         for m in local_shift_offsets(shifts, 2)
     ]
     assert len(parts) == {"axes": 3, "faces": 5}[shifts]
@@ -350,7 +353,7 @@ def test_a_shift_averaged_last_pass_is_the_mean_of_the_moved_sub_images_answers(
     np.testing.assert_allclose(moved, np.linalg.norm(got.world - first.world, axis=1), atol=1e-4)
     if mirror is not None:
         np.testing.assert_allclose(got.mirror_gap_mm, np.mean([p.mirror_gap_mm for p in parts], 0), atol=1e-4)
-    # it moves the answer (the networks are not translation invariant at stride 2), "none" leaves it alone
+    # it moves the answer (the networks are not translation invariant at their stride), "none" leaves it alone
     plain, _ = refine_locally(loc, image, affine, start, 2, mirror)
     assert np.abs(got.world - plain.world).max() > 1e-3
     none, _ = refine_locally(loc, image, affine, start, 2, mirror, shifts="none")
