@@ -134,6 +134,10 @@ def run_method(args: argparse.Namespace) -> dict:
             f"{s.meta.method} {s.meta.stage} {np.mean(s.meta.spacing):g} mm" for s in stages
         ) + (f", local x{predictor.local_iterations}" if predictor.local_stages else "")
         describe += f", JPEG decoded at 1/{reduce}" if reduce > 1 else ""
+        shifts = getattr(predictor, "local_shifts", "none")  # (older checkouts have no such setting)
+        describe += (
+            f", last pass shift-averaged ({shifts})" if predictor.local_stages and shifts != "none" else ""
+        )
 
     def read_and_predict():
         return predict(*read())
