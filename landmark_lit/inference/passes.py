@@ -155,19 +155,11 @@ def refine_in_turn(
     """The local ``stages`` in turn (coarse to fine), each from the last one's answer (the first from
     ``start``), run as ``settings`` say; the last answer and how far its last pass moved each landmark
     (mm; zeros without local stages)."""
-    estimate, shift = start, np.zeros(len(start.world))
+    s, estimate, shift = settings, start, np.zeros(len(start.world))
     for stage in stages:
-        s = settings
         estimate, shift = refine_locally(
-            stage,
-            image,
-            affine,
-            estimate.world,
-            s.local_iterations,
-            s.mirror,
-            s.local_repass_mm,
-            s.local_shifts,
-        )
+            stage, image, affine, estimate.world, s.local_iterations, s.mirror, s.local_repass_mm, s.local_shifts
+        )  # fmt: skip
     return estimate, shift
 
 
