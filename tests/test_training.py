@@ -361,6 +361,7 @@ def test_local_stage_trains_with_augmentation(tmp_path):
         ("mni_afids_global_crop40", 8, 3.0),
         ("mni_afids_local", 2, 1.5),
         ("mni_afids_local_uniform", 2, 1.5),
+        ("mni_afids_local_noaug", 2, 1.5),
     ],
 )
 def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
@@ -368,6 +369,18 @@ def test_experiment_configs_compose(experiment, stride, spacing, tmp_path):
     assert instantiate(cfg.stage.net).stride == stride
     assert cfg.stage.spacing == spacing
     assert instantiate(cfg.loss).regression == "log"
+
+
+def test_the_mni_local_stage_is_augmented_and_its_predecessor_is_not(tmp_path):
+    """mni_afids_local: the default augmentation with every axis scaled; _noaug: the same stage without it."""
+    chosen = compose_train(["experiment=mni_afids_local", f"paths.output_dir={tmp_path}"])
+    augment = instantiate(chosen.data.augment)
+    assert augment.scale_axes is None and augment.rotate_deg == 10.0 and augment.scale == 0.1
+    older = compose_train(["experiment=mni_afids_local_noaug", f"paths.output_dir={tmp_path}"])
+    assert older.data.augment is None
+    for key in ("trainer", "stage", "optimizer"):
+        assert older[key] == chosen[key]
+    assert older.data.local_offset_sd_mm == chosen.data.local_offset_sd_mm == 2.7
 
 
 def test_wandb_runs_of_one_sweep_share_a_group(tmp_path):
