@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from landmark_lit.cli.common import load_predictor
 from landmark_lit.config import compose_config
 from landmark_lit.inference.predict_files import predict_files, summary_line
+from landmark_lit.inference.settings import LOCAL_SHIFTS
 from landmark_lit.utils import first_line, plain
 
 
@@ -83,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--local-repass-mm", type=float, metavar="MM",
                    help="passes after a local stage's first only for landmarks the pass before moved more than MM "
                    "(0: all; default: the model's)")  # fmt: skip
-    p.add_argument("--local-shifts", choices=["none", "axes", "faces"],
+    p.add_argument("--local-shifts", choices=LOCAL_SHIFTS,
                    help="average each local stage's last pass over sub-images moved half a network cell along each axis "
                    "(axes: +, faces: - and +; default: the model's)")  # fmt: skip
     p.add_argument("--mirror", choices=["none", "local", "whole"],
@@ -108,7 +109,8 @@ _FLAGS = {
     "input": "input", "output": "output_dir", "model": "model", "global_checkpoint": "global_checkpoint",
     "local_checkpoint": "local_checkpoint", "spacing": "spacing", "vector_field": "vector_field",
     "references": "references", "local_iterations": "local_iterations", "local_repass_mm": "local_repass_mm",
-    "local_shifts": "local_shifts", "confidence_threshold": "confidence_threshold", "input_root": "input_root", "split": "input_split",
+    "local_shifts": "local_shifts", "confidence_threshold": "confidence_threshold", "input_root": "input_root",
+    "split": "input_split",
     "threads": "threads", "device": "device", "progress": "progress", "mirror": "mirror",
 }  # fmt: skip
 

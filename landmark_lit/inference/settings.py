@@ -184,8 +184,7 @@ class RunSettings:
     def overridden(self, options: Mapping[str, Any], landmark_names: Sequence[str]) -> RunSettings:
         """These settings changed by the options of ``landmark-predict`` / ``landmark-export`` (a null or
         absent option keeps the setting): ``local_iterations``, ``local_repass_mm``, ``local_shifts``,
-        ``confidence_threshold``,
-        ``confidence_scale`` and ``mirror``: "none" (off), "local" or "whole" (these settings' mirror axes
+        ``confidence_threshold``, ``confidence_scale`` and ``mirror``: "none" (off), "local" or "whole" (these settings' mirror axes
         and pairs, or array axis 0 without pairs when there are none), or a mapping ``{axes, pairs, whole}``
         (pairs by landmark index or name)."""
         value = options.get("mirror")

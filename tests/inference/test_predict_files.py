@@ -96,6 +96,11 @@ def test_bundle_stores_the_test_time_mirror_and_the_command_line_overrides_it(ch
         return load_predictor(config_from_args(["-i", "x", "-m", str(tmp_path / "model.pt"), *overrides]))
 
     assert loaded().mirror == mirror
+    assert loaded().local_shifts == "none"
+    assert loaded("--local-shifts", "faces").local_shifts == "faces"
+    assert loaded("local_shifts=axes").local_shifts == "axes"
+    with pytest.raises(ValueError, match="local_shifts must be one of"):
+        loaded("local_shifts=corners")
     assert loaded("--mirror", "none").mirror is None
     assert loaded("--mirror", "whole").mirror == MirrorAverage((d - 1,), ((0, 1),), True)
     named = loaded(f"mirror={{axes: [0], pairs: [[{NAMES[1]}, {NAMES[0]}]]}}").mirror
