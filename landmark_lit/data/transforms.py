@@ -85,9 +85,17 @@ def resample_to_spacing(
     ]
     channels = [_resample_separable(c, mats) for c in x]
     x = channels[0][None] if len(channels) == 1 else torch.stack(channels)
+    return (x.contiguous() if contiguous else x), resampled_affine(affine, spacing)
+
+
+def resampled_affine(affine: np.ndarray, spacing: float | Sequence[float]) -> np.ndarray:
+    """The affine of an image of ``affine`` resampled to ``spacing`` mm by :func:`resample_to_spacing`
+    (axes kept, the first voxel's centre kept)."""
     new_affine = np.asarray(affine, dtype=np.float64).copy()
+    d = len(new_affine) - 1
+    factor = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (d,)) / spacing_of(affine)
     new_affine[:d, :d] = new_affine[:d, :d] * factor[None, :]
-    return (x.contiguous() if contiguous else x), new_affine
+    return new_affine
 
 
 def _resample_separable(x: Tensor, mats: Sequence[Tensor | None]) -> Tensor:

@@ -173,12 +173,34 @@ def calibrate_local_stage(
     return _fit(rows, _settings(failure_mm, goal, coverage, options), fitted_on)
 
 
-def store_calibration(checkpoint: str | os.PathLike, calibration: Calibration) -> None:
-    """Write ``calibration`` into the stage description of a ``landmark-train`` checkpoint (atomically)."""
+def store_calibration(
+    checkpoint: str | os.PathLike,
+    calibration: Calibration | None,
+    decoder: dict[str, Any] | None = None,
+    output: str | os.PathLike | None = None,
+) -> None:
+    """Write ``calibration`` (and a ``decoder`` description, when given) into the stage description of a
+    ``landmark-train`` checkpoint, in place or as ``output`` (atomically)."""
     ckpt = torch_load(checkpoint)
-    ckpt["landmark_lit"] = {**ckpt["landmark_lit"], "calibration": calibration.to_dict()}
-    with atomic_path(checkpoint, suffix=".ckpt") as tmp:
+    changes = {} if calibration is None else {"calibration": calibration.to_dict()}
+    changes |= {} if decoder is None else {"decoder": dict(decoder)}
+    ckpt["landmark_lit"] = {**ckpt["landmark_lit"], **changes}
+    with atomic_path(output or checkpoint, suffix=".ckpt") as tmp:
         torch.save(ckpt, tmp)
+
+
+def with_fitted_cell_pull(stage: Stage, source: CaseSource) -> Stage:
+    """A local vote stage with the pull of its answers toward its cell centres fitted on ``source``
+    (:func:`~landmark_lit.inference.cell_pull.fit_cell_pull`, from starts half a cell off the references
+    per axis, where a last pass starts); other stages as they are."""
+    from landmark_lit.inference.cell_pull import fit_cell_pull
+
+    if stage.meta.stage != "local" or not hasattr(stage.decoder, "cell_pull"):
+        return stage
+    sd_mm = np.asarray(stage.meta.spacing, np.float64) * int(stage.net.stride) / 2
+    amplitude = fit_cell_pull(stage, source, sd_mm)
+    log.info("%s: answers pulled %.3f working voxels toward the cell centres; removed", stage.path, amplitude)
+    return stage.with_decoder(cell_pull=amplitude)
 
 
 def calibrate_checkpoint(
@@ -190,8 +212,14 @@ def calibrate_checkpoint(
     description: str = "",
 ) -> Calibration:
     """Calibrate the stage of checkpoint ``best`` on ``source`` (a local stage from starts ``offset_sd_mm``
-    off the references, default 0.5 mm) and store the calibration in ``best`` and the files ``also``."""
+    off the references, default 0.5 mm) and store the calibration in ``best`` and the files ``also``.
+    With ``settings["cell_pull"]``, a local vote stage's pull toward its cell centres is fitted first
+    (:func:`with_fitted_cell_pull`), stored in its decoder, and the calibration made with it removed."""
     stage = load_stage(best)
+    decoder = None
+    if settings.get("cell_pull"):
+        stage = with_fitted_cell_pull(stage, source)
+        decoder = stage.meta.decoder
     goal = {k: float(settings[k]) for k in ("failure_mm", "goal", "coverage") if settings.get(k) is not None}
     goal |= {k: settings[k] for k in FIT_OPTIONS if settings.get(k) is not None}
     if stage.meta.stage == "global":
@@ -202,7 +230,7 @@ def calibrate_checkpoint(
         cal = calibrate_local_stage(stage, source, sd, iterations, description=description, **goal)
     for path in dict.fromkeys([str(best), *map(str, also)]):
         if path and os.path.isfile(path):
-            store_calibration(path, cal)
+            store_calibration(path, cal, decoder)
     v = cal.validation
     log.info(
         "calibration on %d validation landmarks: threshold %.3f flags %.1f %% and catches %s of %d errors "

@@ -109,6 +109,12 @@ def refine_locally(
     spread = posterior = gap = None
     # moves of half a cell: the landmark at the other phase of its cell (answers lean to cell centres)
     offsets = local_shift_offsets(shifts, len(crop)) * max(1, int(stage.net.stride) // 2)
+    # the moved sub-images' mean cancels the pull toward the cell centres: decoded without its removal
+    averaged = (
+        stage.with_decoder(cell_pull=0.0)
+        if shifts != "none" and getattr(stage.decoder, "cell_pull", 0)
+        else stage
+    )
     for it in range(int(iterations)):
         active = None if it == 0 or repass_mm <= 0 else _moved(shift, repass_mm, mirror)
         if active is not None and len(active) == 0:
@@ -130,7 +136,8 @@ def refine_locally(
             start_from = centres if run is None else centres[run]
             starts = local_crop_starts(start_from, crop)[None] + moves[:, None]  # (S, K, D)
             crops = torch.stack([stack_local_crops(x, st, crop, normalise) for st in starts])  # on the CPU
-        coords, s, p, _, g = decode_stage(stage, crops.to(device), scale.to(device), mirror, net, perm)
+        last = averaged if it == int(iterations) - 1 else stage
+        coords, s, p, _, g = decode_stage(last, crops.to(device), scale.to(device), mirror, net, perm)
         # the mean over the moved sub-images (one without shifts), statistics kept as (1, K)
         new = (coords.cpu() + starts).mean(0)
         s, p = s.mean(0, keepdim=True), p.mean(0, keepdim=True)

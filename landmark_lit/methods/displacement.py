@@ -132,6 +132,29 @@ def cell_votes(
     return centres + (inverse_log_transform(dv, log_base) if regression == "log" else dv)
 
 
+def cell_pull_shape(phase: Tensor, stride: int) -> Tensor:
+    """The shape of a pull toward the centres of the network's cells at ``phase`` (input voxels, any real:
+    taken modulo the stride): sin(2 pi (c - phase) / stride), c = (stride - 1) / 2 the centre of a cell;
+    positive below the centre, negative above, zero at the centre and half a cell from it."""
+    return torch.sin(2 * math.pi * ((stride - 1) / 2 - phase) / stride)
+
+
+def remove_cell_pull(coords: Tensor, stride: int, pull: float, steps: int = 6) -> Tensor:
+    """Decoded ``coords`` (input voxels) without a pull of amplitude ``pull`` (input voxels) toward the cell
+    centres: the t with coords = t + pull * cell_pull_shape(t), by Newton steps (t + pull * shape(t) rises
+    monotonically while |pull| < stride / (2 pi), checked)."""
+    if pull == 0.0:
+        return coords
+    w = 2 * math.pi / stride
+    if not abs(pull) * w < 1:
+        raise ValueError(f"cell_pull {pull} too large for stride {stride} (|pull| < {1 / w:.3f})")
+    t = coords
+    for _ in range(steps):
+        slope = 1 - pull * w * torch.cos(w * ((stride - 1) / 2 - t))
+        t = t - (t + pull * cell_pull_shape(t, stride) - coords) / slope
+    return t
+
+
 def decode(
     output: DisplacementOutput,
     stride: int,
@@ -139,13 +162,17 @@ def decode(
     classification: bool = True,
     log_base: float = DEFAULT_LOG_BASE,
     top_k: int | None = None,
+    cell_pull: float = 0.0,
 ) -> Tensor:
-    """Landmark coordinates (B, K, D) in input voxels from a network output on the cell grid."""
+    """Landmark coordinates (B, K, D) in input voxels from a network output on the cell grid (without a
+    pull of amplitude ``cell_pull`` toward the cell centres: :func:`remove_cell_pull`)."""
     check_modes(regression, classification, top_k)
     votes = cell_votes(output, stride, regression, log_base)
     if classification:
-        return (votes * vote_weights(output[1], top_k).unsqueeze(2)).sum(-1)
-    return votes.mean(-1)
+        coords = (votes * vote_weights(output[1], top_k).unsqueeze(2)).sum(-1)
+    else:
+        coords = votes.mean(-1)
+    return remove_cell_pull(coords, stride, cell_pull)
 
 
 @dataclass
@@ -156,20 +183,30 @@ class VoteDecoder:
     classification: bool = True
     log_base: float = DEFAULT_LOG_BASE
     top_k: int | None = None
+    # amplitude (input voxels) of the answers' pull toward the cell centres, removed after the vote
+    # (fitted on validation sub-images: landmark_lit.inference.cell_pull); 0: none
+    cell_pull: float = 0.0
 
     def __post_init__(self) -> None:
         check_modes(self.regression, self.classification, self.top_k)
+        pull = self.cell_pull
+        if isinstance(pull, bool) or not (isinstance(pull, int | float) and math.isfinite(pull)):
+            raise ValueError(f"cell_pull must be a finite number, got {self.cell_pull!r}")
 
     def __call__(self, output: DisplacementOutput, stride: int) -> Tensor:
-        return decode(output, stride, self.regression, self.classification, self.log_base, self.top_k)
+        return decode(
+            output, stride, self.regression, self.classification, self.log_base, self.top_k, self.cell_pull
+        )
 
     def statistics(
         self, output: DisplacementOutput, stride: int, spacing: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """:func:`vote_statistics` with this decoder's modes."""
-        return vote_statistics(
+        """:func:`vote_statistics` with this decoder's modes; the coordinates without the cell pull (the
+        spread is measured around the vote's own mean)."""
+        coords, spread, posterior = vote_statistics(
             output, stride, self.regression, self.classification, self.log_base, spacing, self.top_k
         )
+        return remove_cell_pull(coords, stride, self.cell_pull), spread, posterior
 
 
 def vote_statistics(
@@ -295,7 +332,8 @@ class DisplacementMethod(Method):
     """The proposed method: :class:`GlobalNet` on whole images, :class:`LocalNet` per landmark on sub-images.
 
     Decoder descriptions: ``regression`` (one of :data:`REGRESSION_MODES`), ``classification`` (bool),
-    ``log_base`` (number) and, only when set, ``top_k`` (a positive integer; needs classification).
+    ``log_base`` (number) and, only when set, ``top_k`` (a positive integer; needs classification) and
+    ``cell_pull`` (a number, input voxels).
     """
 
     name = "displacement"
@@ -313,10 +351,12 @@ class DisplacementMethod(Method):
         }
         if decoder.top_k is not None:  # written only when set: older descriptions stay as they were
             description["top_k"] = int(decoder.top_k)
+        if decoder.cell_pull != 0.0:
+            description["cell_pull"] = float(decoder.cell_pull)
         return description
 
     def decoder_from_description(self, description: Any) -> VoteDecoder:
-        keys = {"regression", "classification", "log_base", "top_k"}
+        keys = {"regression", "classification", "log_base", "top_k", "cell_pull"}
         if not isinstance(description, dict) or set(description) - keys:
             raise ValueError(f"invalid decoder {description!r}")
         log_base = description.get("log_base", DEFAULT_LOG_BASE)
