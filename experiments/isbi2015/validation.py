@@ -3,7 +3,7 @@ ISBI 2015 validation images (the 10 training images held out by the dataset conf
 
     python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
         [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train] \
-        [--test-time-mirror local whole] [--repass-mm 0.3 0.5]
+        [--test-time-mirror local whole] [--repass-mm 0.3 0.5] [--local-shifts axes] [--without-cell-pull]
 
 Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline. ``--mirror`` runs on the
 images mirrored left-right (references with them: a patient facing the other way). ``--repass-mm T``
@@ -12,6 +12,9 @@ the pass before moved more than T mm (``local_repass_mm``), and prints the share
 pass re-ran (from the one-pass pipeline's shifts: give ``--iterations 1 ...``). ``--subset train``
 runs on the 140 training images instead and also prints the global stage's error per axis (SD, and the
 95th percentile of |error|), the spread a local stage meets (``data.local_offset_sd_mm``).
+``--local-shifts`` adds each local pipeline with its last pass shift-averaged (``local_shifts``);
+``--without-cell-pull`` adds each with its local decoders' stored pull toward the cell centres left in
+(``cell_pull`` 0: landmark_lit/inference/cell_pull.py).
 """
 
 from __future__ import annotations
@@ -74,6 +77,15 @@ def main(argv: list[str] | None = None) -> None:
         default=[0],
         help="local decoders' top k, each a row (0: as stored)",
     )
+    parser.add_argument(
+        "--local-shifts", nargs="*", default=[], choices=["axes", "faces"],
+        help="also each local pipeline with its last pass averaged over sub-images moved half a cell",
+    )  # fmt: skip
+    parser.add_argument(
+        "--without-cell-pull",
+        action="store_true",
+        help="also each local pipeline with its decoders' stored pull toward the cell centres left in",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ISBI2015Cephalograms(
@@ -124,6 +136,18 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     mirrored.set_vote_top_k(args.global_top_k, local_k or None)
                     pipelines[f"global -> {label}{extra}, test-time mirror ({scope})"] = mirrored
+    for name, predictor in list(pipelines.items()):  # variants of every local pipeline
+        if not predictor.local_stages or "test-time mirror" in name or "later passes" in name:
+            continue
+        for shifts in args.local_shifts:
+            moved = LandmarkPredictor(predictor.global_stage, predictor.local_stages, predictor.settings)
+            pipelines[f"{name}, last pass shift-averaged ({shifts})"] = moved.configure(local_shifts=shifts)
+        if args.without_cell_pull:
+            plain = [s.with_decoder(cell_pull=0.0) for s in predictor.local_stages]
+            for shifts in ["none", *args.local_shifts]:
+                p = LandmarkPredictor(predictor.global_stage, plain, predictor.settings, local_shifts=shifts)
+                label = "" if shifts == "none" else f", last pass shift-averaged ({shifts})"
+                pipelines[f"{name}{label}, pull toward the cell centres left in"] = p
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     first_shifts: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     global_offsets = []
