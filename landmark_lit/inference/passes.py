@@ -109,27 +109,15 @@ def refine_locally(
     spread = posterior = gap = None
     # moves of half a cell: the landmark at the other phase of its cell (answers lean to cell centres)
     offsets = local_shift_offsets(shifts, len(crop)) * max(1, int(stage.net.stride) // 2)
-    # the moved sub-images' mean cancels the pull toward the cell centres: decoded without its removal
-    averaged = (
-        stage.with_decoder(cell_pull=0.0)
-        if shifts != "none" and getattr(stage.decoder, "cell_pull", 0)
-        else stage
-    )
+    averaged = _unpulled(stage) if shifts != "none" else stage
     for it in range(int(iterations)):
         active = None if it == 0 or repass_mm <= 0 else _moved(shift, repass_mm, mirror)
         if active is not None and len(active) == 0:
             break
         if active is not None and len(active) == k:
             active = None
-        net = perm = None
-        # the networks of the moved landmarks only, where the network can be cut (not exported ones)
-        cut = active is not None and hasattr(stage.net, "for_landmarks")
-        if cut:
-            net = stage.net.for_landmarks(active)
-            if mirror is not None:
-                full = mirror.permutation(k)
-                where = {a: j for j, a in enumerate(active)}
-                perm = [where[full[a]] for a in active]
+        net, perm = _cut_networks(stage, active, mirror, k)
+        cut = net is not None
         run = active if cut else None
         moves = offsets if it == int(iterations) - 1 else offsets[:1]
         with record_function("local sub-images"):
@@ -178,6 +166,27 @@ def local_shift_offsets(shifts: str, spatial_dims: int) -> torch.Tensor:
     if shifts not in moves:
         raise ValueError(f"local shifts must be one of {list(moves)}, got {shifts!r}")
     return torch.cat([torch.zeros(1, spatial_dims), *moves[shifts]])
+
+
+def _unpulled(stage: Stage) -> Stage:
+    """The stage decoding without removing its pull toward the cell centres (a shift-averaged pass: the
+    moved sub-images' mean cancels that pull already); the stage itself when it removes none."""
+    return stage.with_decoder(cell_pull=0.0) if getattr(stage.decoder, "cell_pull", 0) else stage
+
+
+def _cut_networks(
+    stage: Stage, active: list[int] | None, mirror: MirrorAverage | None, k: int
+) -> tuple[torch.nn.Module | None, list[int] | None]:
+    """The networks of the ``active`` landmarks only, where the network can be cut (not exported ones),
+    and with a mirror the pairing of their rows; (None, None): the whole network runs."""
+    if active is None or not hasattr(stage.net, "for_landmarks"):
+        return None, None
+    perm = None
+    if mirror is not None:
+        full = mirror.permutation(k)
+        where = {a: j for j, a in enumerate(active)}
+        perm = [where[full[a]] for a in active]
+    return stage.net.for_landmarks(active), perm
 
 
 def _moved(shift: np.ndarray, repass_mm: float, mirror: MirrorAverage | None) -> list[int]:
