@@ -50,7 +50,9 @@ def export(cfg: DictConfig) -> dict[str, Path]:
         if "bundle" in formats:
             local = plain(cfg.get("local_checkpoint")) or []
             local = [local] if isinstance(local, str) else local
-            save_bundle(out, cfg.global_checkpoint, local, predictor.settings, calibration)
+            # the decoders as the predictor runs them (the config's global_top_k / local_top_k applied)
+            decoders = [s.meta.decoder for s in (predictor.global_stage, *predictor.local_stages)]
+            save_bundle(out, cfg.global_checkpoint, local, predictor.settings, calibration, decoders)
             written["bundle"] = out
     stages = {"global": predictor.global_stage} | {
         f"local{n}": s for n, s in enumerate(predictor.local_stages)

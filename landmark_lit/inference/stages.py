@@ -193,13 +193,16 @@ def save_bundle(
     local_checkpoints: Sequence[str | os.PathLike] = (),
     settings: RunSettings | None = None,
     calibration: Calibration | None = None,
+    decoders: Sequence[dict[str, Any] | None] | None = None,
 ) -> dict:
     """Write a model bundle: the stages of these checkpoints and what prediction needs, in one file.
 
     The checkpoints are validated (they must load and fit together) before anything is written; the file
     is written atomically. ``settings``: how prediction runs (default :class:`RunSettings`);
     ``calibration``: the whole pipeline's, fitted on validation images
-    (:func:`landmark_lit.inference.calibrate.calibrate_predictor`; None: the last stage's, if it has one).
+    (:func:`landmark_lit.inference.calibrate.calibrate_predictor`; None: the last stage's, if it has one);
+    ``decoders``: per stage (global first), decoder settings stored instead of the checkpoint's where
+    given (e.g. a vote decoder's ``top_k`` chosen after training; validated as :meth:`Stage.with_decoder`).
     Returns the bundle's summary (everything but the weights).
     """
     settings = settings or RunSettings()
@@ -208,6 +211,10 @@ def save_bundle(
     stages = [build_stage(*parts[0], paths[0], "global")] + [
         build_stage(m, s, p, "local") for (m, s), p in zip(parts[1:], paths[1:], strict=True)
     ]
+    if decoders is not None:
+        if len(decoders) != len(stages):
+            raise ValueError(f"decoders: one per stage ({len(stages)}), got {len(decoders)}")
+        stages = [s if d is None else s.with_decoder(**d) for s, d in zip(stages, decoders, strict=True)]
     check_stages_fit(stages[0], stages[1:])
     try:
         settings.check_fits(len(stages[0].meta.landmark_names), int(stages[0].meta.spatial_dims))

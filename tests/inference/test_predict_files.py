@@ -426,6 +426,35 @@ def test_export_cli_writes_a_bundle_and_torchscript_networks(tmp_path):
     assert stored is not None and stored.pairs == ((0, 1),) and stored.axes == (0,) and not stored.whole
 
 
+def test_export_stores_the_vote_top_k_it_was_given(tmp_path):
+    """landmark-export global_top_k=K local_top_k=K: the bundle decodes as the predictor the export
+    calibrated (its stages' stored decoders say so), not as the checkpoints stored them."""
+    from landmark_lit.cli.export import export
+
+    torch.manual_seed(0)
+    g = write_checkpoint(tmp_path / "g.ckpt", stage_description("global", 2, 2.0, 16))
+    loc = write_checkpoint(tmp_path / "l.ckpt", stage_description("local", 2, 1.0, 8))
+    overrides = [f"global_checkpoint={g}", f"local_checkpoint={loc}", f"output={tmp_path / 'k.pt'}"]
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        written = export(compose("export", overrides=[*overrides, "global_top_k=3", "local_top_k=2"]))
+    bundle = LandmarkPredictor.from_bundle(written["bundle"])
+    assert bundle.global_stage.meta.decoder["top_k"] == 3
+    assert [s.meta.decoder["top_k"] for s in bundle.local_stages] == [2]
+    expected = LandmarkPredictor.from_checkpoints(g, [loc])
+    plain_run = LandmarkPredictor.from_checkpoints(g, [loc])
+    expected.set_vote_top_k(3, 2)
+    image = np.random.default_rng(4).normal(size=(1, 30, 34)).astype(np.float32)
+    found = bundle.predict(image, np.eye(3)).world
+    np.testing.assert_allclose(found, expected.predict(image, np.eye(3)).world, atol=1e-6)
+    assert np.abs(found - plain_run.predict(image, np.eye(3)).world).max() > 1e-3  # top_k changed them
+    before = written["bundle"].read_bytes()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        bad = compose("export", overrides=[*overrides, "local_top_k=0"])
+    with pytest.raises(ValueError, match="top_k"):
+        export(bad)
+    assert written["bundle"].read_bytes() == before  # the bundle already written is kept whole
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
