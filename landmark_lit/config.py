@@ -41,10 +41,11 @@ def sweep_id() -> str:
     return Path(str(hydra_cfg.sweep.dir)).name
 
 
-def when(condition: bool, value: Any) -> Any:
-    """``value`` if ``condition`` holds, else None: ``${when:${ablation.classification},${stage.vote_top_k}}``
-    keeps a stage's option that needs classification out of the variants without it (the ablation grid)."""
-    return value if condition else None
+def when(condition: bool, value: Any, otherwise: Any = None) -> Any:
+    """``value`` if ``condition`` holds, else ``otherwise`` (None): ``${when:${ablation.classification},
+    ${stage.vote_top_k}}`` keeps a stage's option that needs classification out of the variants without
+    it (the ablation grid)."""
+    return value if condition else otherwise
 
 
 def register_resolvers() -> None:

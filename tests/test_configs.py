@@ -94,12 +94,17 @@ ABLATIONS = sorted(p.stem for p in (Path(CONFIG_DIR) / "ablation").glob("*.yaml"
 @pytest.mark.parametrize("ablation", ABLATIONS)
 def test_every_ablation_variant_of_a_top_k_stage_builds_its_decoder(experiment, ablation, tmp_path):
     # the stage decodes from its 9 most confident cells; ranking needs the classification, so the variants
-    # without it (the sweep=ablation grid's R and Rlog) decode from all cells instead of failing
+    # without it (the sweep=ablation grid's R and Rlog) decode from all cells instead of failing, and
+    # train every cell's displacement alike
     cfg = compose_train([f"experiment={experiment}", f"ablation={ablation}", f"paths.output_dir={tmp_path}"])
     assert cfg.stage.vote_top_k == 9
     decoder = instantiate(cfg.decoder)
     assert decoder.classification == cfg.ablation.classification
     assert decoder.top_k == (9 if cfg.ablation.classification else None)
+    # the same for the positive cells' displacement weight: every cell votes without classification
+    loss = instantiate(cfg.loss)
+    assert cfg.stage.foreground_weight == 1000.0
+    assert loss.foreground_weight == (1000.0 if cfg.ablation.classification else 0.0)
 
 
 def test_isbi2015_global_anneals_over_the_overridden_max_steps(tmp_path):
