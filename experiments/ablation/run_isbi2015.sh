@@ -8,7 +8,7 @@
 # global answer is refined with (the same for all five: the ablation is of the global stage), run as the
 # chosen pipeline (LOCAL_ITERATIONS=2 passes, the second for landmarks moved > LOCAL_REPASS_MM=0.5 mm).
 # EXPERIMENT (default isbi2015_global; isbi2015_global_stride32: the grid before issue 13). JOBS (default 2),
-# THREADS for prediction (default 2). WANDB=1: every run logged to wandb (offline) and the comparisons added
+# THREADS for prediction (default 2), SEED (default: conf/train.yaml's) for every variant's training. WANDB=1: every run logged to wandb (offline) and the comparisons added
 # to the sweep's group.
 set -euo pipefail
 STEPS=${1:-2000}
@@ -24,7 +24,7 @@ if [ ! -d "$OUT/runs" ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$BIN/landmark-train" -m hydra/launcher=parallel \
     hydra.launcher.n_jobs="$JOBS" experiment="${EXPERIMENT:-isbi2015_global}" sweep=ablation \
     task_name=isbi2015_ablation trainer.max_steps="$STEPS" trainer.val_check_interval=$((STEPS / 2)) \
-    run_test=false hydra.sweep.dir="$OUT/runs" ${WANDB:+logger=wandb}
+    run_test=false hydra.sweep.dir="$OUT/runs" ${SEED:+seed=$SEED} ${WANDB:+logger=wandb}
 fi
 [ -f "$OUT/references_average.csv" ] || "$BIN/python" -m landmark_lit.data.isbi2015 "$DATA" \
   "$OUT/references_average.csv" --split test1
