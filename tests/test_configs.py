@@ -18,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from landmark_lit.config import CONFIG_DIR
+from landmark_lit.data.appearance import Appearance
 from landmark_lit.data.augment import Augmentation
 from landmark_lit.data.io import save_nifti
 from landmark_lit.data.point_files import world_to_points, write_slicer_markups
@@ -138,6 +139,18 @@ def test_augmentation_group_selects_and_overrides_the_training_augmentation(tmp_
     )
     aug = instantiate(cfg.data.augment)
     assert isinstance(aug, Augmentation) and aug.rotate_deg == 15
+    cfg = compose_train(
+        [
+            "experiment=isbi2015_global",
+            "augmentation=robust",
+            "data.augment.appearance.cut_prob=0",
+            f"paths.output_dir={tmp_path}",
+        ]
+    )
+    robust = instantiate(cfg.data.augment)  # the default's changes, then the appearance ones
+    assert dataclasses.replace(robust, appearance=None) == Augmentation()
+    assert isinstance(robust.appearance, Appearance) and robust.appearance.cut_prob == 0
+    assert robust.appearance.blur_prob > 0 and robust.appearance.curve_prob > 0
 
 
 def test_augmentation_group_lists_every_argument_with_the_python_defaults():

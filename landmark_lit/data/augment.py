@@ -14,12 +14,14 @@ All randomness comes from torch's generator, so Lightning's per-worker seeding d
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from monai.networks.layers import AffineTransform
 from torch import Tensor
 
+from landmark_lit.data.appearance import Appearance
 from landmark_lit.data.transforms import mirror_permutation
 
 _WARP = AffineTransform(
@@ -49,6 +51,8 @@ class Augmentation:
             that would move a landmark closer than this many voxels to the border, else leave the
             image unchanged. None: no check (global stage).
         retries: spatial draws tried per image before leaving it unchanged (with ``keep_inside``).
+        appearance: intensity curves, blur / sharpening and border cuts after the rest
+            (:class:`~landmark_lit.data.appearance.Appearance`, or its arguments as a mapping); None: none.
 
     The defaults are those of ``conf/augmentation/default.yaml``, which lists every one of them.
     """
@@ -65,8 +69,11 @@ class Augmentation:
     noise_std: float = 0.05
     keep_inside: float | None = None
     retries: int = 3
+    appearance: Appearance | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.appearance, Mapping):
+            self.appearance = Appearance(**self.appearance)
         gamma = self.contrast_gamma
         self.contrast_gamma = (float(gamma[0]), float(gamma[1]))  # a YAML list -> a plain tuple
         if self.scale_axes is not None:
@@ -85,6 +92,8 @@ class Augmentation:
         images, points = self._spatial(images.float(), points)
         if self.intensity_prob > 0:
             images = self._intensity(images)
+        if self.appearance is not None:
+            images = self.appearance(images)
         images = images.contiguous()
         return (images[0], points[0]) if single else (images, points)
 
