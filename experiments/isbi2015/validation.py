@@ -3,7 +3,8 @@ ISBI 2015 validation images (the 10 training images held out by the dataset conf
 
     python experiments/isbi2015/validation.py GLOBAL.ckpt --local FIRST.ckpt --local COARSE.ckpt,FINE.ckpt \
         [--iterations 1 2] [--data ../shared/data/isbi2015-ceph] [--mirror] [--subset train] \
-        [--test-time-mirror local whole] [--repass-mm 0.3 0.5] [--local-shifts axes] [--without-cell-pull]
+        [--test-time-mirror local whole] [--repass-mm 0.3 0.5] [--local-shifts axes] [--without-cell-pull] \
+        [--perturb blur|sharpen|gamma|noise|cut]
 
 Prints a Markdown table: MRE ± SD, median (IQR), SDR at 2 and 4 mm, per pipeline. ``--mirror`` runs on the
 images mirrored left-right (references with them: a patient facing the other way). ``--repass-mm T``
@@ -14,7 +15,9 @@ runs on the 140 training images instead and also prints the global stage's error
 95th percentile of |error|), the spread a local stage meets (``data.local_offset_sd_mm``).
 ``--local-shifts`` adds each local pipeline with its last pass shift-averaged (``local_shifts``);
 ``--without-cell-pull`` adds each with its local decoders' stored pull toward the cell centres left in
-(``cell_pull`` 0: landmark_lit/inference/cell_pull.py).
+(``cell_pull`` 0: landmark_lit/inference/cell_pull.py). ``--perturb`` runs on the images changed as another
+scanner or site might deliver them (:data:`PERTURBATIONS`, the same change for every image; references
+unchanged): a check of robustness to images unlike the training set, on validation images only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 import torch
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
@@ -31,6 +35,33 @@ from landmark_lit.inference.predictor import LandmarkPredictor
 from landmark_lit.inference.settings import MirrorAverage
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
+
+
+PERTURBATIONS = {
+    "blur": "Gaussian blur, sigma 0.4 mm (a softer detector)",
+    "sharpen": "unsharp mask, sigma 1 mm, amount 1.5 (a console's edge enhancement)",
+    "gamma": "intensities through t^0.6 on their range (another response curve)",
+    "noise": "Gaussian noise, SD 5 % of the range (a lower dose)",
+    "cut": "the posterior 20 % of the width (left) set to the minimum (a field of view that cuts the skull)",
+}
+
+
+def perturb(image: np.ndarray, name: str, spacing_mm: float, seed: int) -> np.ndarray:
+    """One grey image (1, W, H) of ``spacing_mm`` pixels changed as :data:`PERTURBATIONS` ``[name]`` says."""
+    x = image.astype(np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    if name in ("blur", "sharpen"):
+        sigma = (0.4 if name == "blur" else 1.0) / spacing_mm
+        blurred = scipy.ndimage.gaussian_filter(x[0], sigma, mode="nearest")[None]
+        x = blurred if name == "blur" else x + 1.5 * (x - blurred)
+    elif name == "gamma":
+        x = ((x - lo) / (hi - lo)) ** 0.6 * (hi - lo) + lo
+    elif name == "noise":
+        x = x + np.random.default_rng(seed).normal(0.0, 0.05 * (hi - lo), x.shape).astype(np.float32)
+    elif name == "cut":
+        x = x.copy()
+        x[:, : int(0.2 * x.shape[1])] = lo
+    return x
 
 
 def row(name: str, errors: np.ndarray) -> str:
@@ -86,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also each local pipeline with its decoders' stored pull toward the cell centres left in",
     )
+    parser.add_argument("--perturb", choices=sorted(PERTURBATIONS), help="run on changed images")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ISBI2015Cephalograms(
@@ -158,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
             image = np.ascontiguousarray(image[:, ::-1])
             reference = reference.copy()
             reference[:, 0] = (image.shape[1] - 1) * case.affine[0, 0] - reference[:, 0]
+        if args.perturb:
+            image = perturb(image, args.perturb, float(case.affine[0, 0]), seed=i)
         for name, predictor in pipelines.items():
             prediction = predictor.predict(image, case.affine)
             world = prediction.world
@@ -171,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     subset = "validation" if args.subset == "val" else "training"
     mirrored = ", mirrored left-right" if args.mirror else ""
+    mirrored += f", perturbed: {PERTURBATIONS[args.perturb]}" if args.perturb else ""
     print(
         f"{len(source)} {subset} images{mirrored} ({', '.join(source.ids)}), average ground truth, errors in mm\n"
     )
