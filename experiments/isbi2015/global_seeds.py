@@ -19,21 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from validation import DEFAULT_DATA, row  # this folder's validation script (run as a script)
 
 from landmark_lit.data.isbi2015 import ISBI2015Cephalograms
 from landmark_lit.data.transforms import spacing_of
 from landmark_lit.inference.passes import StageEstimate, decode_stage, refine_in_turn, stage_estimate
 from landmark_lit.inference.predictor import LandmarkPredictor, global_input
-
-DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "isbi2015-ceph"
-
-
-def row(name: str, errors: np.ndarray) -> str:
-    q1, med, q3 = np.percentile(errors, [25, 50, 75])
-    return (
-        f"| {name} | {errors.mean():.3f} ± {errors.std():.2f} | {med:.2f} ({q3 - q1:.2f}) "
-        f"| {100 * np.mean(errors <= 2):.1f} % | {100 * np.mean(errors <= 4):.1f} % |"
-    )
 
 
 def global_answer(predictor: LandmarkPredictor, image: np.ndarray, affine: np.ndarray) -> StageEstimate:
