@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         for g in args.global_checkpoints
     ]
-    names = [f"seed {i} ({Path(g).parent.parent.name})" for i, g in enumerate(args.global_checkpoints)]
+    names = [f"run {i} ({Path(g).parent.parent.name})" for i, g in enumerate(args.global_checkpoints)]
     names.append(f"mean of the {len(predictors)}")
     errors: dict[str, list[np.ndarray]] = {}
     for i in range(len(source)):
