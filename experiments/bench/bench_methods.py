@@ -1,8 +1,8 @@
 """Head to head on the same images and the same threads: this project's global-to-local pipeline, the
 heatmap baseline (``method=heatmap``) and the SpatialConfigurationNet (SCN) of the ``landmarker`` package.
 
-For every method, in its own process: inference time per image (median after warm-up; file reading
-included, and without it), peak memory, the floating-point operations of the networks in one prediction
+For every method, in its own process: inference time per image (median after warm-up; from the file as
+landmark-predict reads it, and from the image in memory), peak memory, the floating-point operations of the networks in one prediction
 (``torch.utils.flop_counter``: convolutions and matrix products, 2 per multiply-add), and the fraction of
 this CPU's measured matrix-multiply rate the pipeline reaches (network FLOPs / time without reading /
 float32 GEMM rate on the same threads).
@@ -13,7 +13,8 @@ float32 GEMM rate on the same threads).
         --method scn --json outputs/bench/methods_ceph.json
 
 ``--method NAME=BUNDLE`` runs a landmark_lit model bundle (global-to-local or heatmap), ``NAME=BUNDLE#reduced``
-the same with JPEGs decoded at the reduction landmark-predict picks (``reduced_jpeg``), ``NAME=BUNDLE@SRC``
+the same with JPEGs decoded at the reduction landmark-predict picks (``reduced_jpeg``), ``NAME=BUNDLE#whole``
+with a gzip NIfTI read whole before the prediction instead of streamed; ``NAME=BUNDLE@SRC``
 the same with landmark_lit imported from the checkout SRC (another commit's ``git worktree``); ``--method scn``
 runs landmarker's SpatialConfigurationNet as its ISBI example configures it (2D: 512 x 512 input, 19
 outputs, default widths; 3D: OriginalSpatialConfigurationNet3d at ``--scn-size``^3), untrained (the time
@@ -139,20 +140,24 @@ def run_method(args: argparse.Namespace) -> dict:
             f", last pass shift-averaged ({shifts})" if predictor.local_stages and shifts != "none" else ""
         )
 
-    def read_and_predict():
-        return predict(*read())
+    read_and_predict = _file_pipeline(predictor, args, option) if name != "scn" else None
+    if read_and_predict is None:  # landmarker, or a checkout without landmark-predict's file path
+
+        def read_and_predict():
+            return predict(*read())
 
     for _ in range(args.warmup):
         read_and_predict()
     with_io, without_io = [], []
     for _ in range(args.runs):
         t0 = time.perf_counter()
-        img, aff = read()
+        read_and_predict()
         t1 = time.perf_counter()
-        predict(img, aff)
+        img, aff = read()
         t2 = time.perf_counter()
-        with_io.append(t2 - t0)
-        without_io.append(t2 - t1)
+        predict(img, aff)
+        with_io.append(t1 - t0)
+        without_io.append(time.perf_counter() - t2)
     with FlopCounterMode(display=False) as counter:
         predict(image, affine)
     flops = float(counter.get_total_flops())
@@ -171,6 +176,23 @@ def run_method(args: argparse.Namespace) -> dict:
         "gemm_gflops": gemm,
         "fraction_of_gemm_rate": flops / seconds / (gemm * 1e9),
     }
+
+
+def _file_pipeline(predictor, args: argparse.Namespace, option: str):
+    """landmark-predict's own path from the file (``predict_file``: a JPEG decoded reduced with
+    ``#reduced``, a gzip NIfTI volume streamed unless ``#whole``), where the checkout has it; else None."""
+    try:
+        from landmark_lit.inference.predict_files import predict_file
+    except ImportError:
+        return None
+    accepted = inspect.signature(predict_file).parameters
+    options = {"reduced_jpeg": option == "reduced", "streamed": option != "whole"}
+    options = {k: v for k, v in options.items() if k in accepted}
+
+    def read_and_predict():
+        return predict_file(predictor, args.image, spacing=args.spacing, **options)
+
+    return read_and_predict
 
 
 def main(argv: list[str] | None = None) -> None:

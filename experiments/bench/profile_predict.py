@@ -28,6 +28,7 @@ from landmark_lit.inference.predictor import LandmarkPredictor
 
 LABELS = (
     "reading",
+    "streamed reading and resampling",
     "global preprocessing",
     "global network",
     "global decoding",

@@ -81,15 +81,19 @@ def _nonzero(std: Tensor) -> Tensor:
 
 
 def working_image_for_parts(
-    prep: Preprocessing, image: np.ndarray | Tensor, affine: np.ndarray
+    prep: Preprocessing,
+    image: np.ndarray | Tensor,
+    affine: np.ndarray,
+    resampled: tuple[Tensor, np.ndarray] | None = None,
 ) -> tuple[Tensor, np.ndarray, Callable[[Tensor], Tensor] | None]:
     """What ``prep(image, affine)`` computes, for cutting sub-images from: the resampled image before
     normalisation and padding (in the input's memory order, not copied), its affine, and the
     normalisation to apply to each part (``transform`` of :func:`~landmark_lit.data.transforms.stack_local_crops`;
     padding outside the image stays 0, as ``prep``'s far-end padding is). The parts equal those cut from
     ``prep(image, affine)`` to float rounding. None as the transform: the image came normalised (a
-    constant image under "histeq")."""
-    x, aff = resample_to_spacing(
+    constant image under "histeq"). ``resampled``: that resampling done already ((C, *spatial) and its
+    affine; a streamed volume's, :mod:`landmark_lit.data.streamed`), used instead of ``image``."""
+    x, aff = resampled or resample_to_spacing(
         match_channels(image, prep.channels), affine, prep.spacing, antialias=prep.antialias, contiguous=False
     )
     norm = intensity_map(x, prep.intensity)

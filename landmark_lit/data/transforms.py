@@ -395,9 +395,17 @@ class Preprocessing:
     def __call__(self, image: np.ndarray | Tensor, affine: np.ndarray) -> tuple[Tensor, np.ndarray]:
         """(C, *spatial) image + affine -> normalised image at the working spacing + its affine."""
         image = match_channels(image, self.channels)
-        x, aff = resample_to_spacing(image, affine, self.spacing, antialias=self.antialias)
+        return self.finish(*resample_to_spacing(image, affine, self.spacing, antialias=self.antialias))
+
+    def finish(self, x: Tensor, affine: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        """The rest after resampling: the working image (C, *spatial) normalised and padded, C-ordered."""
         x = normalize_intensity(x, self.intensity)
-        return pad_to_min_size(x, self.min_size).contiguous(), aff
+        return pad_to_min_size(x, self.min_size).contiguous(), affine
+
+    @property
+    def resampling(self) -> tuple[tuple[float, ...], bool]:
+        """(spacing per axis or one, antialias): stages with equal ones share the resampled image."""
+        return tuple(float(v) for v in np.atleast_1d(self.spacing)), bool(self.antialias)
 
 
 def mirror_permutation(pairs: Sequence[Sequence[int]], num_landmarks: int) -> list[int]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,7 @@ def refine_locally(
     mirror: MirrorAverage | None = None,
     repass_mm: float = 0.0,
     shifts: str = "none",
+    resampled: Mapping[tuple, tuple[torch.Tensor, np.ndarray]] | None = None,
 ) -> tuple[StageEstimate, np.ndarray]:
     """One local stage on the image (C, *spatial) with its affine, starting from landmarks ``world`` (K, D)
     mm: each pass decodes landmark k in the sub-image centred on its last estimate (with ``mirror``, the
@@ -95,11 +97,15 @@ def refine_locally(
     a cell of the network's output grid (stride / 2 working voxels, at least one), and averages their
     answers and statistics (test-time augmentation).
 
+    ``resampled``: working images made already, by :attr:`Preprocessing.resampling` (a streamed volume's).
+
     Returns the stage's estimate and (K,) how far the last pass that ran for each landmark moved it, in mm.
     """
     with record_function("local preprocessing"):
         # the resampled image and its normalisation, applied to the sub-images only
-        x, aff, normalise = working_image_for_parts(stage.preprocessing, image, affine)
+        prep = stage.preprocessing
+        done = (resampled or {}).get(prep.resampling)
+        x, aff, normalise = working_image_for_parts(prep, image, affine, done)
     device = network_device(stage.net)
     scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32)
     centres = torch.as_tensor(world_to_voxel(world, aff), dtype=torch.float32)
@@ -145,15 +151,21 @@ def refine_locally(
 
 
 def refine_in_turn(
-    stages: list[Stage], image: torch.Tensor, affine: np.ndarray, start: StageEstimate, settings: RunSettings
+    stages: list[Stage],
+    image: Any,
+    affine: np.ndarray,
+    start: StageEstimate,
+    settings: RunSettings,
+    resampled: Mapping[tuple, tuple[torch.Tensor, np.ndarray]] | None = None,
 ) -> tuple[StageEstimate, np.ndarray]:
     """The local ``stages`` in turn (coarse to fine), each from the last one's answer (the first from
     ``start``), run as ``settings`` say; the last answer and how far its last pass moved each landmark
-    (mm; zeros without local stages)."""
+    (mm; zeros without local stages). ``resampled``: as :func:`refine_locally`'s."""
     s, estimate, shift = settings, start, np.zeros(len(start.world))
     for stage in stages:
         estimate, shift = refine_locally(
-            stage, image, affine, estimate.world, s.local_iterations, s.mirror, s.local_repass_mm, s.local_shifts
+            stage, image, affine, estimate.world, s.local_iterations, s.mirror, s.local_repass_mm, s.local_shifts,
+            resampled,
         )  # fmt: skip
     return estimate, shift
 

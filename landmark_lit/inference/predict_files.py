@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from landmark_lit.data.io import IMAGE_SUFFIXES, NO_GEOMETRY_SUFFIXES, load_image
 from landmark_lit.data.landmark_tables import LandmarkTable, read_landmark_table, write_landmark_table
 from landmark_lit.data.point_files import write_slicer_markups
+from landmark_lit.data.streamed import StreamedVolume, open_streamed
 from landmark_lit.data.transforms import world_to_voxel
 from landmark_lit.inference.predictor import InputError, LandmarkPredictor, Prediction
 from landmark_lit.utils import first_line, peak_memory_mb, safe_file_name
@@ -115,13 +116,16 @@ def predict_file(
     spacing: float | list[float] | None = None,
     keep_global_view: bool = False,
     reduced_jpeg: bool = True,
+    streamed: bool = True,
 ) -> tuple[Prediction, np.ndarray, np.ndarray]:
     """Read an image file and predict its landmarks; returns the prediction (with ``seconds``, reading
     included, and ``seconds_without_io``), and the image and affine as read.
 
     ``spacing`` (mm) replaces the file's geometry for images that carry none (PNG, JPEG, BMP, TIFF).
     ``reduced_jpeg``: decode a JPEG at 1/2, 1/4 or 1/8 of its size, the coarsest still at least as fine as
-    every stage's working spacing (:func:`jpeg_reduction`; positions in mm unchanged).
+    every stage's working spacing (:func:`jpeg_reduction`; positions in mm unchanged). ``streamed``: a
+    gzip NIfTI volume is resampled for every stage while it is inflated (:mod:`landmark_lit.data.streamed`;
+    the same landmarks); ``seconds_without_io`` then counts the inflating that the resampling did not hide.
     Raises InputError / ImageReadError with one line naming the file.
     """
     t0 = time.perf_counter()
@@ -132,8 +136,12 @@ def predict_file(
             raise InputError(f"{path}: spacing must be positive numbers, got {spacing!r}")
     reduce = jpeg_reduction(predictor, 1.0 if values is None else float(values.max())) if reduced_jpeg else 1
     with record_function("reading"):
-        image, affine = load_image(path, jpeg_reduce=reduce, integers=True)
-    d = image.ndim - 1
+        # a gzip NIfTI volume is inflated while the prediction resamples it (read whole otherwise)
+        image = open_streamed(path) if streamed and predictor.global_stage.meta.spatial_dims == 3 else None
+        image, affine = (
+            (image, image.affine) if image is not None else load_image(path, reduce, integers=True)
+        )
+    d = len(image.shape) if isinstance(image, StreamedVolume) else image.ndim - 1
     if values is not None and len(values) not in (1, d):
         raise InputError(f"{path}: spacing must be one value or {d}, got {spacing!r}")
     # the full-size pixel grid in mm: a reduced JPEG's affine maps onto it; otherwise the spacing replaces
@@ -149,6 +157,7 @@ def predict_file(
     t2 = time.perf_counter()
     if reduce > 1:  # voxel indices of the file as it is, not of its reduced decoding
         prediction = dataclasses.replace(prediction, voxel=world_to_voxel(prediction.world, full))
+    image = image.array if isinstance(image, StreamedVolume) else image
     return dataclasses.replace(prediction, seconds=t2 - t0, seconds_without_io=t2 - t1), image, affine
 
 

@@ -21,6 +21,7 @@ import torch
 from torch.profiler import record_function
 
 from landmark_lit.confidence import Calibration
+from landmark_lit.data.streamed import StreamedVolume
 from landmark_lit.data.transforms import image_tensor, match_channels, spacing_of, value_range, world_to_voxel
 from landmark_lit.inference.passes import (
     StageEstimate,
@@ -79,11 +80,17 @@ class Prediction:
     seconds_without_io: float | None = None
 
 
-def check_image(image: np.ndarray | torch.Tensor, affine: np.ndarray, spatial_dims: int) -> None:
+def check_image(
+    image: np.ndarray | torch.Tensor | StreamedVolume,
+    affine: np.ndarray,
+    spatial_dims: int,
+    values: tuple[float, float] | None = None,
+) -> None:
     """Raise :class:`InputError` (one line) if a model of ``spatial_dims`` cannot run on this image
-    (C, *spatial) with its voxel -> world affine."""
+    (C, *spatial) with its voxel -> world affine. ``values``: the image's (min, max), if known; a
+    streamed volume's are checked once resampled (:func:`check_values`)."""
     d = spatial_dims
-    shape = tuple(image.shape)
+    shape = (1, *image.shape) if isinstance(image, StreamedVolume) else tuple(image.shape)
     if len(shape) - 1 != d:
         raise InputError(
             f"the model is {d}D but the image is {len(shape) - 1}D (array shape {shape}, channels first)"
@@ -97,17 +104,31 @@ def check_image(image: np.ndarray | torch.Tensor, affine: np.ndarray, spatial_di
         )
     if abs(np.linalg.det(affine[:d, :d])) < 1e-12 or np.any(spacing_of(affine) <= 0):
         raise InputError(f"invalid geometry: zero spacing or singular affine (spacing {spacing_of(affine)})")
-    lo, hi = value_range(image)
+    if not isinstance(image, StreamedVolume):
+        check_values(*(values or value_range(image)))
+
+
+def check_values(lo: float, hi: float) -> None:
+    """:class:`InputError` for an image whose (min, max) are not finite or equal."""
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("the image contains NaN or infinite values")
     if lo == hi:
         raise InputError(f"the image is constant (every voxel is {lo:g}): no structure to find landmarks in")
 
 
-def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndarray) -> tuple:
+def global_input(
+    stage: Stage,
+    image: np.ndarray | torch.Tensor | StreamedVolume,
+    affine: np.ndarray,
+    resampled: dict | None = None,
+) -> tuple:
     """The image (C, *spatial) checked and in the global stage's channels (``x0``, for every stage), and
     its working image and affine at the stage's spacing; :class:`InputError` (one line) if the model
-    cannot run on it."""
+    cannot run on it. ``resampled``: working images made already (:func:`streamed_input`)."""
+    if resampled is not None:
+        with record_function("global preprocessing"):
+            x, aff = stage.preprocessing.finish(*resampled[stage.preprocessing.resampling])
+        return image, x, aff
     x0 = image_tensor(image)  # integers (a CT's int16) stay so until resampled, plane by plane
     check_image(x0, affine, int(stage.meta.spatial_dims))
     try:
@@ -117,13 +138,33 @@ def global_input(stage: Stage, image: np.ndarray | torch.Tensor, affine: np.ndar
         raise InputError(str(exc)) from None
     with record_function("global preprocessing"):
         x, aff = stage.preprocessing(x0, affine)
+    _check_size(stage, x)
+    return x0, x, aff
+
+
+def _check_size(stage: Stage, x: torch.Tensor) -> None:
     stride = stage.net.stride
     if any(n < stride for n in x.shape[1:]):
         raise InputError(
             f"the image is {' x '.join(map(str, x.shape[1:]))} voxels at the global stage's "
             f"{stage.meta.spacing} mm, smaller than one {stride}-voxel patch of its network"
         )
-    return x0, x, aff
+
+
+def streamed_input(volume: StreamedVolume, affine: np.ndarray, stages: Sequence[Stage]) -> dict:
+    """Every working image ``stages`` need, made in one pass over ``volume``'s planes while it is
+    inflated (:meth:`StreamedVolume.resample`), keyed by :attr:`Preprocessing.resampling`."""
+    g = stages[0]
+    check_image(volume, affine, int(g.meta.spatial_dims))
+    if g.meta.net["in_channels"] not in (None, 1):
+        raise InputError(f"the model expects {g.meta.net['in_channels']} channel(s), the image has 1")
+    keys = list(dict.fromkeys(s.preprocessing.resampling for s in stages))
+    with record_function("streamed reading and resampling"):
+        made, values = volume.resample(keys, affine)
+    check_values(*values)
+    resampled = dict(zip(keys, made, strict=True))
+    _check_size(g, resampled[g.preprocessing.resampling][0])
+    return resampled
 
 
 def _setting(name: str, doc: str) -> property:
@@ -234,21 +275,30 @@ class LandmarkPredictor:
 
     @torch.inference_mode()
     def predict(
-        self, image: np.ndarray | torch.Tensor, affine: np.ndarray, keep_global_view: bool = False
+        self,
+        image: np.ndarray | torch.Tensor | StreamedVolume,
+        affine: np.ndarray,
+        keep_global_view: bool = False,
     ) -> Prediction:
-        """The landmarks of one image (C, *spatial) with its voxel -> world affine.
+        """The landmarks of one image (C, *spatial) with its voxel -> world affine; a gzip NIfTI volume
+        still being inflated (:func:`~landmark_lit.data.streamed.open_streamed`) is resampled for every
+        stage in one pass as its planes arrive.
 
         Raises:
             InputError: the model cannot run on this image (see :func:`check_image`).
         """
         g = self.global_stage
-        x0, x, aff = global_input(g, image, affine)
+        streamed = isinstance(image, StreamedVolume)
+        resampled = streamed_input(image, affine, [g, *self.local_stages]) if streamed else None
+        x0, x, aff = global_input(g, image, affine, resampled)
         device = network_device(g.net)
         scale = torch.as_tensor(spacing_of(aff), dtype=torch.float32, device=device)
         whole = self.mirror if self.mirror is not None and self.mirror.whole else None
         coords, spread, posterior, out, gap = decode_stage(g, x[None].to(device), scale, whole)
         global_estimate = stage_estimate(coords, spread, posterior, gap, aff)
-        estimate, shift = refine_in_turn(self.local_stages, x0, affine, global_estimate, self.settings)
+        estimate, shift = refine_in_turn(
+            self.local_stages, x0, affine, global_estimate, self.settings, resampled
+        )
         with record_function("scoring"):
             confidence, flagged, radius, features = self.score(estimate, global_estimate, shift)
         return Prediction(
