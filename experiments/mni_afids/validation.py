@@ -3,24 +3,32 @@ error on the training volumes), before anything touches the test split.
 
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --local LOCAL.ckpt --iterations 1 2 3 \\
         [--repass-mm 0.3 0.5] [--local-shifts axes faces] [--top-k 9 27] [--global-top-k 9] [--local-top-k 4]
-        [--split val]
+        [--test-time-mirror local whole] [--split val]
     python experiments/mni_afids/validation.py MANIFEST GLOBAL.ckpt --split train --print-offset-sd
 
 Prints a Markdown table (MRE ± SD, median, SDR at 2 and 4 mm) per pipeline; with ``--split train`` also
 the global stage's error per axis (SD, 95th percentile of |error|), the spread a local stage meets
 (``data.local_offset_sd_mm``); ``--print-offset-sd`` prints only its mean over the axes.
+``--test-time-mirror`` adds each local pipeline (and its shift-averaged ones) averaged over the volume
+mirrored left-right (array axis 0, the benchmark's R / L pairs of dataset/mni_afids.yaml swapped): on the
+sub-images only, or the whole pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
+from landmark_lit.config import CONFIG_DIR
 from landmark_lit.data.manifest import ManifestCases
 from landmark_lit.inference.predictor import LandmarkPredictor
+from landmark_lit.inference.settings import MirrorAverage
 
 
 def row(name: str, errors: np.ndarray) -> str:
@@ -47,11 +55,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--local-shifts", nargs="*", default=[], choices=["axes", "faces"], help="last pass shift-averaged"
     )
+    parser.add_argument(
+        "--test-time-mirror", nargs="*", default=[], choices=["local", "whole"], help="mirror-averaged too"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     source = ManifestCases(args.manifest, split=args.split)
     pipelines = {"global only": LandmarkPredictor.from_checkpoints(args.global_checkpoint)}
     pipelines["global only"].set_vote_top_k(args.global_top_k)
+    # the benchmark's left-right mirror: array axis 0, its R / L fiducial pairs swapped
+    flip = OmegaConf.to_container(OmegaConf.load(Path(CONFIG_DIR) / "dataset" / "mni_afids.yaml").flip)
+    mirror = MirrorAverage.from_dict(
+        {"axes": flip["axes"], "pairs": flip["pairs"]}, pipelines["global only"].landmark_names
+    )
     if not args.print_offset_sd:
         for k in args.top_k:
             pipelines[f"global only, top {k} cells"] = LandmarkPredictor.from_checkpoints(
@@ -71,12 +87,17 @@ def main(argv: list[str] | None = None) -> None:
                     )
                     partial.set_vote_top_k(args.global_top_k, args.local_top_k)
                     pipelines[f"global -> {spec} ({it} passes, later > {t:g} mm)"] = partial
-                for shifts in args.local_shifts:
+                for shifts, scope in [(s, None) for s in args.local_shifts] + [
+                    (s, m) for s in ["none", *args.local_shifts] for m in args.test_time_mirror
+                ]:
                     averaged = LandmarkPredictor.from_checkpoints(
-                        args.global_checkpoint, spec.split(","), local_iterations=it, local_shifts=shifts
-                    )
+                        args.global_checkpoint, spec.split(","), local_iterations=it, local_shifts=shifts,
+                        mirror=None if scope is None else dataclasses.replace(mirror, whole=scope == "whole"),
+                    )  # fmt: skip
                     averaged.set_vote_top_k(args.global_top_k, args.local_top_k)
-                    pipelines[f"global -> {spec} ({it} passes, last shift-averaged: {shifts})"] = averaged
+                    what = [f"last shift-averaged: {shifts}"] if shifts != "none" else []
+                    what += [f"test-time mirror ({scope})"] if scope else []
+                    pipelines[f"global -> {spec} ({it} passes, {', '.join(what)})"] = averaged
     errors: dict[str, list[np.ndarray]] = {name: [] for name in pipelines}
     offsets = []
     for i in range(len(source)):
