@@ -22,7 +22,7 @@ import importlib.util
 import io
 import threading
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -33,7 +33,12 @@ import torch
 from torch import Tensor
 
 from landmark_lit.data.io import ImageReadError
-from landmark_lit.data.transforms import axis_resampling_matrix, resampled_affine, spacing_of
+from landmark_lit.data.transforms import (
+    axis_resampling_matrix,
+    resampled_affine,
+    spacing_of,
+    split_over_threads,
+)
 from landmark_lit.utils import first_line
 
 CHUNK = 1 << 20  # compressed bytes per read: about 2 MB of planes per step
@@ -162,7 +167,7 @@ class StreamedVolume:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            _interleaved(planes, z, threads - int(self._thread.is_alive()))
+            split_over_threads(planes, z, threads - int(self._thread.is_alive()), interleaved=True)
         finally:
             torch.set_num_threads(threads)
         self.finish()
@@ -209,33 +214,6 @@ def _plan(shape: tuple[int, ...], affine: np.ndarray, spacing: Any, antialias: b
         for a in range(3)
     ]
     return _Plan(mats, shape, resampled_affine(affine, spacing))
-
-
-def _interleaved(fn: Callable[[range], None], n: int, threads: int) -> None:
-    """``fn`` over 0..n-1 on ``threads`` threads, thread t taking t, t + T, t + 2T, ...: every thread
-    follows the inflater plane by plane (contiguous ranges would leave all but the first waiting)."""
-    threads = min(threads, n)
-    if threads <= 1:
-        fn(range(n))
-        return
-    inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's
-    errors: list[BaseException] = []
-
-    def run(t: int) -> None:
-        try:
-            with torch.inference_mode(inference):
-                fn(range(t, n, threads))
-        except BaseException as exc:  # re-raised in the caller
-            errors.append(exc)
-
-    workers = [threading.Thread(target=run, args=(t,)) for t in range(1, threads)]
-    for w in workers:
-        w.start()
-    run(0)
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
 
 
 def _inflated(source: Any) -> Iterator[bytes]:

@@ -135,21 +135,28 @@ def _resample_separable(x: Tensor, mats: Sequence[Tensor | None]) -> Tensor:
                 for i in rows:
                     out[i] = _resample_separable(data[i], plane)
 
-            _split_over_threads(planes, data.shape[0])
+            split_over_threads(planes, data.shape[0])
             data = out
         if w0 is not None and not outer_first:
             data = torch.sparse.mm(w0, data.reshape(n0, -1)).reshape(m0, m1, m2)
     return data.permute(*(order.index(a) for a in range(len(order))))
 
 
-def _split_over_threads(fn: Callable[[range], None], n: int) -> None:
-    """``fn`` over 0..n-1 in contiguous ranges, one per torch thread (torch's operators release the GIL;
-    the small products of one plane would not use a second thread on their own)."""
-    threads = min(torch.get_num_threads(), max(n // 16, 1))
+def split_over_threads(
+    fn: Callable[[range], None], n: int, threads: int | None = None, interleaved: bool = False
+) -> None:
+    """``fn`` over 0..n-1, one range per thread (torch's threads unless given; torch's operators release the
+    GIL, and the small products of one plane would not use a second thread on their own): contiguous
+    ranges, or with ``interleaved`` thread t takes t, t + T, t + 2T, ... (each follows a reader plane by
+    plane: :mod:`landmark_lit.data.streamed`)."""
+    threads = min(
+        torch.get_num_threads() if threads is None else threads, n if interleaved else max(n // 16, 1)
+    )
     if threads <= 1:
         fn(range(n))
         return
-    bounds = np.linspace(0, n, threads + 1).round().astype(int)
+    bounds = [int(b) for b in np.linspace(0, n, threads + 1).round()]
+    parts = [range(t, n, threads) if interleaved else range(bounds[t], bounds[t + 1]) for t in range(threads)]
     inference = torch.is_inference_mode_enabled()  # thread-local: the workers take the caller's
 
     def run(rows: range) -> None:
@@ -157,7 +164,7 @@ def _split_over_threads(fn: Callable[[range], None], n: int) -> None:
             fn(rows)
 
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for done in [pool.submit(run, range(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]:
+        for done in [pool.submit(run, rows) for rows in parts]:
             done.result()
 
 

@@ -287,8 +287,7 @@ class LandmarkPredictor:
         Raises:
             InputError: the model cannot run on this image (see :func:`check_image`).
         """
-        g = self.global_stage
-        streamed = isinstance(image, StreamedVolume)
+        g, streamed = self.global_stage, isinstance(image, StreamedVolume)
         resampled = streamed_input(image, affine, [g, *self.local_stages]) if streamed else None
         x0, x, aff = global_input(g, image, affine, resampled)
         device = network_device(g.net)

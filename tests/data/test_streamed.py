@@ -15,7 +15,7 @@ from helpers import stage_description, write_checkpoint
 from landmark_lit.data import streamed
 from landmark_lit.data.io import ImageReadError, load_image
 from landmark_lit.data.streamed import StreamedVolume, open_streamed
-from landmark_lit.data.transforms import resample_to_spacing
+from landmark_lit.data.transforms import resample_to_spacing, split_over_threads
 from landmark_lit.inference.predict_files import predict_file
 from landmark_lit.inference.predictor import InputError, LandmarkPredictor
 
@@ -144,3 +144,13 @@ def test_a_constant_streamed_volume_is_refused_as_a_read_one_is(tmp_path):
     for stream in (True, False):
         with pytest.raises(InputError, match=rf"{path}: the image is constant \(every voxel is 3\)"):
             predict_file(predictor, path, streamed=stream)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_split_over_threads_visits_every_index_once(interleaved):
+    seen: list[tuple[int, ...]] = []
+    split_over_threads(lambda rows: seen.append(tuple(rows)), 100, threads=3, interleaved=interleaved)
+    assert sorted(i for rows in seen for i in rows) == list(range(100)) and len(seen) == 3
+    # interleaved: each thread takes every third index (it follows the reader); else one contiguous block
+    steps = {rows[1] - rows[0] for rows in seen}
+    assert steps == ({3} if interleaved else {1})
