@@ -81,14 +81,11 @@ class Prediction:
 
 
 def check_image(
-    image: np.ndarray | torch.Tensor | StreamedVolume,
-    affine: np.ndarray,
-    spatial_dims: int,
-    values: tuple[float, float] | None = None,
+    image: np.ndarray | torch.Tensor | StreamedVolume, affine: np.ndarray, spatial_dims: int
 ) -> None:
     """Raise :class:`InputError` (one line) if a model of ``spatial_dims`` cannot run on this image
-    (C, *spatial) with its voxel -> world affine. ``values``: the image's (min, max), if known; a
-    streamed volume's are checked once resampled (:func:`check_values`)."""
+    (C, *spatial) with its voxel -> world affine. A streamed volume's values are checked once read
+    (:func:`streamed_input`)."""
     d = spatial_dims
     shape = (1, *image.shape) if isinstance(image, StreamedVolume) else tuple(image.shape)
     if len(shape) - 1 != d:
@@ -105,7 +102,7 @@ def check_image(
     if abs(np.linalg.det(affine[:d, :d])) < 1e-12 or np.any(spacing_of(affine) <= 0):
         raise InputError(f"invalid geometry: zero spacing or singular affine (spacing {spacing_of(affine)})")
     if not isinstance(image, StreamedVolume):
-        check_values(*(values or value_range(image)))
+        check_values(*value_range(image))
 
 
 def check_values(lo: float, hi: float) -> None:
