@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from landmark_lit.data.io import ImageReadError
+from landmark_lit.data.io import KEPT_INTEGERS, ImageReadError
 from landmark_lit.data.transforms import (
     axis_resampling_matrix,
     resampled_affine,
@@ -134,11 +134,7 @@ class StreamedVolume:
         self.finish()
         x, y, z = self.shape
         volume = self._buffer.view(self.dtype).reshape(z, y, x).transpose(2, 1, 0)
-        if (
-            self.scaling is None
-            and self.dtype.isnative
-            and self.dtype.type in (np.int8, np.uint8, np.int16, np.int32)
-        ):
+        if self.scaling is None and self.dtype.isnative and self.dtype.type in KEPT_INTEGERS:
             return volume[None]
         return self._values(volume)[None]
 
