@@ -76,7 +76,8 @@ def export(cfg: DictConfig) -> dict[str, Path]:
 def calibrate(cfg: DictConfig, predictor: LandmarkPredictor) -> Calibration:
     """The calibration ``cfg`` asks for: ``predictor`` on the validation cases, or, with
     ``calibration_folds`` (bundles of the same pipeline trained with one fold held out each), every fold's
-    pipeline on its held-out cases (run with ``predictor``'s settings), fitted as one."""
+    pipeline on its held-out cases (run with ``predictor``'s settings), fitted as one; bundle k held out
+    fold k of ``calibration_fold_count`` (default: one bundle per fold)."""
     from landmark_lit.inference.calibrate import calibrate_cross_fitted, calibration_source
 
     dataset, manifest = cfg.get("calibration_dataset"), cfg.get("calibration_manifest")
@@ -90,13 +91,19 @@ def calibrate(cfg: DictConfig, predictor: LandmarkPredictor) -> Calibration:
         )
     if isinstance(split, list) and not (folds and manifest):
         raise ValueError(f"calibration_split: one split unless folds come from a manifest, got {split!r}")
+    # the dataset's split the bundles were trained with: bundle k held out fold k of ``count``
+    count = int(cfg.get("calibration_fold_count") or len(folds))
+    if folds and count < len(folds):
+        raise ValueError(
+            f"calibration_fold_count: {count} folds cannot hold {len(folds)} bundles' held-out cases"
+        )
     if not folds:
         pairs = [(predictor, calibration_source(dataset, manifest, str(split)))]
     else:
         pairs = []
         for k, path in enumerate(folds):
             fold_split = split[k] if manifest else str(split)
-            source = calibration_source(dataset, manifest, fold_split, *((len(folds), k) if dataset else ()))
+            source = calibration_source(dataset, manifest, fold_split, *((count, k) if dataset else ()))
             pairs.append((_fold_predictor(path, predictor, cfg), source))
     failure = cfg.get("failure_mm") or pairs[0][1][1] or DEFAULT_FAILURE_MM
     description = "; ".join(source[2] for _, source in pairs)

@@ -235,6 +235,13 @@ def test_export_calibrates_on_cross_fitting_folds(models, tmp_path, monkeypatch)
     assert logistic == calibrate_cross_fitted(
         by_hand, 3.0, description="fold 0; fold 1", failure_model="logistic", threshold_from="counted"
     )
+    # two bundles of a five-fold split: folds 0 and 1 of 5 are their held-out cases
+    calls.clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        export(compose("export", overrides=[*overrides, "calibration_fold_count=5"]))
+        assert calls == [("stand_in", None, "val", 5, 0), ("stand_in", None, "val", 5, 1)]
+        with pytest.raises(ValueError, match="calibration_fold_count: 1 folds cannot hold 2 bundles"):
+            export(compose("export", overrides=[*overrides, "calibration_fold_count=1"]))
     with pytest.raises(ValueError, match=r"calibration options \['forest'\] unknown"):
         calibrate_cross_fitted(by_hand, forest=1)
     coarse = tmp_path / "coarse.pt"
