@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from landmark_lit.confidence import confidence_figures, fit_calibration
+from landmark_lit.confidence import FEATURES, confidence_figures, fit_calibration
 from landmark_lit.config import register_resolvers
 from landmark_lit.inference.calibrate import calibration_source
 from landmark_lit.inference.predictor import LandmarkPredictor
@@ -109,6 +109,11 @@ def compare(args: argparse.Namespace) -> None:
         folds = np.array([unique[c] for c in cases])  # the shape model of an image: the others' references
         x = x.copy()
         x[:, -1] = np.log(shape_residuals(data["world"], data["references"], folds) + 0.3)
+    if args.image_cue:  # the image's mean of one cue (its difficulty), in the mirror gap's place
+        col = FEATURES.index(args.image_cue)
+        _, image = np.unique(cases, return_inverse=True)
+        x = x.copy()
+        x[:, -1] = (np.bincount(image, x[:, col]) / np.bincount(image))[image]
     unique = np.unique(cases)
     rng = np.random.default_rng(0)
     group_of = dict(zip(unique, rng.permutation(len(unique)) % args.groups, strict=True))
@@ -157,6 +162,7 @@ def main() -> None:
     c.add_argument("--failure-mm", type=float, default=4.0)
     c.add_argument("--json")
     c.add_argument("--shape-cue", action="store_true", help="add the shape-model residual as a cue")
+    c.add_argument("--image-cue", choices=FEATURES[:-1], help="add the image's mean of this cue as a cue")
     args = parser.parse_args()
     {"rows": rows, "compare": compare}[args.command](args)
 
