@@ -205,15 +205,47 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run the methods this many times, in alternating order; medians"
+    )
     parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # one method, in this process
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.run:
         print(json.dumps(run_method(args)))
         return
+    rounds = [run_round(args, args.method if r % 2 == 0 else args.method[::-1]) for r in range(args.rounds)]
+    results = summarise(rounds, args.method)
+    print("| method | s per image | without reading | peak MB | GFLOP | % of GEMM rate | time vs first |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{r['time_vs_first']:.2f}x" + (
+            f" ({r['time_vs_first_min']:.2f}-{r['time_vs_first_max']:.2f})" if args.rounds > 1 else ""
+        )
+        print(
+            f"| {r['method']}: {r['description']} | {r['median_s']:.3f} | {r['median_s_without_reading']:.3f} | "
+            f"{r['peak_memory_mb']:.0f} | {r['gflop']:.1f} | {100 * r['fraction_of_gemm_rate']:.0f} % | {ratio} |"
+        )
+    if results:
+        rates = [r["gemm_gflops"] for r in results]
+        print(
+            f"\nfloat32 GEMM rate on {args.threads} threads: {min(rates):.0f}-{max(rates):.0f} GFLOP/s"
+            + (
+                f"; medians over {args.rounds} rounds, methods run in alternating order"
+                if args.rounds > 1
+                else ""
+            )
+        )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"summary": results, "rounds": rounds}, indent=1) + "\n")
+
+
+def run_round(args: argparse.Namespace, methods: list[str]) -> dict[str, dict]:
+    """Every method once, each in its own process, in the order given; results by method spec."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    results = []
-    for spec in args.method:
+    out = {}
+    for spec in methods:
         # NAME=BUNDLE@SRC: that method's process imports landmark_lit from the checkout SRC (e.g. an older
         # commit's `git worktree`), for before / after figures in one run
         method, _, src = spec.partition("@")
@@ -226,21 +258,34 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(
                 f"{method}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'failed'}"
             )
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    base = results[0]["median_s"] if results else 1.0
-    print("| method | s per image | without reading | peak MB | GFLOP | % of GEMM rate | time vs first |")
-    print("|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['method']}: {r['description']} | {r['median_s']:.3f} | {r['median_s_without_reading']:.3f} | "
-            f"{r['peak_memory_mb']:.0f} | {r['gflop']:.1f} | {100 * r['fraction_of_gemm_rate']:.0f} % | "
-            f"{r['median_s'] / base:.1f}x |"
+        out[spec] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def summarise(rounds: list[dict[str, dict]], specs: list[str]) -> list[dict]:
+    """Per method, in the order of ``specs`` (``--method``): the median over rounds of its times, GEMM rate
+    and memory, and of its time relative to the first method's in the same round (with that ratio's
+    range); with one round, the figures as run."""
+    results = []
+    for spec in specs:
+        runs = [r[spec] for r in rounds]
+        ratios = [r[spec]["median_s"] / r[specs[0]]["median_s"] for r in rounds]
+        row = dict(runs[0])
+        for key in (
+            "median_s",
+            "median_s_without_reading",
+            "gemm_gflops",
+            "fraction_of_gemm_rate",
+            "peak_memory_mb",
+        ):
+            row[key] = float(np.median([x[key] for x in runs]))
+        row.update(
+            time_vs_first=float(np.median(ratios)),
+            time_vs_first_min=min(ratios),
+            time_vs_first_max=max(ratios),
         )
-    if results:
-        print(f"\nfloat32 GEMM rate on {args.threads} threads: {results[0]['gemm_gflops']:.0f} GFLOP/s")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        results.append(row)
+    return results
 
 
 if __name__ == "__main__":
