@@ -20,6 +20,10 @@ runs landmarker's SpatialConfigurationNet as its ISBI example configures it (2D:
 outputs, default widths; 3D: OriginalSpatialConfigurationNet3d at ``--scn-size``^3), untrained (the time
 does not depend on the weights), with the image resampled to that input and the heatmaps decoded by
 argmax, as landmarker does.
+
+``--rounds R`` runs the whole list R times, in alternating order (forward, backward, ...), and reports
+per method the median over rounds and its time relative to the first method's in the same round
+(median and range): on a machine whose speed drifts within minutes, the ratio is the figure to trust.
 """
 
 from __future__ import annotations
