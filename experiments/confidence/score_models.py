@@ -11,6 +11,11 @@
 
     python experiments/confidence/score_models.py rows OUT/fold0.pt OUT/fold1.pt OUT/fold2.pt --out rows.npz
     python experiments/confidence/score_models.py compare rows.npz [--groups 10]
+    python experiments/confidence/score_models.py compare rows.npz --seed-rows rows_seed1.npz [--average]
+
+``--seed-rows``: rows of the same images from pipelines trained alike but for a seed (a second local stage);
+the distance between the two answers (the ensemble's disagreement) becomes a cue, and with ``--average``
+the errors scored are those of the two answers' mean.
 """
 
 from __future__ import annotations
@@ -101,6 +106,19 @@ def shape_residuals(world: np.ndarray, refs: np.ndarray, folds: np.ndarray, k: i
     return out.reshape(-1)
 
 
+def _seed_cue(data: dict, other: dict, x: np.ndarray, average: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The cues with the two seeds' disagreement (mm, logged after adding 0.3) in the mirror gap's place,
+    and the errors of the first rows' answers (``average``: of the two answers' mean)."""
+    if not (np.array_equal(data["cases"], other["cases"]) and np.array_equal(data["names"], other["names"])):
+        raise SystemExit("--seed-rows: the two row files hold different images or landmarks")
+    x = x.copy()
+    x[:, -1] = np.log(np.linalg.norm(data["world"] - other["world"], axis=1) + 0.3)
+    if not average:
+        return x, data["errors"]
+    mean = (data["world"] + other["world"]) / 2
+    return x, np.linalg.norm(mean - data["references"], axis=1)
+
+
 def compare(args: argparse.Namespace) -> None:
     data = np.load(args.rows, allow_pickle=False)
     x, err, names, cases = data["features"], data["errors"], data["names"], data["cases"]
@@ -114,6 +132,8 @@ def compare(args: argparse.Namespace) -> None:
         _, image = np.unique(cases, return_inverse=True)
         x = x.copy()
         x[:, -1] = (np.bincount(image, x[:, col]) / np.bincount(image))[image]
+    if args.seed_rows:
+        x, err = _seed_cue(data, np.load(args.seed_rows, allow_pickle=False), x, args.average)
     unique = np.unique(cases)
     rng = np.random.default_rng(0)
     group_of = dict(zip(unique, rng.permutation(len(unique)) % args.groups, strict=True))
@@ -163,6 +183,8 @@ def main() -> None:
     c.add_argument("--json")
     c.add_argument("--shape-cue", action="store_true", help="add the shape-model residual as a cue")
     c.add_argument("--image-cue", choices=FEATURES[:-1], help="add the image's mean of this cue as a cue")
+    c.add_argument("--seed-rows", help="rows of a second seed: their disagreement as a cue")
+    c.add_argument("--average", action="store_true", help="with --seed-rows: score the two answers' mean")
     args = parser.parse_args()
     {"rows": rows, "compare": compare}[args.command](args)
 

@@ -446,5 +446,19 @@ def stack_local_crops(
     transform: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """(C, *spatial) image + (K, D) integer starts -> (K, C, *crop_size) sub-images (``transform``: see
-    :func:`crop_or_pad`)."""
-    return torch.stack([crop_or_pad(image, s.long().tolist(), crop_size, transform) for s in starts])
+    :func:`crop_or_pad`; it runs once on all K sub-images, channel first, and the parts outside the image
+    are zeroed after it: the numbers of transforming each sub-image's inside alone, in one call instead of
+    K, experiments/bench/RESULTS.md)."""
+    parts = torch.stack([crop_or_pad(image, s.long().tolist(), crop_size) for s in starts])
+    if transform is None or len(parts) == 0:
+        return parts
+    out = transform(parts.movedim(1, 0)).movedim(0, 1)
+    n = torch.tensor(image.shape[1:])
+    inside = None
+    for a, size in enumerate(crop_size):  # (K, size) per axis, broadcast over the other axes
+        at = starts[:, a : a + 1].long() + torch.arange(int(size))
+        axis = ((at >= 0) & (at < n[a])).view(
+            len(starts), *[int(size) if b == a else 1 for b in range(len(crop_size))]
+        )
+        inside = axis if inside is None else inside & axis
+    return torch.where(inside[:, None], out, out.new_zeros(()))

@@ -129,7 +129,8 @@ def refine_locally(
         with record_function("local sub-images"):
             start_from = centres if run is None else centres[run]
             starts = local_crop_starts(start_from, crop)[None] + moves[:, None]  # (S, K, D)
-            crops = torch.stack([stack_local_crops(x, st, crop, normalise) for st in starts])  # on the CPU
+            flat = stack_local_crops(x, starts.reshape(-1, starts.shape[-1]), crop, normalise)  # on the CPU
+            crops = flat.view(*starts.shape[:2], *flat.shape[1:])
         last = averaged if it == int(iterations) - 1 else stage
         coords, s, p, _, g = decode_stage(last, crops.to(device), scale.to(device), mirror, net, perm)
         # the mean over the moved sub-images (one without shifts), statistics kept as (1, K)

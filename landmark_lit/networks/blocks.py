@@ -106,6 +106,42 @@ def fold_batch_norm(net: nn.Module) -> nn.Module:
     return net
 
 
+class _GroupedPointwise:
+    """A grouped 1^D convolution (stride 1, no padding) run as one batched matrix product over its groups:
+    the same numbers as the convolution, which PyTorch's CPU backends run group by group on their slow
+    path (experiments/bench/RESULTS.md, issue 23). Weights, groups and channels stay the convolution's,
+    so :func:`select_groups` and the exporters see an ordinary convolution."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, g = x.shape[0], self.groups
+        w = self.weight.view(g, self.out_channels // g, self.in_channels // g)
+        y = torch.matmul(w, x.reshape(b, g, self.in_channels // g, -1))  # (B, G, out, N)
+        if self.bias is not None:
+            y = y + self.bias.view(g, -1, 1)
+        return y.reshape(b, self.out_channels, *x.shape[2:])
+
+
+class GroupedPointwise2d(_GroupedPointwise, nn.Conv2d):
+    pass
+
+
+class GroupedPointwise3d(_GroupedPointwise, nn.Conv3d):
+    pass
+
+
+def fast_grouped_pointwise(net: nn.Module) -> nn.Module:
+    """Every grouped 1^D convolution of ``net`` (stride 1, no padding or dilation) runs as a batched matrix
+    product (:class:`GroupedPointwise2d` / ``3d``), in place, for inference. Returns ``net``."""
+    swap = {nn.Conv2d: GroupedPointwise2d, nn.Conv3d: GroupedPointwise3d}
+    for m in net.modules():
+        if type(m) in swap and m.groups > 1 and m.padding_mode == "zeros":
+            d = len(m.kernel_size)
+            if m.kernel_size == (1,) * d and m.stride == (1,) * d and m.dilation == (1,) * d:
+                if m.padding == (0,) * d:
+                    m.__class__ = swap[type(m)]
+    return net
+
+
 def select_groups(module: nn.Module, groups: int, keep: Sequence[int]) -> nn.Module:
     """A copy of ``module`` that holds only groups ``keep`` of its ``groups`` independent grouped networks.
 

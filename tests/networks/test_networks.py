@@ -290,12 +290,50 @@ def test_deeper_local_net_has_stride_4_and_the_decoders_grid(d, size):
 
 
 @pytest.mark.parametrize("d", [2, 3])
+def test_grouped_pointwise_convolutions_as_batched_products_keep_outputs(d):
+    import copy
+
+    from landmark_lit.networks import fast_grouped_pointwise, fold_batch_norm
+    from landmark_lit.networks.blocks import GroupedPointwise2d, GroupedPointwise3d
+
+    torch.manual_seed(0)
+    net = LocalNet(d, 1, 5, (4, 6, 8), 6).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    fast = fast_grouped_pointwise(fold_batch_norm(copy.deepcopy(net)))
+    kind = GroupedPointwise2d if d == 2 else GroupedPointwise3d
+    swapped = [m for m in fast.modules() if isinstance(m, kind)]
+    # the shortcuts of blocks 1-3 and the heads' 1^D layers; the 3^D convolutions stay
+    assert len(swapped) == 3 + 2 * 3 and all(m.kernel_size == (1,) * d for m in swapped)
+    assert sum(type(m) in (torch.nn.Conv2d, torch.nn.Conv3d) for m in fast.modules()) == 6
+    assert swapped[0].bias is not None and fast.regression[-1].bias is not None
+    x = torch.randn(3, 5, 1, *[12] * d)
+    with torch.no_grad():
+        for a, b in zip(net(x), fast(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        plain = torch.nn.Conv2d(6, 8, 1, groups=2, bias=False)  # without a bias, 2D
+        x2 = torch.randn(2, 6, 5, 7)
+        ref = plain(x2)
+        torch.testing.assert_close(fast_grouped_pointwise(plain)(x2), ref, atol=1e-6, rtol=1e-6)
+        assert isinstance(plain, GroupedPointwise2d)
+    # ungrouped, strided or padded 1^D convolutions stay as they are
+    for m in (
+        torch.nn.Conv2d(4, 4, 1),
+        torch.nn.Conv2d(4, 4, 1, groups=2, stride=2),
+        torch.nn.Conv2d(4, 4, 1, groups=2, padding=1),
+    ):
+        assert type(fast_grouped_pointwise(m)) is torch.nn.Conv2d
+
+
+@pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("specialised", [True, False])
 @pytest.mark.parametrize("folded", [False, True])
 def test_local_net_for_some_landmarks_gives_their_outputs_of_the_full_net(d, specialised, folded):
     import copy
 
-    from landmark_lit.networks import fold_batch_norm
+    from landmark_lit.networks import fast_grouped_pointwise, fold_batch_norm
 
     torch.manual_seed(0)
     net = LocalNet(d, 1, 5, (4, 6, 8), 6, specialised=specialised)
@@ -304,8 +342,8 @@ def test_local_net_for_some_landmarks_gives_their_outputs_of_the_full_net(d, spe
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     net.eval()
-    if folded:
-        net = fold_batch_norm(net)
+    if folded:  # as prediction loads it
+        net = fast_grouped_pointwise(fold_batch_norm(net))
     before = copy.deepcopy(net.state_dict())
     x = torch.randn(2, 5, 1, *[12] * d)
     keep = [3, 0, 4]
