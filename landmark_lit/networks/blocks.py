@@ -24,8 +24,26 @@ def batch_norm(spatial_dims: int, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm3d(channels)
 
 
+class HalfPool(nn.Module):
+    """2^D average pooling (stride 2, the last row of an odd axis dropped: ``nn.AvgPool2d(2)`` /
+    ``AvgPool3d(2)``) as one strided sum per axis: the same numbers to float rounding, and several times
+    faster than PyTorch's CPU pooling of (B, C, *spatial) maps with many channels and few voxels, the
+    local stage's grouped networks (experiments/bench/RESULTS.md, issue 23)."""
+
+    def __init__(self, spatial_dims: int) -> None:
+        super().__init__()
+        self.spatial_dims = int(spatial_dims)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for dim in range(x.ndim - self.spatial_dims, x.ndim):
+            half = x.shape[dim] // 2
+            pairs = x.narrow(dim, 0, 2 * half).unflatten(dim, (half, 2))
+            x = pairs.select(dim + 1, 0) + pairs.select(dim + 1, 1)
+        return x * (0.5**self.spatial_dims)
+
+
 def avg_pool(spatial_dims: int) -> nn.Module:
-    return nn.AvgPool2d(2) if spatial_dims == 2 else nn.AvgPool3d(2)
+    return HalfPool(spatial_dims)
 
 
 class ConvBNReLU(nn.Sequential):

@@ -126,3 +126,18 @@ def test_resampling_over_threads_inside_inference_mode():
     finally:
         torch.set_num_threads(before)
     assert out.shape == (1, 30, 19, 22) and torch.isfinite(out).all()
+
+
+def test_equalisation_of_views_in_any_layout_is_np_interp_of_the_cumulative_histogram():
+    from landmark_lit.data.transforms import apply_histogram_cdf, histogram_cdf
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy((rng.gamma(2.0, 40.0, (2, 37, 53))).astype(np.float32))
+    lo, hi, cum = histogram_cdf(x.reshape(2, -1)[:1])
+    centres = (np.arange(len(cum)) + 0.5) * (hi - lo) / len(cum) + lo
+    for view in (x, x.permute(0, 2, 1), x[:, 3:30, 5:40], x.permute(2, 1, 0)[::2]):
+        got = apply_histogram_cdf(view, lo, hi, cum)
+        expected = np.interp(view.numpy(), centres, cum.numpy())
+        assert got.shape == view.shape
+        np.testing.assert_allclose(got.numpy(), expected, atol=2e-6)
+    assert float(apply_histogram_cdf(x, lo, hi, cum).max()) == 1.0

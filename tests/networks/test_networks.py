@@ -363,3 +363,22 @@ def test_local_net_for_some_landmarks_gives_their_outputs_of_the_full_net(d, spe
         net.for_landmarks([5])
     with pytest.raises(ValueError, match="between 0 and 4"):
         net.for_landmarks([])
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 4, 9, 7), (2, 2, 6, 5, 7), (1, 1, 3, 4)])
+def test_half_pool_is_average_pooling_forward_and_backward(shape):
+    from landmark_lit.networks.blocks import HalfPool
+
+    torch.manual_seed(0)
+    d = len(shape) - 2
+    ref = torch.nn.AvgPool2d(2) if d == 2 else torch.nn.AvgPool3d(2)
+    x = torch.randn(*shape, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    a, b = ref(x), HalfPool(d)(x2)
+    assert a.shape == b.shape == (*shape[:2], *[n // 2 for n in shape[2:]])
+    torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(a)
+    (a * g).sum().backward()
+    (b * g).sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, atol=1e-6, rtol=1e-6)
+    assert float(x2.grad.abs().sum()) > 0
