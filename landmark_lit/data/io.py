@@ -266,9 +266,9 @@ def load_image(
     if not path.exists():
         raise ImageReadError(f"{path}: file not found")
     if path.is_file() and path.name.lower().endswith(_PIL_SUFFIXES):
-        array, reduced = _read_pil(path, jpeg_reduce)
+        array, reduced, finite = _read_pil(path, jpeg_reduce)
         if array is not None:
-            return _checked(path, array, reduced_affine(reduced))
+            return _checked(path, array, reduced_affine(reduced), finite)
     if path.is_file() and path.name.lower().endswith(NIBABEL_SUFFIXES):
         return _checked(path, *_read_nibabel(path, integers))
     if path.is_file() and (path.name.lower().endswith(".dcm") or _has_dicom_preamble(path)):
@@ -300,7 +300,10 @@ def load_image(
     return _checked(path, array, affine)
 
 
-def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    path: Path, array: np.ndarray, affine: np.ndarray, finite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``array`` and ``affine`` if they make an image; ``finite``: the values came from integers."""
     spatial = array.ndim - 1
     if spatial not in (2, 3):
         raise ImageReadError(f"{path}: expected a 2D or 3D image, got spatial shape {array.shape[1:]}")
@@ -308,7 +311,7 @@ def _checked(path: Path, array: np.ndarray, affine: np.ndarray) -> tuple[np.ndar
         raise ImageReadError(f"{path}: affine contains NaN or infinite values")
     # integers are finite; a float sum in float64 is finite exactly when every value is (no overflow from
     # float32 values; NaN and +-inf propagate), one pass without a boolean copy
-    if array.dtype.kind == "f" and not np.isfinite(np.sum(array, dtype=np.float64)):
+    if array.dtype.kind == "f" and not finite and not np.isfinite(np.sum(array, dtype=np.float64)):
         raise ImageReadError(f"{path}: image contains NaN or infinite values")
     return array, affine
 
@@ -343,9 +346,10 @@ def reduced_affine(reduce: int, spacing: Sequence[float] = (1.0, 1.0)) -> np.nda
     return affine
 
 
-def _read_pil(path: Path, jpeg_reduce: int = 1) -> tuple[np.ndarray | None, int]:
-    """(C, x, y) float32 array of a PNG / JPEG / BMP file (None for modes left to MONAI, e.g. palette) and
-    the factor a JPEG was reduced by in decoding (see :func:`load_image`; 1 for everything else)."""
+def _read_pil(path: Path, jpeg_reduce: int = 1) -> tuple[np.ndarray | None, int, bool]:
+    """(C, x, y) float32 array of a PNG / JPEG / BMP file (None for modes left to MONAI, e.g. palette),
+    the factor a JPEG was reduced by in decoding (see :func:`load_image`; 1 for everything else) and
+    whether its values came from integers (finite without a check)."""
     from PIL import Image, UnidentifiedImageError
 
     if jpeg_reduce not in (1, 2, 4, 8):
@@ -354,7 +358,7 @@ def _read_pil(path: Path, jpeg_reduce: int = 1) -> tuple[np.ndarray | None, int]
     try:
         with Image.open(path) as img:
             if img.mode not in _PIL_MODES or getattr(img, "n_frames", 1) > 1:
-                return None, 1
+                return None, 1, False
             if jpeg_reduce > 1 and img.format == "JPEG":
                 w, h = img.size
                 drafted = img.draft(img.mode, (max(w // jpeg_reduce, 1), max(h // jpeg_reduce, 1)))
@@ -367,9 +371,11 @@ def _read_pil(path: Path, jpeg_reduce: int = 1) -> tuple[np.ndarray | None, int]
         rgb = data[..., :3]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             data = rgb[..., 0]  # grey stored as colour
-    if data.ndim == 2:  # (row, column) -> (1, column, row), as MONAI's PILReader and channel-first give
-        return np.ascontiguousarray(np.ascontiguousarray(data).T).astype(np.float32)[None], reduced
-    return np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))).astype(np.float32), reduced
+    if data.ndim == 2:  # (row, column) -> (1, column, row), as MONAI's PILReader and channel-first give;
+        # one copy, kept in the file's memory order (the resampling reads any order)
+        return data.T.astype(np.float32)[None], reduced, data.dtype.kind in "iub"
+    channels = np.ascontiguousarray(np.moveaxis(data, (0, 1, 2), (2, 1, 0))).astype(np.float32)
+    return channels, reduced, data.dtype.kind in "iub"
 
 
 def _nrrd_to_ras(path: Path, affine: np.ndarray, space: str) -> np.ndarray:
