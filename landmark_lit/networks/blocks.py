@@ -135,7 +135,7 @@ class _GroupedPointwise:
         w = self.weight.view(g, self.out_channels // g, self.in_channels // g)
         y = torch.matmul(w, x.reshape(b, g, self.in_channels // g, -1))  # (B, G, out, N)
         if self.bias is not None:
-            y = y + self.bias.view(g, -1, 1)
+            y = y.add_(self.bias.view(g, -1, 1))
         return y.reshape(b, self.out_channels, *x.shape[2:])
 
 
