@@ -105,8 +105,13 @@ def build_stage(meta: Any, state_dict: Any, where: str, expected_stage: str | No
     except (TypeError, RuntimeError, KeyError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{where}: weights do not fit the stored network ({first_line(exc)})") from exc
     # inference only: batch norms folded into their convolutions, grouped 1^D convolutions as one batched
-    # product (same outputs, less work)
-    return Stage(fast_grouped_pointwise(fold_batch_norm(net.eval())), meta, where)
+    # product, a 2D global network's weights in channels-last memory (oneDNN then skips reordering every
+    # feature map; the local stage's grouped networks and the 3D ones gain nothing). The same outputs to
+    # float rounding, less work (experiments/bench/RESULTS.md, issue 23)
+    net = fast_grouped_pointwise(fold_batch_norm(net.eval()))
+    if meta.stage == "global" and int(meta.spatial_dims) == 2:
+        net = net.to(memory_format=torch.channels_last)
+    return Stage(net, meta, where)
 
 
 def check_stages_fit(global_stage: Stage, local_stages: Sequence[Stage]) -> None:

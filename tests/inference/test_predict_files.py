@@ -513,3 +513,30 @@ def test_reduced_jpeg_decoding_keeps_voxels_of_the_file_and_mm(tmp_path):
     assert image.shape == (1, 60, 50) and np.allclose(np.diag(affine), [1.0, 1.0, 1.0])
     np.testing.assert_allclose(affine[:2, 2], [0.375, 0.375])  # pixel 0 covers full-size pixels 0..3
     np.testing.assert_allclose(prediction.world, world)
+
+
+def test_a_loaded_2d_global_network_runs_channels_last_with_the_checkpoints_outputs(checkpoints):
+    from landmark_lit.inference.stages import load_stage
+
+    d, g, loc = checkpoints
+    stage, local = load_stage(g), load_stage(loc)
+
+    def kernels(net):  # convolution weights with kernels larger than 1 (a 1^D kernel's layout is both)
+        return [
+            m.weight
+            for m in net.modules()
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d) and m.weight[0, 0].numel() > 1
+        ]
+
+    # a 2D global network in channels-last memory; 3D and local networks as they were
+    assert kernels(stage.net) and kernels(local.net)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) == (d == 2) for w in kernels(stage.net))
+    assert all(w.is_contiguous() for w in kernels(local.net))
+    # the same numbers as the stored network built plainly (eval mode, no folding, default memory)
+    stored = torch.load(g, weights_only=True)["state_dict"]
+    plain = stage.meta.build_network()
+    plain.load_state_dict({k[len("net.") :]: v for k, v in stored.items()})
+    x = torch.randn(1, 1, *[40] * d)
+    with torch.no_grad():
+        for a, b in zip(plain.eval()(x), stage.net(x), strict=True):
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
