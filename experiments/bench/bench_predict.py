@@ -91,14 +91,9 @@ def breakdown(predictor, image_path: Path, spacing: float | None, runs: int) -> 
     """Median seconds of each step of one prediction: reading, and per stage preprocessing and network."""
     import torch
 
+    from landmark_lit.data.crops import local_crop_starts, stack_local_crops
     from landmark_lit.data.io import load_image
-    from landmark_lit.data.transforms import (
-        local_crop_starts,
-        match_channels,
-        stack_local_crops,
-        voxel_to_world,
-        world_to_voxel,
-    )
+    from landmark_lit.data.transforms import match_channels, voxel_to_world, world_to_voxel
 
     times: dict[str, list[float]] = {}
 

@@ -18,11 +18,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from landmark_lit.data.cases import Case, CaseSource
+from landmark_lit.data.crops import crop_or_pad, local_crop_starts, stack_local_crops
 from landmark_lit.data.transforms import (
     Preprocessing,
-    crop_or_pad,
-    local_crop_starts,
-    stack_local_crops,
     voxel_to_world,
     world_to_voxel,
 )

@@ -92,7 +92,7 @@ def working_image_for_parts(
 ) -> tuple[Tensor, np.ndarray, Callable[[Tensor], Tensor] | None]:
     """What ``prep(image, affine)`` computes, for cutting sub-images from: the resampled image before
     normalisation and padding (in the input's memory order, not copied), its affine, and the
-    normalisation to apply to each part (``transform`` of :func:`~landmark_lit.data.transforms.stack_local_crops`;
+    normalisation to apply to each part (``transform`` of :func:`~landmark_lit.data.crops.stack_local_crops`;
     padding outside the image stays 0, as ``prep``'s far-end padding is). The parts equal those cut from
     ``prep(image, affine)`` to float rounding. None as the transform: the image came normalised (a
     constant image under "histeq"). ``resampled``: that resampling done already ((C, *spatial) and its

@@ -19,7 +19,12 @@ import numpy as np
 import torch
 
 from landmark_lit.data.cases import CaseSource
-from landmark_lit.data.transforms import local_crop_starts, match_channels, resampled_affine, world_to_voxel
+from landmark_lit.data.crops import local_crop_starts
+from landmark_lit.data.transforms import (
+    match_channels,
+    resampled_affine,
+    world_to_voxel,
+)
 from landmark_lit.inference.passes import refine_locally
 from landmark_lit.inference.stages import Stage
 from landmark_lit.methods.displacement import cell_pull_shape

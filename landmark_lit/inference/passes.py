@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from torch.profiler import record_function
 
+from landmark_lit.data.crops import local_crop_starts, stack_local_crops
 from landmark_lit.data.intensity import working_image_for_parts
 from landmark_lit.data.transforms import (
-    local_crop_starts,
     spacing_of,
-    stack_local_crops,
     voxel_to_world,
     world_to_voxel,
 )

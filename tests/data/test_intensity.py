@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from landmark_lit.data.crops import local_crop_starts, stack_local_crops
 from landmark_lit.data.intensity import intensity_map, working_image_for_parts
 from landmark_lit.data.transforms import (
     Preprocessing,
-    local_crop_starts,
     normalize_intensity,
     resample_to_spacing,
-    stack_local_crops,
 )
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from landmark_lit.data.cases import Case
+from landmark_lit.data.crops import crop_or_pad
 from landmark_lit.data.datasets import (
     GlobalTrainDataset,
     LocalEvalDataset,
@@ -16,7 +17,6 @@ from landmark_lit.data.datasets import (
 from landmark_lit.data.synthetic import SyntheticLandmarks
 from landmark_lit.data.transforms import (
     Preprocessing,
-    crop_or_pad,
     resample_to_spacing,
     resample_to_spacing_monai,
     spacing_of,

@@ -12,8 +12,9 @@ from helpers import NAMES, stage_description, write_checkpoint
 from test_calibrate import RandomCases
 
 import landmark_lit.inference.cell_pull as cell_pull_module
+from landmark_lit.data.crops import local_crop_starts
 from landmark_lit.data.intensity import working_image_for_parts
-from landmark_lit.data.transforms import local_crop_starts, voxel_to_world, world_to_voxel
+from landmark_lit.data.transforms import voxel_to_world, world_to_voxel
 from landmark_lit.inference.calibrate import calibrate_checkpoint, store_calibration
 from landmark_lit.inference.cell_pull import fit_cell_pull
 from landmark_lit.inference.passes import StageEstimate
