@@ -153,10 +153,9 @@ def fast_grouped_pointwise(net: nn.Module) -> nn.Module:
     swap = {nn.Conv2d: GroupedPointwise2d, nn.Conv3d: GroupedPointwise3d}
     for m in net.modules():
         if type(m) in swap and m.groups > 1 and m.padding_mode == "zeros":
-            d = len(m.kernel_size)
-            if m.kernel_size == (1,) * d and m.stride == (1,) * d and m.dilation == (1,) * d:
-                if m.padding == (0,) * d:
-                    m.__class__ = swap[type(m)]
+            ones, zeros = (1,) * len(m.kernel_size), (0,) * len(m.kernel_size)
+            if m.kernel_size == m.stride == m.dilation == ones and m.padding == zeros:
+                m.__class__ = swap[type(m)]
     return net
 
 
