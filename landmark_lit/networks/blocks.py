@@ -7,7 +7,6 @@ one specialised network per landmark in a single forward pass.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
@@ -181,20 +180,25 @@ def select_groups(module: nn.Module, groups: int, keep: Sequence[int]) -> nn.Mod
         return t.reshape(groups, -1, *t.shape[1:]).index_select(0, index).reshape(-1, *t.shape[1:])
 
     def sliced(m: nn.Module) -> nn.Module:
-        new = copy.copy(m)  # shallow: its own parameter, buffer and child dictionaries follow
-        new._parameters = {
+        # a shallow copy through the instance dictionary (nn.Module.__setattr__'s checks made this the
+        # most of a second local pass's set-up); its own parameter, buffer and child dictionaries follow
+        new = object.__new__(type(m))
+        state = new.__dict__
+        state.update(m.__dict__)
+        state["_parameters"] = {
             k: None if p is None else nn.Parameter(rows(p.detach()), p.requires_grad)
             for k, p in m._parameters.items()
         }
-        new._buffers = {k: None if b is None else rows(b) for k, b in m._buffers.items()}
-        new._modules = {k: None if c is None else sliced(c) for k, c in m._modules.items()}
+        state["_buffers"] = {k: None if b is None else rows(b) for k, b in m._buffers.items()}
+        state["_modules"] = {k: None if c is None else sliced(c) for k, c in m._modules.items()}
         if isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d):
             if m.groups != groups:
                 raise ValueError(f"a convolution of {m.groups} groups in a module of {groups} groups")
-            new.in_channels, new.out_channels = m.in_channels // groups * n, m.out_channels // groups * n
-            new.groups = n
+            state["in_channels"] = m.in_channels // groups * n
+            state["out_channels"] = m.out_channels // groups * n
+            state["groups"] = n
         elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            new.num_features = m.num_features // groups * n
+            state["num_features"] = m.num_features // groups * n
         return new
 
     return sliced(module)
